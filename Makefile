@@ -1,0 +1,53 @@
+# edgefit — every entry point a developer or CI uses. `make run` and `make test` are the two
+# commands README gives; `make setup` is the idempotent part of both.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+SAMPLE := $(SHARED)/imagenet-sample
+STORE_DIR ?= model_store/artifacts
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup run test lint typecheck unit system-deps loadtest bench test-container test-arm64 clean-store
+
+setup: $(INSTALLED) $(STORE_DIR)/manifest.json
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[export,loadtest,deploy,dev]'
+	touch $@
+
+# Built only when absent: a store is data, not a build product to refresh on every change.
+$(STORE_DIR)/manifest.json: | $(INSTALLED)
+	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
+
+run: setup
+	$(BIN)/edgefit serve --host 0.0.0.0 --port 8000 --store $(STORE_DIR)
+
+# Debian packages the integration tests run for real (Prometheus, promtool).
+system-deps:
+	bash deploy/scripts/install-system-deps.sh
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup system-deps lint
+	EDGEFIT_SAMPLE_DIR=$(SAMPLE) $(BIN)/pytest
+
+loadtest: $(INSTALLED)
+	bash loadtest/run.sh
+
+bench: setup
+	bash bench/run.sh
+
+test-container: setup
+	bash deploy/container/test-container.sh
+
+test-arm64: setup
+	bash deploy/container/test-arm64.sh
+
+clean-store:
+	rm -rf $(STORE_DIR)
