@@ -1,0 +1,189 @@
+# Shared by test-container.sh and test-arm64.sh; sourced, never run.
+# CI has no Docker engine and no registry: buildah builds the repo's Dockerfile on a Debian
+# bookworm base made here with debootstrap, and podman runs it. Everything runs as root.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SHARED=${SHARED:-$REPO/../shared}
+SAMPLE_DIR=${EDGEFIT_SAMPLE_DIR:-$SHARED/imagenet-sample}
+STORE_SRC=${STORE_DIR:-$REPO/model_store/artifacts}
+# Base tarballs outlive a run: a debootstrap costs minutes, an amd64 one ~2, an emulated one ~6.
+CACHE=${EDGEFIT_CI_CACHE:-/var/cache/edgefit-ci}
+# vfs + chroot isolation: no overlay or user namespaces needed, which a CI VM may not allow.
+STORAGE=(--storage-driver vfs)
+TABBY=n02123045_tabby.JPEG
+TABBY_CLASS=281
+T0=$SECONDS
+
+log() { printf '[%s +%4ds] %s\n' "$(date -u +%H:%M:%S)" "$((SECONDS - T0))" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+# Runs one named step and prints how long it took, so CI logs show where the minutes go.
+step() {
+    local name=$1; shift
+    local start=$SECONDS
+    log "--- $name"
+    "$@"
+    log "--- $name: $((SECONDS - start)) s"
+}
+
+# Installs only what is missing; apt-get update once per run, and only if something is.
+APT_UPDATED=
+apt_ensure() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ -z "$APT_UPDATED" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    log "apt install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        >/dev/null
+}
+
+container_tools() {
+    apt_ensure buildah podman runc debootstrap ca-certificates netavark aardvark-dns iptables \
+        curl
+}
+
+# make_base ARCH: a local image localhost/edgefit-base:bookworm-ARCH (debootstrap minbase with
+# Python 3.11), made from a cached rootfs tarball when there is one.
+make_base() {
+    local arch=$1 tag=localhost/edgefit-base:bookworm-$1
+    local tarball=$CACHE/bookworm-$arch.tar
+    if buildah "${STORAGE[@]}" inspect --type image "$tag" >/dev/null 2>&1; then
+        log "base $tag present"
+        BASE_TAG=$tag
+        return 0
+    fi
+    mkdir -p "$CACHE"
+    if [ ! -s "$tarball" ]; then
+        local root
+        root=$(mktemp -d "$CACHE/rootfs-$arch.XXXX")
+        local inc=python3,python3-venv,python3-pip,ca-certificates
+        if [ "$arch" = "$(dpkg --print-architecture)" ]; then
+            debootstrap --variant=minbase --include=$inc bookworm "$root" \
+                http://deb.debian.org/debian >"$CACHE/debootstrap-$arch.log" 2>&1 \
+                || { tail -20 "$CACHE/debootstrap-$arch.log"; die "debootstrap $arch"; }
+        else
+            # Foreign: unpack here, then run the maintainer scripts under qemu (binfmt).
+            debootstrap --arch="$arch" --foreign --variant=minbase --include=$inc bookworm \
+                "$root" http://deb.debian.org/debian >"$CACHE/debootstrap-$arch.log" 2>&1 \
+                || { tail -20 "$CACHE/debootstrap-$arch.log"; die "debootstrap $arch (1st)"; }
+            chroot "$root" /debootstrap/debootstrap --second-stage \
+                >>"$CACHE/debootstrap-$arch.log" 2>&1 \
+                || { tail -20 "$CACHE/debootstrap-$arch.log"; die "debootstrap $arch (2nd)"; }
+        fi
+        # Package caches and lists are dead weight in every image built on this base.
+        rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+            "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
+        tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
+        mv "$tarball.tmp" "$tarball"
+        rm -rf "$root"
+    fi
+    local ctx
+    ctx=$(mktemp -d)
+    ln "$tarball" "$ctx/rootfs.tar" 2>/dev/null || cp "$tarball" "$ctx/rootfs.tar"
+    printf 'FROM scratch\nADD rootfs.tar /\nCMD ["/bin/bash"]\n' >"$ctx/Containerfile"
+    buildah "${STORAGE[@]}" build --quiet --isolation chroot --arch "$arch" -t "$tag" \
+        -f "$ctx/Containerfile" "$ctx" >/dev/null
+    rm -rf "$ctx"
+    BASE_TAG=$tag
+}
+
+# build_image ARCH TAG: the repo's own Dockerfile, as CI's users would build it, on the base.
+# --format docker keeps HEALTHCHECK, which the OCI image format has no field for.
+# CI reaches PyPI through a TLS-intercepting egress proxy whose CA only the host trusts: the
+# host's CA bundle and a pip.conf naming it are bind-mounted into the RUN steps (-v), so the
+# build trusts it and the image never contains it.
+build_image() {
+    local arch=$1 tag=$2 mounts=() ca=/etc/ssl/certs/ca-certificates.crt
+    if [ -s "$ca" ]; then
+        mkdir -p "$CACHE"
+        printf '[global]\ncert = %s\n' "$ca" >"$CACHE/build-pip.conf"
+        mounts=(-v "$ca:$ca:ro" -v "$CACHE/build-pip.conf:/etc/pip.conf:ro")
+    fi
+    # The previous run's image would stay behind untagged, a full copy under vfs.
+    buildah "${STORAGE[@]}" rmi -f "$tag" >/dev/null 2>&1 || true
+    buildah "${STORAGE[@]}" build --isolation chroot --format docker --layers=false --force-rm \
+        "${mounts[@]}" --arch "$arch" --build-arg BASE_IMAGE="$BASE_TAG" \
+        --build-arg REVISION="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        -t "$tag" -f "$REPO/Dockerfile" "$REPO"
+}
+
+# podman as CI can run it: runc, explicit ulimits (the defaults exceed this VM's hard limits).
+PODMAN_RUN=(podman "${STORAGE[@]}" run --runtime runc
+    --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
+
+# wait_ready URL SECONDS NAME: polls /readyz; fails early if the container died.
+wait_ready() {
+    local url=$1 limit=$2 name=$3 start=$SECONDS
+    while :; do
+        if curl -fsS -o /dev/null "$url/readyz" 2>/dev/null; then
+            log "ready after $((SECONDS - start)) s"
+            return 0
+        fi
+        if [ "$(podman "${STORAGE[@]}" inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" \
+            != "true" ]; then
+            podman "${STORAGE[@]}" logs "$name" 2>&1 | tail -40 >&2
+            die "container $name exited before it was ready"
+        fi
+        if [ $((SECONDS - start)) -ge "$limit" ]; then
+            podman "${STORAGE[@]}" logs "$name" 2>&1 | tail -40 >&2
+            die "not ready within $limit s"
+        fi
+        sleep 2
+    done
+}
+
+# classify_tabby URL: posts the real tabby-cat JPEG and checks top-1 is ImageNet class 281.
+classify_tabby() {
+    local url=$1 out
+    out=$(curl -fsS --max-time 600 -H 'Content-Type: image/jpeg' \
+        --data-binary "@$SAMPLE_DIR/$TABBY" "$url/classify?top_k=3") \
+        || die "POST /classify failed"
+    log "classify: $out"
+    python3 - "$out" "$TABBY_CLASS" <<'EOF' || die "wrong top-1 for $TABBY"
+import json, sys
+body, want = json.loads(sys.argv[1]), int(sys.argv[2])
+got = body["predictions"][0]["class_id"]
+print(f"top-1 {got} ({body['predictions'][0].get('label')}) by {body['model']['name']},"
+      f" server total {body['timing']['total_ms']} ms", file=sys.stderr)
+sys.exit(0 if got == want else 1)
+EOF
+}
+
+# Removes what this run started (the container and its anonymous cache volume), even when a
+# check failed half-way.
+cleanup_container() {
+    podman "${STORAGE[@]}" rm -f -v -t 5 "$1" >/dev/null 2>&1 || true
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# get_json URL EXPR: fetches URL and prints the Python expression EXPR of its JSON body `j`.
+get_json() {
+    curl -fsS --max-time 60 "$1" | python3 -c "import json, sys; j = json.load(sys.stdin); print($2)"
+}
+
+image_size_mb() {
+    podman "${STORAGE[@]}" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f", $1/1e6}'
+}
+
+# check_no_torch IMAGE: the serving image must not contain torch (nor need it).
+check_no_torch() {
+    local out
+    if out=$("${PODMAN_RUN[@]}" --rm --network none "$1" python3 -c 'import torch' 2>&1); then
+        die "'import torch' succeeded inside $1"
+    fi
+    grep -q "No module named 'torch'" <<<"$out" || die "unexpected failure: $out"
+    log "import torch fails inside the image, as it must: $(grep -o "No module named 'torch'" <<<"$out")"
+}
+
+preflight() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (apt, debootstrap, buildah chroot isolation)"
+    [ -s "$STORE_SRC/manifest.json" ] || die "no store at $STORE_SRC: run 'make setup' first"
+    [ -s "$SAMPLE_DIR/$TABBY" ] || die "no $SAMPLE_DIR/$TABBY (set SHARED or EDGEFIT_SAMPLE_DIR)"
+}
