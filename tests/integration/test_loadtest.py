@@ -1,0 +1,142 @@
+"""The Locust load test, headless and short, against a real ``edgefit serve`` on loopback.
+
+It runs through ``loadtest/run.sh``, the entry point of ``make loadtest``, so what passes here is
+what a developer runs. A second, shorter run sets an impossible threshold and must fail: the
+gate that decides the exit code is itself under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STORE = Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifacts"))
+SAMPLE = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample"))
+# A few variants, fast and slow enough for the budget tiers to mean something; few profile runs
+# keep the start-up short.
+VARIANTS = "lite0-128-int8,lite0-160-int8,lite0-224-int8,lite0-224-fp32"
+RUN_SECONDS = 25
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("edgefit")
+    env = {
+        **os.environ,
+        "EDGEFIT_STORE_DIR": str(STORE),
+        "EDGEFIT_CACHE_DIR": str(tmp / "cache"),
+        "EDGEFIT_VARIANTS": VARIANTS,
+        "EDGEFIT_PROFILE_RUNS": "5",
+        "EDGEFIT_LOG_LEVEL": "WARNING",
+    }
+    log = (tmp / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "edgefit"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"edgefit exited with {proc.returncode}: {tmp}/server.log"
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, f"/readyz not 200 after 180 s: {tmp}/server.log"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _loadtest(
+    url: str, results: Path, seconds: int, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "EDGEFIT_URL": url,
+        "EDGEFIT_SAMPLE_DIR": str(SAMPLE),
+        "LOADTEST_RESULTS_DIR": str(results),
+        "LOADTEST_DURATION": str(seconds),
+        "LOCUST": str(BIN / "locust"),
+        **extra,
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "loadtest" / "run.sh"), "--shape", "steady"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        cwd=REPO,
+    )
+
+
+def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open(newline="") as f:
+        return {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+
+
+def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path) -> None:
+    run = _loadtest(server, tmp_path, RUN_SECONDS)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+
+    rows = _rows(tmp_path / "steady_stats.csv")
+    posts = {name: row for (kind, name), row in rows.items() if kind == "POST"}
+    # At 4 users pacing 10 requests/s each, 25 s makes ~1000 requests; far fewer means stalls.
+    made = sum(int(r["Request Count"]) for r in posts.values())
+    assert made >= 200, posts
+    assert sum(int(r["Failure Count"]) for r in posts.values()) == 0, posts
+    for tier in ("10ms", "20ms", "50ms"):
+        budget = rows[("BUDGET", tier)]
+        assert int(budget["Request Count"]) > 0
+    variants = {name for kind, name in rows if kind == "VARIANT"}
+    assert variants and variants <= set(VARIANTS.split(","))
+    assert ("SERVER", "overhead_ms") in rows
+    assert (tmp_path / "steady.html").stat().st_size > 0
+
+    summary = json.loads((tmp_path / "steady-summary.json").read_text())
+    assert summary["missed"] == []
+    assert summary["tiers"]["50ms"]["budget_met"] >= summary["thresholds"]["min_budget_met"]["50ms"]
+
+
+def test_a_missed_threshold_fails_the_run(server: str, tmp_path: Path) -> None:
+    run = _loadtest(
+        server, tmp_path, 6, LOADTEST_THRESHOLDS=json.dumps({"min_budget_met": {"50ms": 1.01}})
+    )
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-5000:]
+    summary = json.loads((tmp_path / "steady-summary.json").read_text())
+    assert any(line.startswith("tier 50ms:") for line in summary["missed"]), summary
