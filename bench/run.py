@@ -1,0 +1,347 @@
+"""edgefit's benchmark, as /work/shared/BENCH.md defines it; ``make bench`` runs it.
+
+One run on one machine measures, in order: the floor (raw onnxruntime loops), edgefit's overhead
+with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential requests),
+edgefit under overload (open loop at 2x the most accurate variant's floor), then the BentoML
+peer (throughput and overload), one server at a time. Every figure is the median over repeats.
+Results: bench/results/bench.{json,md,png}.
+
+Environment: BENCH_QUICK=1 (a fast smoke run), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
+BENCH_WORKERS / BENCH_THREADS (default: the server's own defaults), BENCH_VARIANTS (the pinned
+variants, comma-separated), BENCH_ACCURATE_VARIANT, BENCH_PEER_VARIANT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, service
+
+import client
+import floor
+import numpy as np
+import report
+import servers
+
+REPO = servers.REPO
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+REPEATS = 1 if QUICK else 3
+CLOSED_S = 1.5 if QUICK else 4.0
+FLOOR_S = 1.5 if QUICK else 3.0
+OPEN_S = 4.0 if QUICK else 10.0
+TIER_REQUESTS = 40 if QUICK else 200
+CONCURRENCY = (1, 4, 12)
+TIERS_MS = (10, 20, 50)
+OVERLOAD_BUDGET_MS = 20
+IMAGE_STRIDE = 20  # the named subset: every 20th file of the sorted sample, 50 images
+
+T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.monotonic() - T0:6.0f}s] {message}", file=sys.stderr, flush=True)
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every numeric field over repeats; the repeats are kept beside it."""
+    keys = [k for k, v in repeats[0].items() if isinstance(v, int | float) or v is None]
+    out: dict[str, Any] = {k: median([r[k] for r in repeats]) for k in keys}
+    out["repeats"] = repeats
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    return {
+        "cpu": fields.get("Model name", platform.processor()).strip(),
+        "cores": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def closed_summary(run: client.Run) -> dict[str, Any]:
+    ok = [s for s in run.samples if s.status == 200]
+    overheads = [s.overhead_ms for s in ok if s.overhead_ms is not None]
+    client_ms = [s.client_ms for s in ok]
+    return {
+        "requests": len(run.samples),
+        "non_200": len(run.samples) - len(ok) + len(run.errors),
+        "per_s": len(ok) / run.wall_s,
+        "client_p50_ms": pct(client_ms, 50),
+        "client_p99_ms": pct(client_ms, 99),
+        "overhead_p50_ms": pct(overheads, 50),
+        "overhead_p99_ms": pct(overheads, 99),
+        "client_cores": run.client_cores,
+    }
+
+
+def open_summary(run: client.Run, budget_ms: float) -> dict[str, Any]:
+    ok = [s for s in run.samples if s.status == 200]
+    shed = [s for s in run.samples if s.status == 503]
+    server_clock = [s for s in ok if s.budget_met is not None]
+    met_server = sum(1 for s in server_clock if s.budget_met)
+    met_client = sum(1 for s in ok if s.client_ms <= budget_ms)
+    # Goodput by the server's clock where the server has one (edgefit), else by the client's.
+    good = met_server if server_clock else met_client
+    top1 = [s.top1 for s in ok if s.top1 is not None]
+    return {
+        "offered": len(run.samples) + len(run.errors),
+        "answered": len(ok),
+        "shed_503": len(shed),
+        "other_errors": len(run.samples) - len(ok) - len(shed) + len(run.errors),
+        "goodput_per_s": good / run.wall_s,
+        "budget_met_server": met_server / len(server_clock) if server_clock else None,
+        "budget_met_client": met_client / len(ok) if ok else None,
+        "served_top1": statistics.fmean(top1) if top1 else None,
+        "client_p50_ms": pct([s.client_ms for s in ok], 50),
+        "client_p99_ms": pct([s.client_ms for s in ok], 99),
+        "sends_late_over_100ms": sum(1 for s in run.samples if s.late_ms > 100),
+        "client_cores": run.client_cores,
+        "variants": dict(Counter(s.variant for s in ok if s.variant)),
+    }
+
+
+def repeat(n: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    return medians([fn() for _ in range(n)])
+
+
+def main() -> int:
+    store_dir = Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifacts"))
+    sample_dir = Path(
+        os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample")
+    )
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from model_store.store import open_store
+    from service.settings import Settings
+
+    defaults = Settings()
+    workers = int(os.environ.get("BENCH_WORKERS", defaults.workers))
+    threads = int(os.environ.get("BENCH_THREADS", defaults.threads))
+    manifest = open_store(store_dir).manifest
+    by_name = {v.name: v for v in manifest.variants}
+    accurate = (
+        os.environ.get("BENCH_ACCURATE_VARIANT")
+        or max(manifest.variants, key=lambda v: v.top1 or 0.0).name
+    )
+    pinned_default = "lite0-224-int8" if QUICK else "lite0-128-int8,lite0-224-int8"
+    pinned = [n for n in os.environ.get("BENCH_VARIANTS", pinned_default).split(",") if n]
+    peer_variant = os.environ.get("BENCH_PEER_VARIANT", pinned[-1])
+    for name in [*pinned, accurate, peer_variant]:
+        if name not in by_name:
+            raise SystemExit(f"bench: variant {name} is not in the store {store_dir}")
+
+    files = sorted(p for p in sample_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+    files = files[::IMAGE_STRIDE]
+    images = [p.read_bytes() for p in files]
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "quick": QUICK,
+            "repeats": REPEATS,
+            "workers": workers,
+            "threads": threads,
+            "closed_loop_s": CLOSED_S,
+            "floor_s": FLOOR_S,
+            "open_loop_s": OPEN_S,
+            "store": str(store_dir),
+            "pinned": pinned,
+            "accurate": accurate,
+            "peer_variant": peer_variant,
+        },
+        "images": {
+            "subset": f"{sample_dir.name}, sorted, every {IMAGE_STRIDE}th file",
+            "count": len(images),
+            "mean_bytes": int(statistics.fmean(len(b) for b in images)),
+            "files": [p.name for p in files],
+        },
+    }
+    progress(
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores, onnxruntime "
+        f"{results['machine']['onnxruntime']}; {workers} workers x {threads} threads; "
+        f"{len(images)} images; {'QUICK' if QUICK else 'full'} run"
+    )
+
+    # 1. Floor, before any server runs.
+    results["floor"] = {}
+    for name in dict.fromkeys([*pinned, accurate]):
+        entry = {}
+        for mode, infer_only in (("full", False), ("infer_only", True)):
+            progress(f"floor {name} {mode}")
+            runs = floor.measure(
+                store_dir, name, workers, threads, images, infer_only, FLOOR_S, REPEATS
+            )
+            entry[mode] = medians([{"per_s": r.per_s, "p50_ms": r.p50_ms} for r in runs])
+        results["floor"][name] = entry
+        progress(
+            f"floor {name}: {entry['full']['per_s']:.1f}/s full, "
+            f"{entry['infer_only']['per_s']:.1f}/s inference alone"
+        )
+
+    capacity = results["floor"][accurate]["full"]["per_s"]
+    rate = 2 * capacity
+    results["overload"] = {
+        "budget_ms": OVERLOAD_BUDGET_MS,
+        "rate_per_s": rate,
+        "capacity_variant": accurate,
+        "systems": {},
+    }
+    budget_q = f"budget={OVERLOAD_BUDGET_MS}ms"
+
+    with servers.edgefit(store_dir, workers, threads, out_dir) as port:
+        progress(f"edgefit ready on port {port}")
+        # 2. Overhead: pinned variants, closed loop.
+        results["overhead"] = {}
+        for name in pinned:
+            payloads = client.raw_payloads(f"/classify?model={name}", images)
+            client.closed_loop("127.0.0.1", port, payloads, 4, 1.0)  # warm-up
+            rows = {}
+            for c in CONCURRENCY:
+                rows[str(c)] = repeat(
+                    REPEATS,
+                    lambda p=payloads, c=c: closed_summary(
+                        client.closed_loop("127.0.0.1", port, p, c, CLOSED_S)
+                    ),
+                )
+                rows[str(c)]["vs_floor"] = (
+                    rows[str(c)]["per_s"] / results["floor"][name]["full"]["per_s"]
+                )
+                progress(
+                    f"edgefit {name} x{c}: {rows[str(c)]['per_s']:.1f}/s "
+                    f"({rows[str(c)]['vs_floor']:.0%} of floor), overhead p50 "
+                    f"{rows[str(c)]['overhead_p50_ms']:.2f} ms"
+                )
+            results["overhead"][name] = rows
+        # The peer receives multipart; edgefit accepts it too, so also measure exactly those bytes.
+        multipart = client.multipart_payloads(f"/classify?model={peer_variant}", images)
+        results["edgefit_multipart"] = {
+            str(c): repeat(
+                REPEATS,
+                lambda c=c: closed_summary(
+                    client.closed_loop("127.0.0.1", port, multipart, c, CLOSED_S)
+                ),
+            )
+            for c in CONCURRENCY
+        }
+        progress("edgefit multipart done")
+
+        # 3. Budget tiers: sequential requests, the server choosing the variant.
+        results["budget_tiers"] = {}
+        for tier in TIERS_MS:
+            run = client.closed_loop_count(
+                "127.0.0.1",
+                port,
+                client.raw_payloads(f"/classify?budget={tier}ms", images),
+                TIER_REQUESTS,
+            )
+            ok = [s for s in run.samples if s.status == 200]
+            met = [s for s in ok if s.budget_met]
+            overheads = [s.overhead_ms for s in ok if s.overhead_ms is not None]
+            results["budget_tiers"][str(tier)] = {
+                "requests": len(run.samples),
+                "answered": len(ok),
+                "shed_503": sum(1 for s in run.samples if s.status == 503),
+                "budget_met": len(met) / len(ok) if ok else None,
+                "overhead_p50_ms": pct(overheads, 50),
+                "served_top1": statistics.fmean(s.top1 for s in ok if s.top1 is not None)
+                if ok
+                else None,
+                "variants": dict(Counter(s.variant for s in ok if s.variant)),
+            }
+            progress(
+                f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met"
+            )
+
+        # 4. Overload on edgefit: with selection, and pinned to the most accurate variant.
+        for system, query in (
+            ("edgefit (selection)", budget_q),
+            (f"edgefit (pinned {accurate})", f"{budget_q}&model={accurate}"),
+        ):
+            payloads = client.raw_payloads(f"/classify?{query}", images)
+            results["overload"]["systems"][system] = repeat(
+                REPEATS,
+                lambda p=payloads: open_summary(
+                    client.open_loop("127.0.0.1", port, p, rate, OPEN_S), OVERLOAD_BUDGET_MS
+                ),
+            )
+            progress(
+                f"overload {system}: goodput "
+                f"{results['overload']['systems'][system]['goodput_per_s']:.1f}/s "
+                f"at {rate:.1f}/s offered"
+            )
+
+    # 5. The peer, one server at a time.
+    progress("peer: BentoML " + servers.peer_version())
+    results["peer"] = {"server": "BentoML " + servers.peer_version(), "variant": peer_variant}
+    with servers.peer(store_dir, peer_variant, threads, out_dir) as port:
+        payloads = client.multipart_payloads("/classify", images)
+        client.closed_loop("127.0.0.1", port, payloads, 4, 1.0)  # warm-up
+        for c in CONCURRENCY:
+            row = repeat(
+                REPEATS,
+                lambda c=c: closed_summary(
+                    client.closed_loop("127.0.0.1", port, payloads, c, CLOSED_S)
+                ),
+            )
+            ours = results["overhead"].get(peer_variant, {}).get(str(c))
+            row["edgefit_raw_over_peer"] = (
+                ours["per_s"] / row["per_s"] if ours and row["per_s"] else None
+            )
+            mp = results["edgefit_multipart"][str(c)]
+            row["edgefit_multipart_over_peer"] = (
+                mp["per_s"] / row["per_s"] if row["per_s"] else None
+            )
+            results["peer"][str(c)] = row
+            progress(f"peer x{c}: {row['per_s']:.1f}/s")
+    with servers.peer(store_dir, accurate, threads, out_dir) as port:
+        payloads = client.multipart_payloads("/classify", images)
+        client.closed_loop("127.0.0.1", port, payloads, 2, 1.0)  # warm-up
+        top1 = by_name[accurate].top1
+
+        def peer_overload() -> dict[str, Any]:
+            summary = open_summary(
+                client.open_loop("127.0.0.1", port, payloads, rate, OPEN_S), OVERLOAD_BUDGET_MS
+            )
+            summary["served_top1"] = top1 if summary["answered"] else None
+            return summary
+
+        peer_row = repeat(REPEATS, peer_overload)
+        results["overload"]["systems"][f"BentoML (pinned {accurate})"] = peer_row
+        progress(f"overload peer: goodput {peer_row['goodput_per_s']:.1f}/s")
+
+    results["elapsed_s"] = time.monotonic() - T0
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "bench.md").write_text(report.markdown(results))
+    report.plot(results, out_dir / "bench.png")
+    progress(f"wrote {out_dir}/bench.json, bench.md, bench.png")
+    print(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Start and stop the servers the benchmark measures: edgefit, and the BentoML peer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PEER_DIR = REPO / "bench" / "peer"
+PEER_VENV = REPO / "bench" / ".venv-peer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s; see {log}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # The server is its own process group leader (start_new_session): BentoML's workers live
+    # in that group too, so signal the group this process started, and nothing else.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def edgefit(
+    store: Path, workers: int, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """An ``edgefit serve`` on a free loopback port, ready (every variant profiled); yields it."""
+    port = free_port()
+    log = log_dir / "edgefit.log"
+    with tempfile.TemporaryDirectory(prefix="edgefit-bench-cache-") as cache:
+        env = {
+            **os.environ,
+            "EDGEFIT_CACHE_DIR": cache,
+            "EDGEFIT_WORKERS": str(workers),
+            "EDGEFIT_THREADS": str(threads),
+            "EDGEFIT_LOG_LEVEL": "WARNING",  # a log line per request would cost the server CPU
+            **(extra_env or {}),
+        }
+        cmd = [
+            str(Path(sys.executable).parent / "edgefit"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--store",
+            str(store),
+        ]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=600)
+            yield port
+        finally:
+            _stop(proc)
+
+
+@contextlib.contextmanager
+def peer(store: Path, variant: str, threads: int, log_dir: Path) -> Iterator[int]:
+    """BentoML serving ``variant`` with its default settings (bench/peer/); yields its port."""
+    port = free_port()
+    log = log_dir / f"peer-{variant}.log"
+    with tempfile.TemporaryDirectory(prefix="bentoml-home-") as home:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),  # the peer imports edgefit's preprocessing, nothing else
+            "BENTOML_HOME": home,
+            "BENTOML_DO_NOT_TRACK": "True",
+            "PEER_STORE_DIR": str(store.resolve()),
+            "PEER_VARIANT": variant,
+            "PEER_THREADS": str(threads),
+        }
+        cmd = [
+            str(PEER_VENV / "bin" / "bentoml"),
+            "serve",
+            "service:Classifier",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=PEER_DIR, env=env, stdout=out, stderr=out, start_new_session=True
+            )
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=120)
+            yield port
+        finally:
+            _stop(proc)
+
+
+def peer_version() -> str:
+    out = subprocess.run(
+        [str(PEER_VENV / "bin" / "python"), "-c", "import bentoml; print(bentoml.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
