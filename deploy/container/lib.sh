@@ -184,6 +184,8 @@ check_no_torch() {
 
 preflight() {
     [ "$(id -u)" -eq 0 ] || die "run as root (apt, debootstrap, buildah chroot isolation)"
-    [ -s "$STORE_SRC/manifest.json" ] || die "no store at $STORE_SRC: run 'make setup' first"
+    # SKIP_STORE_CHECK=1 lets the tool and base-image steps run (to warm a cache) before a store.
+    [ -n "${SKIP_STORE_CHECK:-}" ] || [ -s "$STORE_SRC/manifest.json" ] \
+        || die "no store at $STORE_SRC: run 'make setup' first"
     [ -s "$SAMPLE_DIR/$TABBY" ] || die "no $SAMPLE_DIR/$TABBY (set SHARED or EDGEFIT_SAMPLE_DIR)"
 }

@@ -22,7 +22,6 @@ run_container() {
     "${PODMAN_RUN[@]}" -d --name "$NAME" --read-only -p "127.0.0.1:$PORT:8000" \
         -v "$STORE_SRC:/models:ro" \
         -e EDGEFIT_VARIANTS="$VARIANTS" -e EDGEFIT_PROFILE_RUNS="${EDGEFIT_PROFILE_RUNS:-5}" \
-        -e EDGEFIT_WORKERS=1 -e EDGEFIT_THREADS=2 \
         "$IMAGE" 2> >(grep -v 'systemd connection' >&2) >/dev/null
     URL=http://127.0.0.1:$PORT
     log "started $NAME on $URL (variants $VARIANTS)"
