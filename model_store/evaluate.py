@@ -1,0 +1,142 @@
+"""Top-1 accuracy of store variants on a labelled image folder, through the serving code path.
+
+Accepted layouts: files named ``<wnid>_*.<ext>`` in one folder (like ``imagenet-sample``), or an
+ImageFolder tree with one ``<wnid>/`` folder per class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store.imaging import load_tensor
+from model_store.labels import imagenet_classes
+from model_store.manifest import Manifest, Preprocessing, Variant
+from model_store.runner import VariantRunner, top_k
+from model_store.store import Store, StoreError
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp"}
+_WNID = re.compile(r"^n\d{8}")
+# Evaluation reads trusted local files, but keeps the serving default all the same.
+MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    class_id: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    variant: str
+    top1: float
+    predictions: tuple[int, ...]
+
+
+def labelled_images(directory: Path) -> list[LabelledImage]:
+    """The labelled images under ``directory``, sorted by path. Raises ``StoreError``."""
+    index = {wnid: i for i, (wnid, _) in enumerate(imagenet_classes())}
+    if not directory.is_dir():
+        raise StoreError(f"{directory} is not a directory")
+    found: list[LabelledImage] = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        # ImageFolder: the class folder names the label; flat: the file name does.
+        label = path.parent.name if path.parent != directory else path.name
+        match = _WNID.match(label)
+        if match and match.group() in index:
+            found.append(LabelledImage(path, index[match.group()]))
+    if not found:
+        raise StoreError(
+            f"no labelled images in {directory}: expected <wnid>_*.JPEG files or <wnid>/ folders"
+        )
+    return found
+
+
+def evaluate(
+    store: Store,
+    variants: Sequence[Variant],
+    images: Sequence[LabelledImage],
+    *,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> list[Evaluation]:
+    """Classify every image with every variant; ``progress(n)`` is called as images finish.
+
+    Images are decoded once per preprocessing and shared by the variants that use it
+    (an fp32 variant and its int8 twin).
+    """
+    groups: dict[Preprocessing, list[Variant]] = {}
+    for variant in variants:
+        groups.setdefault(variant.preprocessing, []).append(variant)
+    runners = {v.name: VariantRunner(store.verify(v), v, threads=1) for v in variants}
+    predictions: dict[str, list[int]] = {v.name: [] for v in variants}
+
+    def classify(preprocessing: Preprocessing, image: LabelledImage) -> dict[str, int]:
+        tensor = load_tensor(image.path.read_bytes(), preprocessing, MAX_PIXELS)
+        return {v.name: top_k(runners[v.name].infer(tensor), 1)[0][0] for v in groups[preprocessing]}
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for preprocessing, members in groups.items():
+            for result in pool.map(classify, [preprocessing] * len(images), images):
+                for name, class_id in result.items():
+                    predictions[name].append(class_id)
+                if progress:
+                    progress(len(members))
+    truth = [image.class_id for image in images]
+    return [
+        Evaluation(
+            variant=v.name,
+            top1=sum(p == t for p, t in zip(predictions[v.name], truth, strict=True)) / len(truth),
+            predictions=tuple(predictions[v.name]),
+        )
+        for v in variants
+    ]
+
+
+def _base_of(manifest: Manifest, variant: Variant) -> Variant | None:
+    """The variant whose published top1 this one's figure is derived from, if any."""
+    if variant.top1_base is not None:
+        return manifest.variant(variant.top1_base)
+    published = [v for v in manifest.variants if v.family == variant.family and v.top1_source == "published"]
+    # Prefer the full-precision, native-resolution checkpoint the figure was published for.
+    published.sort(key=lambda v: (v.precision != "fp32", -v.resolution))
+    return published[0] if published else None
+
+
+def record(manifest: Manifest, dataset: str, results: Iterable[Evaluation]) -> Manifest:
+    """Return the manifest with these measurements recorded and every ``top1`` re-derived.
+
+    A ``published`` figure is kept. A variant whose family has a published base that was measured
+    on the same data set gets ``derived`` = published base + (this − base), both measured here;
+    otherwise it gets the ``measured`` figure itself.
+    """
+    updated = {
+        r.variant: manifest.variant(r.variant).model_copy(
+            update={"evaluations": {**manifest.variant(r.variant).evaluations, dataset: r.top1}}
+        )
+        for r in results
+    }
+    manifest = manifest.replace(*updated.values())
+    rederived = []
+    for variant in (manifest.variant(name) for name in updated):
+        if variant.top1_source == "published":
+            continue
+        base = _base_of(manifest, variant)
+        accuracy = variant.evaluations[dataset]
+        if base is not None and base.top1 is not None and dataset in base.evaluations:
+            top1 = base.top1 + accuracy - base.evaluations[dataset]
+            fields = {"top1_source": "derived", "top1_base": base.name}
+        else:
+            top1, fields = accuracy, {"top1_source": "measured", "top1_base": None}
+        rederived.append(
+            variant.model_copy(
+                update={"top1": round(min(max(top1, 0.0), 1.0), 4), "top1_dataset": dataset, **fields}
+            )
+        )
+    return Manifest.model_validate(manifest.replace(*rederived).model_dump())

@@ -1,0 +1,143 @@
+"""Image bytes -> model input tensor: the one preprocessing path, shared by serving and evaluation.
+
+Serving and the store's evaluation both call :func:`load_tensor`, so the accuracy the store
+records is the accuracy of exactly what is served.
+
+Untrusted bytes are handled defensively: only the formats we serve are opened, the pixel count is
+checked from the header before anything is decoded, and truncated files are errors.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from model_store.manifest import Preprocessing
+
+FORMATS = ("JPEG", "PNG", "WEBP")
+# The JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding (``Image.draft``).
+JPEG_DRAFT_SCALES = (8, 4, 2, 1)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ImageError(Exception):
+    """The bytes cannot be turned into an input tensor; the message is safe to show a client."""
+
+
+class InvalidImage(ImageError):
+    """Not a decodable image of a served format (empty, truncated, corrupt, other format)."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than the configured ceiling (read from the header, before decoding)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidImage("the body is empty; send the image bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own ceiling (below) is the limit; Pillow's bomb warning is noise here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has more than {max_pixels} pixels") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage("the body is not a JPEG, PNG or WebP image") from exc
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {image.width}x{image.height} = {image.width * image.height} pixels; "
+            f"the limit is {max_pixels}"
+        )
+    return image
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Read format and size without decoding pixels.
+
+    Raises ``InvalidImage`` or ``ImageTooLarge``.
+    """
+    image = _open(data, max_pixels)
+    return ImageHeader(format=str(image.format), width=image.width, height=image.height)
+
+
+def draft_scale(header: ImageHeader, preprocessing: Preprocessing) -> int:
+    """The factor by which the decoder shrinks this image for this preprocessing (1 = none).
+
+    Mirrors Pillow's ``JpegImageFile.draft``: the largest JPEG scale that keeps both sides at
+    least ``resize_shorter``, so the resize that follows never upsamples.
+    """
+    if header.format != "JPEG":
+        return 1
+    target = preprocessing.resize_shorter
+    fits = min(header.width // target, header.height // target)
+    return next(scale for scale in JPEG_DRAFT_SCALES if fits >= scale or scale == 1)
+
+
+def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.Image:
+    """Decode to an upright RGB image, at the smallest size the preprocessing can use.
+
+    Raises ``InvalidImage`` or ``ImageTooLarge``.
+    """
+    image = _open(data, max_pixels)
+    try:
+        if image.format == "JPEG":
+            side = preprocessing.resize_shorter
+            image.draft("RGB", (side, side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            # Transparent pixels have arbitrary colour underneath: show them on white.
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImage("the image is truncated or corrupt") from exc
+    return image
+
+
+def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """Resize the shorter side, centre-crop and normalise: float32 ``[1, 3, crop, crop]``."""
+    width, height = image.size
+    crop = preprocessing.crop
+    # The crop window in source pixels; resizing only that window equals resize-then-crop,
+    # at a fraction of the cost.
+    window = min(width, height) * crop / preprocessing.resize_shorter
+    left = (width - window) / 2
+    top = (height - window) / 2
+    image = image.resize(
+        (crop, crop),
+        _RESAMPLE[preprocessing.interpolation],
+        box=(left, top, left + window, top + window),
+    )
+    pixels = np.asarray(image, dtype=np.float32)
+    if preprocessing.channel_order == "BGR":
+        pixels = pixels[..., ::-1]
+    pixels = (pixels - np.asarray(preprocessing.mean, dtype=np.float32)) / np.asarray(
+        preprocessing.std, dtype=np.float32
+    )
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
+
+
+def load_tensor(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:
+    """Image bytes -> model input. Raises ``InvalidImage`` or ``ImageTooLarge``."""
+    return to_tensor(decode(data, preprocessing, max_pixels), preprocessing)

@@ -1,0 +1,122 @@
+"""``edgefit store add``: bring in a model exported elsewhere (MobileNetV3, GhostNet, ...).
+
+The file is validated (one self-contained ONNX file, one NCHW float input, a ``[N, 1000]``
+output, loads in onnxruntime), copied under a content-addressed name and added to the manifest
+atomically; nothing is changed if any step fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from model_store.manifest import Manifest, Preprocessing, Variant, check_safe_name
+from model_store.onnx_facts import read_facts
+from model_store.runner import session_options
+from model_store.store import Store, StoreError, open_store, sha256_file
+
+# torchvision's ImageNet normalisation, in 0..255 pixel units: what most exported models expect.
+TORCHVISION_MEAN = (123.675, 116.28, 103.53)
+TORCHVISION_STD = (58.395, 57.12, 57.375)
+CLASSES = 1000
+
+
+def _validate(path: Path, resolution: int) -> tuple[str, str, int, int]:
+    """Return ``(input name, output name, params, macs)``; raise ``StoreError`` saying what is wrong."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    try:
+        facts = read_facts(path)
+    except (onnx.checker.ValidationError, OSError, ValueError) as exc:
+        raise StoreError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    except Exception as exc:  # protobuf's DecodeError and friends: a corrupt file
+        raise StoreError(f"{path}: not a readable ONNX model") from exc
+    if facts.external_data:
+        raise StoreError(f"{path}: keeps weights in external data files; export one self-contained file")
+    shape = facts.input_shape
+    if len(shape) != 4 or shape[1] != 3:
+        raise StoreError(f"{path}: input {facts.input_name} has shape {list(shape)}; expected [N, 3, H, W]")
+    if facts.input_elem_type != onnx.TensorProto.FLOAT:
+        raise StoreError(f"{path}: input {facts.input_name} is not float32")
+    for dim in shape[2:]:
+        if isinstance(dim, int) and dim != resolution:
+            raise StoreError(f"{path}: input is {list(shape)}, which does not take {resolution}x{resolution}")
+    if len(facts.output_shape) != 2 or facts.output_shape[1] != CLASSES:
+        raise StoreError(f"{path}: output has shape {list(facts.output_shape)}; expected [N, {CLASSES}]")
+    try:
+        ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise StoreError(f"{path}: onnxruntime cannot load it") from exc
+    return facts.input_name, facts.output_name, facts.params, facts.macs
+
+
+def add(
+    store_root: Path,
+    source: Path,
+    *,
+    name: str,
+    family: str,
+    resolution: int,
+    precision: str = "fp32",
+    top1: float | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Store:
+    """Add ``source`` to the store as variant ``name``. Raises ``StoreError``."""
+    try:
+        check_safe_name(name, "variant name")
+        check_safe_name(family, "family")
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
+    store = open_store(store_root, missing_ok=True)
+    if name in {v.name for v in store.manifest.variants}:
+        raise StoreError(f"variant {name} already exists in {store_root}")
+    if resolution <= 0:
+        raise StoreError("resolution must be positive")
+    if top1 is not None and not 0.0 < top1 <= 1.0:
+        raise StoreError("--top1 is a fraction in (0, 1], e.g. 0.752")
+    input_name, output_name, params, macs = _validate(source, resolution)
+
+    store_root.mkdir(parents=True, exist_ok=True)
+    digest = sha256_file(source)
+    file_name = f"{name}.{digest[:12]}.onnx"
+    # Copy under a temporary name first: a half-copied file is never named by anything.
+    with tempfile.NamedTemporaryFile(dir=store_root, prefix=".add-", suffix=".tmp", delete=False) as tmp:
+        staged = Path(tmp.name)
+    try:
+        shutil.copyfile(source, staged)
+        if sha256_file(staged) != digest:
+            raise StoreError(f"{source}: changed while it was being copied")
+        variant = Variant(
+            name=name,
+            family=family,
+            resolution=resolution,
+            precision=precision,  # type: ignore[arg-type]
+            file=file_name,
+            sha256=digest,
+            size_bytes=staged.stat().st_size,
+            params=params,
+            macs=macs,
+            input_name=input_name,
+            output_name=output_name,
+            preprocessing=preprocessing
+            or Preprocessing(
+                resize_shorter=round(resolution / 0.875),
+                crop=resolution,
+                mean=TORCHVISION_MEAN,
+                std=TORCHVISION_STD,
+            ),
+            top1=top1,
+            top1_source="published" if top1 is not None else None,
+        )
+        staged.replace(store_root / file_name)
+        try:
+            return store.write(Manifest(variants=(*store.manifest.variants, variant)))
+        except BaseException:
+            (store_root / file_name).unlink(missing_ok=True)
+            raise
+    finally:
+        staged.unlink(missing_ok=True)

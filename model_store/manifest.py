@@ -1,0 +1,131 @@
+"""The store manifest: one schema shared by the builder and the server (pydantic only).
+
+A store is a directory holding ONNX files and one ``manifest.json``. Every variant entry is
+complete on its own, so a server can serve any subset of the store without reading anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Names become file names, URL parameters and metric label values: keep them boring.
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+Precision = Literal["fp32", "int8"]
+Top1Source = Literal["published", "measured", "derived"]
+
+
+def check_safe_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a safe store name; raise ``ValueError`` saying why not."""
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+class Preprocessing(BaseModel):
+    """How an image becomes the model's input tensor (see ``model_store.imaging``).
+
+    The shorter side is resized to ``resize_shorter`` and the centre ``crop`` x ``crop`` square is
+    kept; pixel values in 0..255 are then normalised as ``(x - mean) / std`` per channel.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resize_shorter: int = Field(gt=0)
+    crop: int = Field(gt=0)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.crop > self.resize_shorter:
+            raise ValueError("crop must not exceed resize_shorter")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+
+class Variant(BaseModel):
+    """One servable model: an architecture at one input resolution and precision."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    family: str
+    resolution: int = Field(gt=0)
+    precision: Precision
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    params: int | None = Field(default=None, ge=0)
+    macs: int | None = Field(default=None, ge=0)
+    input_name: str
+    output_name: str
+    preprocessing: Preprocessing
+    labels: str = "imagenet-1k"
+    top1: float | None = Field(default=None, ge=0.0, le=1.0)
+    top1_source: Top1Source | None = None
+    top1_dataset: str | None = None
+    # The variant whose published figure a ``derived`` top1 starts from.
+    top1_base: str | None = None
+    # Raw top-1 measured by this store's own evaluation, per labelled data set.
+    evaluations: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("name", "file", "family")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value)
+
+    @model_validator(mode="after")
+    def _honest_top1(self) -> Variant:
+        if (self.top1 is None) != (self.top1_source is None):
+            raise ValueError(f"{self.name}: top1 and top1_source must be given together")
+        if self.top1_source in ("measured", "derived") and not self.top1_dataset:
+            raise ValueError(f"{self.name}: a {self.top1_source} top1 must name its top1_dataset")
+        if self.top1_source == "derived" and not self.top1_base:
+            raise ValueError(f"{self.name}: a derived top1 must name its top1_base")
+        if self.preprocessing.crop != self.resolution:
+            raise ValueError(f"{self.name}: preprocessing.crop must equal resolution")
+        return self
+
+
+class Manifest(BaseModel):
+    """The whole store: schema version plus the variants, in no particular order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    variants: tuple[Variant, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Manifest:
+        names = [v.name for v in self.variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
+        return self
+
+    def variant(self, name: str) -> Variant:
+        """Return the variant called ``name``; raise ``KeyError`` if there is none."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def replace(self, *updated: Variant) -> Manifest:
+        """Return a manifest with ``updated`` variants replacing (or added after) same-named ones."""
+        by_name = {v.name: v for v in self.variants}
+        by_name.update({v.name: v for v in updated})
+        return Manifest(variants=tuple(by_name.values()))

@@ -1,0 +1,70 @@
+"""One onnxruntime session per variant, and the post-processing of its logits.
+
+The server and the store's evaluation both run images through :class:`VariantRunner`, so a
+recorded accuracy and a served answer come from the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store.manifest import Variant
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn the cores that other requests' workers need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class VariantRunner:
+    """A loaded variant. ``infer`` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(self, path: Path, variant: Variant, threads: int = 1) -> None:
+        self.variant = variant
+        self.session = ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+
+    def infer(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """Logits for one image, shape ``[classes]``."""
+        outputs = self.session.run([self.variant.output_name], {self.variant.input_name: tensor}, run_options)
+        return np.asarray(outputs[0])[0]
+
+
+def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most probable classes as ``(class_id, softmax probability)``, best first."""
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum()
+    k = min(k, probabilities.size)
+    best = np.argpartition(-probabilities, k - 1)[:k]
+    # Stable on ties: the lower class id first, as argmax would choose.
+    best = best[np.lexsort((best, -probabilities[best]))]
+    return [(int(i), float(probabilities[i])) for i in best]
+
+
+def time_inference(runner: VariantRunner, runs: int, warmup: int) -> list[float]:
+    """Seconds per inference over ``runs`` timed runs, after ``warmup`` untimed ones.
+
+    The input is fixed noise of the variant's shape: a CNN's latency does not depend on pixels.
+    """
+    size = runner.variant.resolution
+    tensor = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    for _ in range(warmup):
+        runner.infer(tensor)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.infer(tensor)
+        timings.append(time.perf_counter() - start)
+    return timings

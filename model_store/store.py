@@ -1,0 +1,105 @@
+"""Open, verify and write a model store: a directory of ONNX files plus ``manifest.json``.
+
+Writes are atomic (temporary file in the same directory, fsync, rename), so a reader sees either
+the old manifest or the new one, and a failed build or add leaves the previous store intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from model_store.manifest import MANIFEST_NAME, Manifest, Variant
+
+_CHUNK = 1 << 20
+
+
+class StoreError(Exception):
+    """A store operation failed; the message is one line a user can act on."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+    manifest: Manifest
+
+    @property
+    def digest(self) -> str:
+        """A hash of the manifest (which holds every file's sha256): changes when any model does."""
+        return hashlib.sha256(self.manifest.model_dump_json().encode()).hexdigest()
+
+    def path_of(self, variant: Variant) -> Path:
+        """The variant's file, refusing any path that would leave the store directory."""
+        root = self.root.resolve()
+        path = (root / variant.file).resolve()
+        if path.parent != root:
+            raise StoreError(f"variant {variant.name}: file {variant.file!r} is outside the store")
+        return path
+
+    def verify(self, variant: Variant) -> Path:
+        """Return the variant's file after checking it exists and matches its sha256."""
+        path = self.path_of(variant)
+        if not path.is_file():
+            raise StoreError(f"variant {variant.name}: file {variant.file} is missing")
+        actual = sha256_file(path)
+        if actual != variant.sha256:
+            raise StoreError(
+                f"variant {variant.name}: {variant.file} has sha256 {actual[:12]}…, "
+                f"the manifest says {variant.sha256[:12]}…; refusing to serve it"
+            )
+        return path
+
+    def write(self, manifest: Manifest) -> Store:
+        """Atomically replace the manifest; return the store as it now is."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(manifest.model_dump(mode="json"), indent=2).encode() + b"\n"
+        _atomic_write_bytes(self.root / MANIFEST_NAME, data)
+        return Store(self.root, manifest)
+
+
+def open_store(root: Path | str, *, missing_ok: bool = False) -> Store:
+    """Read and validate ``root/manifest.json``.
+
+    With ``missing_ok``, a directory without a manifest opens as an empty store.
+    Raises ``StoreError``.
+    """
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        if missing_ok:
+            return Store(root, Manifest())
+        raise StoreError(f"no store at {root}: {MANIFEST_NAME} is missing (run `edgefit store build`)")
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StoreError(f"{path} is not a valid manifest: {where}: {first['msg']}") from exc
+    return Store(root, manifest)

@@ -1,0 +1,1 @@
+"""edgefit: per-request, budget-aware selection of compact image classifiers."""

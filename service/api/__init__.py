@@ -1,0 +1,1 @@
+"""The HTTP layer: routes translate requests and delegate to the core."""

@@ -1,0 +1,260 @@
+"""The ``edgefit`` console script: ``serve`` and ``store build|add|evaluate|list|plot``.
+
+Store maintenance imports its heavy dependencies (onnx, torch, matplotlib) only inside the
+command that needs them, so ``edgefit serve`` in the slim image never touches them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from model_store.store import StoreError, open_store
+
+DEFAULT_STORE = Path("model_store/artifacts")
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    return Path(args.store or os.environ.get("EDGEFIT_STORE_DIR") or DEFAULT_STORE)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
+
+def _triple(value: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in value.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("expected three comma-separated numbers, e.g. 127,127,127")
+    return parts[0], parts[1], parts[2]
+
+
+def _progress_bars() -> Callable[[str, int, int], None]:
+    """A ``(stage, done, total)`` callback drawing one tqdm bar per stage."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "store_dir": args.store,
+            "workers": args.workers,
+            "threads": args.threads,
+            "variants": args.variants,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the app writes one structured line per request itself
+        # A backstop far above the app's own admission control, which answers 503 + Retry-After.
+        limit_concurrency=settings.connection_limit,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=settings.drain_seconds,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from model_store.build.builder import build
+
+    store = build(_store_dir(args), Path(args.images), _progress_bars())
+    print(f"built {len(store.manifest.variants)} variants in {store.root}")
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    from model_store.ingest import add
+    from model_store.manifest import Preprocessing
+
+    preprocessing = None
+    if args.mean or args.std or args.resize_shorter:
+        preprocessing = Preprocessing(
+            resize_shorter=args.resize_shorter or round(args.resolution / 0.875),
+            crop=args.resolution,
+            mean=args.mean or (123.675, 116.28, 103.53),
+            std=args.std or (58.395, 57.12, 57.375),
+        )
+    store = add(
+        _store_dir(args),
+        Path(args.file),
+        name=args.name,
+        family=args.family,
+        resolution=args.resolution,
+        precision=args.precision,
+        top1=args.top1,
+        preprocessing=preprocessing,
+    )
+    print(f"added {args.name}; the store now has {len(store.manifest.variants)} variants")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from model_store.evaluate import evaluate, labelled_images, record
+
+    store = open_store(_store_dir(args))
+    names = _names(args.variants)
+    try:
+        variants = [store.manifest.variant(n) for n in names] if names else list(store.manifest.variants)
+    except KeyError as exc:
+        raise StoreError(f"no variant {exc.args[0]} in {store.root}") from exc
+    images = labelled_images(Path(args.images))
+    dataset = args.dataset or Path(args.images).name
+    bar = _progress_bars()
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        bar(f"evaluate on {dataset}", done, len(images) * len(variants))
+
+    results = evaluate(store, variants, images, progress=advance)
+    store = store.write(record(store.manifest, dataset, results))
+    for result in results:
+        v = store.manifest.variant(result.variant)
+        top1 = "-" if v.top1 is None else f"{100 * v.top1:.1f}% ({v.top1_source})"
+        print(f"{v.name:24} measured {100 * result.top1:5.1f}%  top1 {top1}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    store = open_store(_store_dir(args))
+    if args.json:
+        print(store.manifest.model_dump_json(indent=2))
+        return
+    header = (
+        f"{'variant':22} {'family':20} {'res':>4} {'prec':5} {'size':>9} {'params':>7} "
+        f"{'MACs':>8} {'top1':>6}  source"
+    )
+    print(header)
+    print("-" * len(header))
+    for v in sorted(store.manifest.variants, key=lambda v: (v.family, -v.resolution, v.precision)):
+        top1 = f"{100 * v.top1:5.1f}%" if v.top1 is not None else "     -"
+        macs = f"{v.macs / 1e6:7.0f}M" if v.macs is not None else "       -"
+        params = f"{v.params / 1e6:6.2f}M" if v.params is not None else "      -"
+        print(
+            f"{v.name:22} {v.family:20} {v.resolution:4} {v.precision:5} "
+            f"{v.size_bytes / 2**20:7.2f}MB {params} {macs} {top1}  {v.top1_source or 'unknown'}"
+        )
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    from model_store.plot import Point, plot_frontier
+    from model_store.runner import VariantRunner, time_inference
+
+    store = open_store(_store_dir(args))
+    points = []
+    for v in tqdm(store.manifest.variants, desc="profile", unit="variant"):
+        if v.top1 is None:
+            continue
+        timings = sorted(time_inference(VariantRunner(store.verify(v), v, args.threads), args.runs, 3))
+        points.append(Point(v.name, 1000 * timings[len(timings) // 2], v.top1, v.precision))
+    cpu = platform.processor() or platform.machine()
+    title = (
+        f"edgefit store {store.root} — {cpu}, {os.cpu_count()} cores, {args.threads} thread(s), "
+        f"onnxruntime {ort.__version__}"
+    )
+    plot_frontier(points, title, Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="edgefit", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the store over HTTP")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--store", help="store directory (EDGEFIT_STORE_DIR)")
+    serve.add_argument("--workers", type=int, help="parallel inferences (EDGEFIT_WORKERS)")
+    serve.add_argument("--threads", type=int, help="onnxruntime threads per inference (EDGEFIT_THREADS)")
+    serve.add_argument("--variants", help="comma-separated subset to serve (EDGEFIT_VARIANTS)")
+    serve.set_defaults(run=cmd_serve)
+
+    store = commands.add_parser("store", help="maintain the model store").add_subparsers(
+        dest="store_command", required=True
+    )
+
+    def store_command(
+        name: str, help: str, run: Callable[[argparse.Namespace], None]
+    ) -> argparse.ArgumentParser:
+        command = store.add_parser(name, help=help)
+        command.add_argument(
+            "--store", help=f"store directory (default: EDGEFIT_STORE_DIR or {DEFAULT_STORE})"
+        )
+        command.set_defaults(run=run)
+        return command
+
+    build = store_command("build", "build the default EfficientNet-Lite ladder", cmd_build)
+    build.add_argument("--images", required=True, help="labelled images for calibration and evaluation")
+
+    add = store_command("add", "add an ONNX model exported elsewhere", cmd_add)
+    add.add_argument("file")
+    add.add_argument("--name", required=True)
+    add.add_argument("--family", required=True)
+    add.add_argument("--resolution", type=int, required=True)
+    add.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    add.add_argument("--top1", type=float, help="published ImageNet top-1 as a fraction, e.g. 0.752")
+    add.add_argument("--mean", type=_triple, help="per-channel mean in 0..255 (default: torchvision's)")
+    add.add_argument("--std", type=_triple, help="per-channel std in 0..255 (default: torchvision's)")
+    add.add_argument("--resize-shorter", type=int, help="shorter side before the centre crop")
+
+    evaluate = store_command("evaluate", "measure top-1 on a labelled folder", cmd_evaluate)
+    evaluate.add_argument("--images", required=True)
+    evaluate.add_argument("--variants", help="comma-separated names (default: all)")
+    evaluate.add_argument("--dataset", help="name to record (default: the folder's name)")
+
+    listing = store_command("list", "print the variants", cmd_list)
+    listing.add_argument("--json", action="store_true")
+
+    plot = store_command("plot", "plot the accuracy/latency frontier on this machine", cmd_plot)
+    plot.add_argument("--out", default="frontier.png", help="PNG or SVG file to write")
+    plot.add_argument("--runs", type=int, default=20)
+    plot.add_argument("--threads", type=int, default=1)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    # onnxruntime's quantiser logs chatter on the root logger at INFO: show only ours.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("model_store", "service"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        args.run(args)
+    except StoreError as exc:
+        print(f"edgefit: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The pure core: no FastAPI, no Starlette, no onnxruntime."""

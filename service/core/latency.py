@@ -1,0 +1,111 @@
+"""Latency estimates: the on-device table, kept current from live traffic.
+
+All times are seconds. The table starts from start-up profiling on this machine; every served
+inference is added to its variant's recent window. A variant with enough recent samples is
+predicted from them; one not run lately is predicted from its profiled figure times the current
+*slowdown* (how much slower than profiled the variants that did run lately were), so contention
+shows up in every variant's prediction within seconds, chosen or not.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+MIN_FRESH_SAMPLES = 8
+SLOWDOWN_LIMITS = (0.5, 50.0)
+
+
+def quantile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank, so it is always an observed value)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A variant's profiled inference latency on this machine, idle."""
+
+    p50: float
+    p95: float
+
+    @classmethod
+    def of(cls, timings: Iterable[float]) -> Profile:
+        values = list(timings)
+        return cls(p50=quantile(values, 0.5), p95=quantile(values, 0.95))
+
+
+class LatencyModel:
+    """Per-variant inference latency predictions. Not thread-safe: use from one thread."""
+
+    def __init__(self, profiles: Mapping[str, Profile], *, window: int, fresh_seconds: float) -> None:
+        self.profiles = dict(profiles)
+        self.fresh_seconds = fresh_seconds
+        self._samples: dict[str, deque[tuple[float, float]]] = {
+            name: deque(maxlen=window) for name in profiles
+        }
+        # (time, observed / profiled p50) of recent inferences of any variant.
+        self._ratios: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def observe(self, name: str, seconds: float, now: float) -> None:
+        self._samples[name].append((now, seconds))
+        self._ratios.append((now, seconds / self.profiles[name].p50))
+
+    def last_run(self, name: str) -> float | None:
+        samples = self._samples[name]
+        return samples[-1][0] if samples else None
+
+    def slowdown(self, now: float) -> float:
+        """Median recent (observed / profiled) ratio; 1 when nothing ran lately."""
+        recent = [r for t, r in self._ratios if now - t <= self.fresh_seconds]
+        if not recent:
+            return 1.0
+        low, high = SLOWDOWN_LIMITS
+        return min(high, max(low, statistics.median(recent)))
+
+    def predict(self, name: str, q: float, now: float) -> float:
+        """The ``q`` quantile of this variant's inference time, as things are now."""
+        fresh = [s for t, s in self._samples[name] if now - t <= self.fresh_seconds]
+        if len(fresh) >= MIN_FRESH_SAMPLES:
+            return quantile(fresh, q)
+        return self.idle(name, q) * self.slowdown(now)
+
+    def idle(self, name: str, q: float) -> float:
+        """The profiled figure: p50 for q <= 0.5, else p95."""
+        profile = self.profiles[name]
+        return profile.p50 if q <= 0.5 else profile.p95
+
+
+class DecodeModel:
+    """Predicts decode + preprocessing time from the image header, per format.
+
+    Decoding cost grows with the pixels actually decoded (after the JPEG decoder's own
+    downscaling), so the model keeps recent seconds-per-decoded-pixel per format.
+    """
+
+    def __init__(self, seconds_per_pixel: Mapping[str, float], *, window: int) -> None:
+        self._rates: dict[str, deque[float]] = {
+            fmt: deque([rate], maxlen=window) for fmt, rate in seconds_per_pixel.items()
+        }
+
+    def observe(self, fmt: str, decoded_pixels: int, seconds: float) -> None:
+        self._rates[fmt].append(seconds / max(decoded_pixels, 1))
+
+    def predict(self, fmt: str, decoded_pixels: int, q: float) -> float:
+        return quantile(self._rates[fmt], q) * decoded_pixels
+
+
+class Ewma:
+    """Exponentially weighted moving average (of job service time)."""
+
+    def __init__(self, initial: float, alpha: float = 0.1) -> None:
+        self.value = initial
+        self.alpha = alpha
+
+    def update(self, sample: float) -> None:
+        self.value += self.alpha * (sample - self.value)

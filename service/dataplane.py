@@ -1,0 +1,333 @@
+"""The data plane: admission, selection and execution of classifications, free of HTTP.
+
+It owns what a served store needs at run time (sessions, latency table, executor) and swaps it
+atomically on reload. Latency bookkeeping happens on the event loop thread, after each job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store import imaging
+from model_store.labels import labels
+from model_store.manifest import Variant
+from model_store.runner import top_k
+from service import errors
+from service.core import selector
+from service.core.admission import predicted_wait, retry_after
+from service.core.latency import DecodeModel, LatencyModel, quantile
+from service.observability import Metrics
+from service.runtime.executor import InferenceExecutor
+from service.runtime.models import ServedModels, load_models
+from service.runtime.profiler import decoded_pixels
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Budgets are met at this quantile of every predicted part.
+FIT_QUANTILE = 0.95
+# Server work outside decode and inference (routing, JSON), until measured.
+INITIAL_OVERHEAD_SECONDS = 0.0005
+REPROBE_PERIOD_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    variant: Variant
+    reason: selector.Reason
+    predicted_seconds: float
+    predictions: list[Prediction]
+    queue_seconds: float
+    decode_seconds: float
+    inference_seconds: float
+
+
+@dataclass
+class _Served:
+    """Everything that is swapped as one on reload."""
+
+    models: ServedModels
+    latency: LatencyModel
+    decode: DecodeModel
+    labels: dict[str, tuple[str, ...]]
+    selections: Counter[str] = field(default_factory=Counter)
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = InferenceExecutor(settings.workers, initial_service_seconds=0.01)
+        self._served: _Served | None = None
+        self._overheads: deque[float] = deque([INITIAL_OVERHEAD_SECONDS], maxlen=settings.latency_window)
+        self._last_request = 0.0
+        self.draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._served is not None and not self.draining
+
+    async def load(self) -> None:
+        """Load (or reload) the store off the event loop, then swap it in atomically.
+
+        Raises ``StoreError``; the previously served store stays in place if it does.
+        """
+        models = await asyncio.to_thread(load_models, self.settings)
+        window = self.settings.latency_window
+        self._served = _Served(
+            models=models,
+            latency=LatencyModel(models.profiles, window=window, fresh_seconds=self.settings.fresh_seconds),
+            decode=DecodeModel(models.decode_seconds_per_pixel, window=window),
+            labels={v.labels: labels(v.labels) for v in models.variants.values()},
+        )
+        self.metrics.serve(models.variants.values())
+        self._publish_predictions()
+        log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+
+    def _require(self) -> _Served:
+        if self._served is None or self.draining:
+            raise errors.NotReady(
+                "the server is starting (verifying and profiling models) or draining; retry shortly",
+                retry_after_seconds=1,
+            )
+        return self._served
+
+    @property
+    def variant_names(self) -> Sequence[str]:
+        return tuple(self._served.models.variants) if self._served else ()
+
+    # -- admission and selection --------------------------------------------------------------
+
+    def _queue_wait(self) -> float:
+        ex = self.executor
+        return predicted_wait(ex.queued, ex.running, ex.workers, ex.service_time.value)
+
+    def admit(self) -> None:
+        """Refuse at once (503) when the queue is past its bound; call before reading a body."""
+        self._require()
+        wait = self._queue_wait()
+        if wait > self.settings.max_queue_wait_seconds:
+            raise errors.Overloaded(
+                f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
+                retry_after_seconds=retry_after(wait),
+            )
+
+    def _candidates(
+        self, served: _Served, header: imaging.ImageHeader, now: float
+    ) -> list[selector.Candidate]:
+        overhead = quantile(self._overheads, FIT_QUANTILE)
+        candidates = []
+        for name, v in served.models.variants.items():
+            pixels = decoded_pixels(header, v.preprocessing)
+            decode = served.decode.predict(header.format, pixels, FIT_QUANTILE) + overhead
+            candidates.append(
+                selector.Candidate(
+                    name=name,
+                    top1=v.top1,
+                    size_bytes=v.size_bytes,
+                    predicted_seconds=decode + served.latency.predict(name, FIT_QUANTILE, now),
+                    idle_seconds=decode + served.latency.idle(name, FIT_QUANTILE),
+                )
+            )
+        return candidates
+
+    def _select(
+        self, served: _Served, header: imaging.ImageHeader, constraints: selector.Constraints, started: float
+    ) -> selector.Selection:
+        now = time.perf_counter()
+        wait = self._queue_wait()
+        if wait > self.settings.max_queue_wait_seconds:
+            raise errors.Overloaded(
+                f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
+                retry_after_seconds=retry_after(wait),
+            )
+        try:
+            return selector.select(
+                self._candidates(served, header, now),
+                constraints,
+                elapsed_seconds=now - started,
+                queue_wait_seconds=wait,
+            )
+        except selector.NoVariantAllowed as exc:
+            raise errors.NoVariantAllowed(str(exc)) from None
+        except selector.BudgetUnmeetable as exc:
+            raise errors.BudgetUnmeetable(str(exc)) from None
+        except selector.BudgetUnmeetableNow as exc:
+            raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
+
+    # -- execution -----------------------------------------------------------------------------
+
+    async def classify(
+        self,
+        image: bytes,
+        header: imaging.ImageHeader,
+        constraints: selector.Constraints,
+        top: int,
+        started: float,
+    ) -> Classification:
+        """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
+        served = self._require()
+        if constraints.pinned is not None and constraints.pinned not in served.models.variants:
+            raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
+        self._last_request = time.perf_counter()
+        choice = self._select(served, header, constraints, started)
+        variant = served.models.variants[choice.name]
+        runner = served.models.runners[choice.name]
+        served.selections[choice.name] += 1
+        self.metrics.selected.labels(choice.name, choice.reason).inc()
+        max_pixels = self.settings.max_image_pixels
+        run_options = ort.RunOptions()
+
+        def job() -> tuple[float, float, list[tuple[int, float]]]:
+            t0 = time.perf_counter()
+            tensor = imaging.load_tensor(image, variant.preprocessing, max_pixels)
+            t1 = time.perf_counter()
+            logits = runner.infer(tensor, run_options)
+            t2 = time.perf_counter()
+            return t1 - t0, t2 - t1, top_k(logits, top)
+
+        self.metrics.queue_depth.set(self.executor.queued + 1)
+        try:
+            finished = await asyncio.wait_for(
+                asyncio.shield(self.executor.run(job)), self.settings.inference_timeout_seconds
+            )
+        except TimeoutError:
+            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
+            run_options.terminate = True
+            raise errors.InferenceTimeout(
+                f"inference on {choice.name} ran past "
+                f"{self.settings.inference_timeout_seconds:g} s and was aborted"
+            ) from None
+        except imaging.ImageTooLarge as exc:
+            raise errors.ImageTooLarge(str(exc)) from None
+        except imaging.ImageError as exc:
+            raise errors.InvalidImage(str(exc)) from None
+        finally:
+            self.metrics.queue_depth.set(self.executor.queued)
+        decode_s, inference_s, best = finished.value
+        now = time.perf_counter()
+        served.latency.observe(choice.name, inference_s, now)
+        served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s)
+        self._publish_predictions(choice.name)
+        self.metrics.inference_duration.labels(choice.name).observe(inference_s)
+        self.metrics.decode_duration.observe(decode_s)
+        self.metrics.queue_wait.observe(finished.queue_seconds)
+        names = served.labels[variant.labels]
+        return Classification(
+            variant=variant,
+            reason=choice.reason,
+            predicted_seconds=choice.predicted_seconds,
+            predictions=[Prediction(i, names[i], score) for i, score in best],
+            queue_seconds=finished.queue_seconds,
+            decode_seconds=decode_s,
+            inference_seconds=inference_s,
+        )
+
+    def record_overhead(self, seconds: float) -> None:
+        """Server time outside queue, decode and inference, as measured by the HTTP layer."""
+        self._overheads.append(max(0.0, seconds))
+
+    async def infer_tensor(self, name: str, tensor: np.ndarray) -> np.ndarray:
+        """Raw logits for a preprocessed batch (the Open Inference Protocol path)."""
+        served = self._require()
+        runner = served.models.runners[name]
+        variant = runner.variant
+        finished = await self.executor.run(
+            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input_name: tensor})[0])
+        )
+        return finished.value
+
+    # -- the live table ------------------------------------------------------------------------
+
+    def _publish_predictions(self, *names: str) -> None:
+        served = self._served
+        if served is None:
+            return
+        now = time.perf_counter()
+        gauge = self.metrics.predicted_latency
+        for name in names or served.models.variants:
+            gauge.labels(name, "0.5").set(served.latency.predict(name, 0.5, now))
+            gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now))
+
+    async def keep_table_current(self) -> None:
+        """Forever: refresh the published table; when idle, re-probe the stalest variant."""
+        while True:
+            await asyncio.sleep(REPROBE_PERIOD_SECONDS)
+            served = self._served
+            if served is None:
+                continue
+            self._publish_predictions()
+            now = time.perf_counter()
+            idle = (
+                self.executor.queued == 0
+                and self.executor.running == 0
+                and now - self._last_request > REPROBE_PERIOD_SECONDS
+            )
+            if not idle:
+                continue
+            stale = [
+                (served.latency.last_run(n) or 0.0, n)
+                for n in served.models.variants
+                if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+            ]
+            if stale:
+                _, name = min(stale)
+                await self._probe(served, name)
+
+    async def _probe(self, served: _Served, name: str) -> None:
+        runner = served.models.runners[name]
+        size = runner.variant.resolution
+        tensor = np.zeros((1, 3, size, size), dtype=np.float32)
+
+        def job() -> float:
+            started = time.perf_counter()
+            runner.infer(tensor)
+            return time.perf_counter() - started
+
+        finished = await self.executor.run(job)
+        served.latency.observe(name, finished.value, time.perf_counter())
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """``GET /models``: manifest fields plus the live table and selection counts."""
+        served = self._served
+        if served is None:
+            return []
+        now = time.perf_counter()
+        return [
+            {
+                **v.model_dump(mode="json", exclude={"sha256", "file"}),
+                "sha256": v.sha256,
+                "latency_ms": {
+                    "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
+                    "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
+                    "profiled_p50": round(1000 * served.latency.idle(n, 0.5), 3),
+                    "profiled_p95": round(1000 * served.latency.idle(n, 0.95), 3),
+                },
+                "selected": served.selections[n],
+            }
+            for n, v in served.models.variants.items()
+        ]
+
+    def shutdown(self) -> None:
+        self.draining = True
+        self.executor.shutdown()

@@ -1,0 +1,158 @@
+"""Prometheus metrics (names are a contract: CONTRACT.md) and the structured access log.
+
+Each app owns its registry, so tests never share metric state. Label values come only from the
+manifest and fixed enums; everything a request could make up is folded into ``none``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+from model_store.manifest import Variant
+
+# Seconds; edges at the budget tiers people use on the edge (the client's defaults lack 15/20 ms).
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+# Budget minus total: negative is late. Resolves "how late" and "how much room was left".
+SLACK_BUCKETS = (
+    -0.1,
+    -0.05,
+    -0.02,
+    -0.01,
+    -0.005,
+    -0.002,
+    0.0,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+)
+OUTCOMES = ("ok", "client_error", "shed", "error")
+REASONS = ("best_fit", "pinned", "fallback", "no_budget")
+NO_VARIANT = "none"
+
+access_log = logging.getLogger("edgefit.access")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "edgefit_requests",
+            "Classification requests by variant and outcome.",
+            ["variant", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "edgefit_request_duration_seconds",
+            "Server-side request time, first byte to answer.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "edgefit_inference_duration_seconds",
+            "onnxruntime inference time.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode_duration = Histogram(
+            "edgefit_decode_duration_seconds",
+            "Image decode and preprocessing time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "edgefit_queue_wait_seconds",
+            "Time from admission to a worker starting the job.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.budget = Counter(
+            "edgefit_budget",
+            "Answered requests that carried a budget, by whether it was met.",
+            ["variant", "result"],
+            registry=r,
+        )
+        self.slack = Histogram(
+            "edgefit_budget_slack_seconds",
+            "Budget minus server-side total (negative: late).",
+            buckets=SLACK_BUCKETS,
+            registry=r,
+        )
+        self.selected = Counter(
+            "edgefit_variant_selected",
+            "Variant choices by reason.",
+            ["variant", "reason"],
+            registry=r,
+        )
+        self.predicted_latency = Gauge(
+            "edgefit_variant_predicted_latency_seconds",
+            "The live latency table: predicted inference time quantiles per variant.",
+            ["variant", "quantile"],
+            registry=r,
+        )
+        self.variant_info = Gauge(
+            "edgefit_variant_info",
+            "Variants served, with their manifest facts.",
+            ["variant", "family", "resolution", "precision", "top1"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "edgefit_inflight_requests", "Classification requests being handled.", registry=r
+        )
+        self.queue_depth = Gauge("edgefit_queue_depth", "Jobs waiting for an inference worker.", registry=r)
+        self.requests.labels(NO_VARIANT, "client_error")
+        self.requests.labels(NO_VARIANT, "shed")
+        self.requests.labels(NO_VARIANT, "error")
+
+    def serve(self, variants: Iterable[Variant]) -> None:
+        """Pre-initialise every label set of these variants, and describe them."""
+        self.variant_info.clear()
+        for v in variants:
+            for outcome in OUTCOMES:
+                self.requests.labels(v.name, outcome)
+            for result in ("met", "missed"):
+                self.budget.labels(v.name, result)
+            for reason in REASONS:
+                self.selected.labels(v.name, reason)
+            self.request_duration.labels(v.name)
+            self.inference_duration.labels(v.name)
+            top1 = "" if v.top1 is None else f"{v.top1:.4f}"
+            self.variant_info.labels(v.name, v.family, str(v.resolution), v.precision, top1).set(1)
+
+
+def log_access(fields: dict[str, Any]) -> None:
+    """One JSON line per request on the ``edgefit.access`` logger."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))

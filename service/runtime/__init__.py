@@ -1,0 +1,1 @@
+"""onnxruntime sessions, the bounded executor and the on-device profiler."""

@@ -1,0 +1,110 @@
+"""One Settings object: every knob, typed and bounded, read from ``EDGEFIT_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgefit"
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process. Unsafe combinations refuse to start."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFIT_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    store_dir: Path = Field(Path("model_store/artifacts"), description="The model store to serve.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Writable directory for the on-device latency table.",
+    )
+    variants: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Serve only these variants (comma-separated); empty: all of the store."
+    )
+    workers: int = Field(
+        default_factory=available_cpus,
+        ge=1,
+        le=64,
+        description="Inferences run in parallel. Default: one per available CPU (measured best "
+        "for throughput on 2 cores; see bench/).",
+    )
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per inference.")
+    profile_runs: int = Field(
+        20, ge=3, le=1000, description="Timed runs per variant when profiling at start-up."
+    )
+    profile_warmup: int = Field(3, ge=1, le=100, description="Untimed runs before profiling.")
+    latency_window: int = Field(
+        64, ge=8, le=4096, description="Recent inferences per variant behind its live quantiles."
+    )
+    fresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Live samples older than this no longer describe a variant's latency.",
+    )
+    reprobe_idle_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Re-probe a variant not run for this long, when the server is idle.",
+    )
+    max_body_bytes: int = Field(16 << 20, gt=0, description="Largest request body.")
+    max_image_pixels: int = Field(50_000_000, gt=0, description="Largest image (width x height).")
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Deadline for receiving the whole body."
+    )
+    max_queue_wait_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Admission bound: requests that would wait longer are shed (503).",
+    )
+    inference_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Hard limit for one inference; past it: 504."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer token for /admin endpoints.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    connection_limit: int = Field(1024, ge=16, description="uvicorn's backstop on concurrent connections.")
+    keep_alive_seconds: int = Field(5, ge=1, le=300)
+    drain_seconds: int = Field(
+        20, ge=1, le=600, description="On SIGTERM, how long in-flight requests may finish."
+    )
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(n.strip() for n in value.split(",") if n.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.inference_timeout_seconds <= self.max_queue_wait_seconds / 10:
+            raise ValueError("inference_timeout_seconds is too small for the admission bound")
+        if self.workers * self.threads > 4 * available_cpus():
+            raise ValueError(
+                f"workers x threads = {self.workers * self.threads} oversubscribes "
+                f"{available_cpus()} CPUs more than 4 times"
+            )
+        return self
