@@ -30,9 +30,7 @@ def raw_payloads(path: str, images: Sequence[bytes]) -> list[Payload]:
     return [Payload(path, data, "image/jpeg") for data in images]
 
 
-def multipart_payloads(
-    path: str, images: Sequence[bytes], field_name: str = "file"
-) -> list[Payload]:
+def multipart_payloads(path: str, images: Sequence[bytes], field_name: str = "file") -> list[Payload]:
     """The same image bytes as ``multipart/form-data`` (how BentoML clients send files)."""
     out = []
     for i, data in enumerate(images):

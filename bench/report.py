@@ -38,8 +38,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"Medians over {c['repeats']} repeats. Images: {r['images']['count']} real JPEGs "
         f"({r['images']['subset']}, mean {r['images']['mean_bytes'] / 1000:.0f} KB), raw bodies.",
         "",
-        "## Floor: in-process onnxruntime (decode + preprocess + infer + top-k), "
-        "one loop per worker",
+        "## Floor: in-process onnxruntime (decode + preprocess + infer + top-k), one loop per worker",
         "",
         "| variant | full req/s | full p50 ms | inference alone req/s | inference p50 ms |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -54,7 +53,9 @@ def markdown(r: dict[str, Any]) -> str:
         "## Overhead: edgefit, pinned variant (`model=`), closed-loop keep-alive clients",
         "",
         f"Targets: ≥ {TARGET_VS_FLOOR:.0%} of the floor's req/s; server overhead "
-        f"(total − decode − inference − queue) p50 ≤ {TARGET_OVERHEAD_P50_MS} ms.",
+        f"(total − decode − inference − queue) p50 ≤ {TARGET_OVERHEAD_P50_MS} ms. "
+        f"The floor runs {c['workers']} loops in parallel, which one client cannot match, so the "
+        "targets are judged at 4 and 12 clients.",
         "",
         "| variant | clients | req/s | of floor | client p50 ms | client p99 ms | overhead p50 ms "
         "| overhead p99 ms | client CPU (cores) | targets |",
@@ -63,8 +64,7 @@ def markdown(r: dict[str, Any]) -> str:
     for name, rows in r["overhead"].items():
         for conc, row in rows.items():
             ok = (
-                row["vs_floor"] >= TARGET_VS_FLOOR
-                and (row["overhead_p50_ms"] or 0) <= TARGET_OVERHEAD_P50_MS
+                row["vs_floor"] >= TARGET_VS_FLOOR and (row["overhead_p50_ms"] or 0) <= TARGET_OVERHEAD_P50_MS
             )
             lines.append(
                 f"| {name} | {conc} | {_f(row['per_s'])} | {_pct(row['vs_floor'])} | "
@@ -77,8 +77,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Budget tiers: sequential requests, the server choosing the variant",
         "",
-        "| budget | requests | budget met (server clock) | 503 | overhead p50 ms | served top-1 "
-        "| variants |",
+        "| budget | requests | budget met (server clock) | 503 | overhead p50 ms | served top-1 | variants |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for tier, t in r["budget_tiers"].items():
@@ -90,8 +89,7 @@ def markdown(r: dict[str, Any]) -> str:
     p = r["peer"]
     lines += [
         "",
-        f"## Peer: {p['server']} (default serving settings), {p['variant']}, same client, "
-        "same image bytes",
+        f"## Peer: {p['server']} (default serving settings), {p['variant']}, same client, same image bytes",
         "",
         "The peer takes files as multipart/form-data (BentoML's way); edgefit is shown with raw "
         "bodies and with the very same multipart bodies.",
@@ -161,9 +159,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     conc = ["1", "4", "12"]
     for name, rows in r["overhead"].items():
-        left.plot(
-            [int(c) for c in conc], [rows[c]["per_s"] for c in conc], "o-", label=f"edgefit {name}"
-        )
+        left.plot([int(c) for c in conc], [rows[c]["per_s"] for c in conc], "o-", label=f"edgefit {name}")
         left.axhline(
             r["floor"][name]["full"]["per_s"],
             linestyle="--",
@@ -187,24 +183,18 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
     systems = r["overload"]["systems"]
     names = list(systems)
-    x = range(len(names))
-    right.bar(
-        [i - 0.2 for i in x],
-        [systems[n]["goodput_per_s"] for n in names],
-        0.4,
-        label="goodput (answers within budget) /s",
-    )
-    right.bar(
-        [i + 0.2 for i in x],
-        [systems[n]["answered"] / r["config"]["open_loop_s"] for n in names],
-        0.4,
-        label="answers /s",
-    )
-    right.set_xticks(list(x), [n.replace(" (", "\n(") for n in names], fontsize=7)
-    right.set_ylabel("per second")
+    bars = right.bar(range(len(names)), [systems[n]["goodput_per_s"] for n in names], 0.6)
+    for bar, n in zip(bars, names, strict=True):
+        met = systems[n]["budget_met_server"] or systems[n]["budget_met_client"]
+        label = "–" if met is None else f"{met:.0%} met"
+        right.annotate(
+            label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
+    right.axhline(r["overload"]["rate_per_s"], linestyle="--", color="grey", label="offered")
+    right.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+    right.set_ylabel("answers within budget / s (goodput)")
     right.set_title(
-        f"Overload at {r['overload']['rate_per_s']:.0f} req/s offered, "
-        f"budget {r['overload']['budget_ms']} ms"
+        f"Overload at {r['overload']['rate_per_s']:.0f} req/s offered, budget {r['overload']['budget_ms']} ms"
     )
     right.legend(fontsize=7)
     m = r["machine"]

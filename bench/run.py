@@ -131,9 +131,7 @@ def repeat(n: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     store_dir = Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifacts"))
-    sample_dir = Path(
-        os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample")
-    )
+    sample_dir = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample"))
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -146,8 +144,7 @@ def main() -> int:
     manifest = open_store(store_dir).manifest
     by_name = {v.name: v for v in manifest.variants}
     accurate = (
-        os.environ.get("BENCH_ACCURATE_VARIANT")
-        or max(manifest.variants, key=lambda v: v.top1 or 0.0).name
+        os.environ.get("BENCH_ACCURATE_VARIANT") or max(manifest.variants, key=lambda v: v.top1 or 0.0).name
     )
     pinned_default = "lite0-224-int8" if QUICK else "lite0-128-int8,lite0-224-int8"
     pinned = [n for n in os.environ.get("BENCH_VARIANTS", pinned_default).split(",") if n]
@@ -193,9 +190,7 @@ def main() -> int:
         entry = {}
         for mode, infer_only in (("full", False), ("infer_only", True)):
             progress(f"floor {name} {mode}")
-            runs = floor.measure(
-                store_dir, name, workers, threads, images, infer_only, FLOOR_S, REPEATS
-            )
+            runs = floor.measure(store_dir, name, workers, threads, images, infer_only, FLOOR_S, REPEATS)
             entry[mode] = medians([{"per_s": r.per_s, "p50_ms": r.p50_ms} for r in runs])
         results["floor"][name] = entry
         progress(
@@ -228,9 +223,7 @@ def main() -> int:
                         client.closed_loop("127.0.0.1", port, p, c, CLOSED_S)
                     ),
                 )
-                rows[str(c)]["vs_floor"] = (
-                    rows[str(c)]["per_s"] / results["floor"][name]["full"]["per_s"]
-                )
+                rows[str(c)]["vs_floor"] = rows[str(c)]["per_s"] / results["floor"][name]["full"]["per_s"]
                 progress(
                     f"edgefit {name} x{c}: {rows[str(c)]['per_s']:.1f}/s "
                     f"({rows[str(c)]['vs_floor']:.0%} of floor), overhead p50 "
@@ -242,9 +235,7 @@ def main() -> int:
         results["edgefit_multipart"] = {
             str(c): repeat(
                 REPEATS,
-                lambda c=c: closed_summary(
-                    client.closed_loop("127.0.0.1", port, multipart, c, CLOSED_S)
-                ),
+                lambda c=c: closed_summary(client.closed_loop("127.0.0.1", port, multipart, c, CLOSED_S)),
             )
             for c in CONCURRENCY
         }
@@ -268,14 +259,10 @@ def main() -> int:
                 "shed_503": sum(1 for s in run.samples if s.status == 503),
                 "budget_met": len(met) / len(ok) if ok else None,
                 "overhead_p50_ms": pct(overheads, 50),
-                "served_top1": statistics.fmean(s.top1 for s in ok if s.top1 is not None)
-                if ok
-                else None,
+                "served_top1": statistics.fmean(s.top1 for s in ok if s.top1 is not None) if ok else None,
                 "variants": dict(Counter(s.variant for s in ok if s.variant)),
             }
-            progress(
-                f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met"
-            )
+            progress(f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met")
 
         # 4. Overload on edgefit: with selection, and pinned to the most accurate variant.
         for system, query in (
@@ -304,18 +291,12 @@ def main() -> int:
         for c in CONCURRENCY:
             row = repeat(
                 REPEATS,
-                lambda c=c: closed_summary(
-                    client.closed_loop("127.0.0.1", port, payloads, c, CLOSED_S)
-                ),
+                lambda c=c: closed_summary(client.closed_loop("127.0.0.1", port, payloads, c, CLOSED_S)),
             )
             ours = results["overhead"].get(peer_variant, {}).get(str(c))
-            row["edgefit_raw_over_peer"] = (
-                ours["per_s"] / row["per_s"] if ours and row["per_s"] else None
-            )
+            row["edgefit_raw_over_peer"] = ours["per_s"] / row["per_s"] if ours and row["per_s"] else None
             mp = results["edgefit_multipart"][str(c)]
-            row["edgefit_multipart_over_peer"] = (
-                mp["per_s"] / row["per_s"] if row["per_s"] else None
-            )
+            row["edgefit_multipart_over_peer"] = mp["per_s"] / row["per_s"] if row["per_s"] else None
             results["peer"][str(c)] = row
             progress(f"peer x{c}: {row['per_s']:.1f}/s")
     with servers.peer(store_dir, accurate, threads, out_dir) as port:
