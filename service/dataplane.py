@@ -315,8 +315,7 @@ class DataPlane:
         now = time.perf_counter()
         return [
             {
-                **v.model_dump(mode="json", exclude={"sha256", "file"}),
-                "sha256": v.sha256,
+                **v.model_dump(mode="json", exclude={"file"}),
                 "latency_ms": {
                     "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),

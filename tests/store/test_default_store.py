@@ -1,0 +1,61 @@
+"""Acceptance of the default store that `make setup` built (model_store/artifacts)."""
+
+from pathlib import Path
+
+import pytest
+
+from model_store.build.recipes import LADDER, variant_name
+from model_store.evaluate import evaluate, labelled_images
+from model_store.store import open_store
+
+
+@pytest.fixture(scope="module")
+def store(store_dir: Path):
+    return open_store(store_dir)
+
+
+def test_a_real_ladder(store) -> None:
+    variants = store.manifest.variants
+    assert len(variants) >= 12
+    for v in variants:
+        assert v.size_bytes > 1_000_000 and v.params and v.macs and v.macs > 100_000_000
+        assert v.top1 is not None and v.top1_source in ("published", "derived")
+        store.verify(v)
+    for recipe in LADDER:
+        native = store.manifest.variant(variant_name(recipe.arch, recipe.native_resolution, "fp32"))
+        assert (native.top1, native.top1_source) == (recipe.published_top1, "published")
+        resolutions = {v.resolution for v in variants if v.family == recipe.family}
+        assert recipe.native_resolution in resolutions and len(resolutions) >= 3
+        assert {v.precision for v in variants if v.family == recipe.family} == {"fp32", "int8"}
+
+
+def test_derived_figures_are_published_base_plus_measured_difference(store) -> None:
+    for v in store.manifest.variants:
+        if v.top1_source != "derived":
+            continue
+        base = store.manifest.variant(v.top1_base)
+        dataset = v.top1_dataset
+        expected = base.top1 + v.evaluations[dataset] - base.evaluations[dataset]
+        assert v.top1 == pytest.approx(expected, abs=1e-4)
+
+
+def test_int8_loses_at_most_two_points(store) -> None:
+    pairs = 0
+    for v in store.manifest.variants:
+        if v.precision == "int8":
+            twin = store.manifest.variant(v.name.removesuffix("-int8") + "-fp32")
+            for dataset, accuracy in v.evaluations.items():
+                assert twin.evaluations[dataset] - accuracy <= 0.02, v.name
+                pairs += 1
+    assert pairs >= 6
+
+
+def test_lite0_classifies_the_sample_through_the_store_code_path(store, sample_dir: Path) -> None:
+    names = ["lite0-224-fp32", "lite0-224-int8"]
+    images = labelled_images(sample_dir)
+    fp32, int8 = evaluate(store, [store.manifest.variant(n) for n in names], images)
+    assert fp32.top1 >= 0.85
+    assert fp32.top1 - int8.top1 <= 0.02
+    # What the build recorded is what this code measures again.
+    for result in (fp32, int8):
+        assert store.manifest.variant(result.variant).evaluations[sample_dir.name] == pytest.approx(result.top1)

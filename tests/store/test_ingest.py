@@ -1,0 +1,125 @@
+"""``edgefit store add``: validation, traversal names, duplicates and atomicity."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import external_data_helper
+
+from model_store.ingest import add
+from model_store.store import StoreError, open_store
+
+from tests.store.conftest import export_tiny
+
+
+def test_add_copies_hashes_and_describes(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = add(tmp_path / "store", tiny_onnx, name="tiny-32-fp32", family="tinynet", resolution=32, top1=0.5)
+    (variant,) = store.manifest.variants
+    assert variant.top1_source == "published" and variant.top1 == 0.5
+    assert variant.params == 3 * 8 * 9 + 8 + 8 * 1000 + 1000
+    assert variant.macs == 16 * 16 * 8 * 27 + 8 * 1000
+    assert (variant.input_name, variant.output_name) == ("input", "output")
+    assert store.verify(variant).name == variant.file
+
+
+def test_add_without_top1_is_unknown_not_invented(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    assert store.manifest.variants[0].top1 is None
+    assert store.manifest.variants[0].top1_source is None
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", "Evil", "a b", ""])
+def test_traversal_and_unsafe_names_are_refused(tmp_path: Path, tiny_onnx: Path, name: str) -> None:
+    with pytest.raises(StoreError, match="not allowed"):
+        add(tmp_path / "store", tiny_onnx, name=name, family="tinynet", resolution=32)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").iterdir())
+    assert not (tmp_path / "evil").exists()
+
+
+def test_duplicate_name_is_refused_and_store_unchanged(tmp_path: Path, tiny_onnx: Path) -> None:
+    add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    before = (tmp_path / "manifest.json").read_bytes()
+    with pytest.raises(StoreError, match="already exists"):
+        add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+def _external(tmp_path: Path, tiny_onnx: Path) -> Path:
+    model = onnx.load(str(tiny_onnx))
+    external_data_helper.convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    path = tmp_path / "external.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _wrong_output(tmp_path: Path) -> Path:
+    return export_tiny(tmp_path / "ten.onnx", classes=10)
+
+
+def _gray(tmp_path: Path) -> Path:
+    return export_tiny(tmp_path / "gray.onnx", channels=1)
+
+
+def _corrupt(tmp_path: Path) -> Path:
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    return path
+
+
+def _truncated(tmp_path: Path, tiny_onnx: Path) -> Path:
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(tiny_onnx.read_bytes()[:500])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, tiny: tmp / "missing.onnx", "no such file"),
+        (lambda tmp, tiny: _corrupt(tmp), "not a readable ONNX"),
+        (lambda tmp, tiny: _truncated(tmp, tiny), "not a readable ONNX|onnxruntime cannot"),
+        (lambda tmp, tiny: _external(tmp, tiny), "external data"),
+        (lambda tmp, tiny: _wrong_output(tmp), r"expected \[N, 1000\]"),
+        (lambda tmp, tiny: _gray(tmp), r"expected \[N, 3, H, W\]"),
+    ],
+    ids=["missing", "corrupt", "truncated", "external-data", "wrong-output", "one-channel"],
+)
+def test_bad_files_are_refused_and_nothing_is_written(tmp_path: Path, tiny_onnx: Path, make, message: str) -> None:
+    store_dir = tmp_path / "store"
+    add(store_dir, tiny_onnx, name="good", family="tinynet", resolution=32)
+    before = sorted(p.name for p in store_dir.iterdir())
+    with pytest.raises(StoreError, match=message):
+        add(store_dir, make(tmp_path, tiny_onnx), name="bad", family="tinynet", resolution=32)
+    assert sorted(p.name for p in store_dir.iterdir()) == before
+    assert [v.name for v in open_store(store_dir).manifest.variants] == ["good"]
+
+
+def test_resolution_the_model_cannot_take(tmp_path: Path) -> None:
+    # A static-shaped export: it can only take 32x32.
+    import torch
+
+    path = tmp_path / "static.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)),
+                      (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False)
+    with pytest.raises(StoreError, match="does not take 64x64"):
+        add(tmp_path / "store", path, name="static", family="tinynet", resolution=64)
+
+
+def test_cli_reports_one_line_and_fails(tmp_path: Path, tiny_onnx: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "store", "add", str(tiny_onnx), "--store", str(tmp_path),
+         "--name", "../../etc/passwd", "--family", "x", "--resolution", "32"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "not allowed" in result.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "service.cli", "store", "add", str(tiny_onnx), "--store", str(tmp_path),
+         "--name", "tiny", "--family", "tinynet", "--resolution", "32", "--top1", "0.6"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "added tiny" in ok.stdout
+    assert json.loads((tmp_path / "manifest.json").read_text())["variants"][0]["top1"] == 0.6

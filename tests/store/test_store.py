@@ -1,0 +1,69 @@
+"""Opening, verifying and atomically writing a store."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from model_store.ingest import add
+from model_store.manifest import Manifest
+from model_store.store import StoreError, open_store
+
+
+def test_tampered_file_is_never_vouched_for(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    variant = store.manifest.variants[0]
+    path = store.path_of(variant)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="refusing to serve"):
+        store.verify(variant)
+    path.unlink()
+    with pytest.raises(StoreError, match="missing"):
+        store.verify(variant)
+
+
+def test_manifest_paths_cannot_leave_the_store(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = add(tmp_path / "store", tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    raw = (tmp_path / "store" / "manifest.json").read_text()
+    (tmp_path / "store" / "manifest.json").write_text(raw.replace(store.manifest.variants[0].file, "../tiny.onnx"))
+    with pytest.raises(StoreError, match="not a valid manifest"):
+        open_store(tmp_path / "store")
+
+
+def test_invalid_and_missing_manifests(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="missing"):
+        open_store(tmp_path)
+    assert open_store(tmp_path, missing_ok=True).manifest == Manifest()
+    (tmp_path / "manifest.json").write_text('{"schema_version": 2, "variants": []}')
+    with pytest.raises(StoreError, match="schema_version"):
+        open_store(tmp_path)
+
+
+def test_a_failed_write_leaves_the_previous_manifest(tmp_path: Path, tiny_onnx: Path, monkeypatch) -> None:
+    store = add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    before = (tmp_path / "manifest.json").read_bytes()
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.write(Manifest())
+    assert (tmp_path / "manifest.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_failed_add_leaves_no_file_behind(tmp_path: Path, tiny_onnx: Path, monkeypatch) -> None:
+    add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    from model_store import store as store_module
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module, "_atomic_write_bytes", crash)
+    with pytest.raises(OSError, match="disk full"):
+        add(tmp_path, tiny_onnx, name="tiny2", family="tinynet", resolution=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files

@@ -1,0 +1,65 @@
+import pytest
+
+from service.core.admission import predicted_wait, retry_after
+from service.core.latency import DecodeModel, LatencyModel, Profile, quantile
+
+
+def test_quantile_is_an_observed_value() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert quantile(values, 0.5) == 3.0
+    assert quantile(values, 0.95) == 5.0
+    assert quantile(values, 0.0) == 1.0
+
+
+def test_profile_of_timings() -> None:
+    profile = Profile.of([0.001 * i for i in range(1, 101)])
+    assert profile.p50 == pytest.approx(0.050)
+    assert profile.p95 == pytest.approx(0.095)
+
+
+def _model() -> LatencyModel:
+    profiles = {"a": Profile(0.010, 0.012), "b": Profile(0.020, 0.025)}
+    return LatencyModel(profiles, window=16, fresh_seconds=5.0)
+
+
+def test_idle_prediction_is_the_profile() -> None:
+    model = _model()
+    assert model.predict("a", 0.95, now=100.0) == pytest.approx(0.012)
+    assert model.slowdown(100.0) == 1.0
+
+
+def test_contention_on_one_variant_slows_the_prediction_of_all() -> None:
+    model = _model()
+    for i in range(4):
+        model.observe("a", 0.030, now=100.0 + i * 0.1)  # 3x slower than profiled
+    assert model.slowdown(101.0) == pytest.approx(3.0)
+    assert model.predict("b", 0.95, now=101.0) == pytest.approx(0.075)
+
+
+def test_enough_fresh_samples_speak_for_themselves_and_then_age_out() -> None:
+    model = _model()
+    for i in range(10):
+        model.observe("a", 0.015 + 0.001 * i, now=100.0)
+    assert model.predict("a", 0.5, now=100.0) == pytest.approx(0.019)
+    # Five seconds later they are stale: back to the profile (no recent slowdown either).
+    assert model.predict("a", 0.5, now=106.0) == pytest.approx(0.010)
+
+
+def test_decode_model_scales_with_pixels() -> None:
+    model = DecodeModel({"JPEG": 1e-8}, window=8)
+    assert model.predict("JPEG", 1_000_000, 0.95) == pytest.approx(0.01)
+    model.observe("JPEG", 500_000, 0.010)  # 2e-8 s/px
+    assert model.predict("JPEG", 1_000_000, 0.95) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    ("queued", "running", "workers", "expected"),
+    [(0, 0, 2, 0.0), (0, 1, 2, 0.0), (0, 2, 2, 0.005), (4, 2, 2, 0.025), (3, 1, 1, 0.04)],
+)
+def test_predicted_wait(queued: int, running: int, workers: int, expected: float) -> None:
+    assert predicted_wait(queued, running, workers, 0.010) == pytest.approx(expected)
+
+
+def test_retry_after_is_whole_seconds() -> None:
+    assert retry_after(0.01) == 1
+    assert retry_after(2.2) == 3

@@ -1,0 +1,60 @@
+import pytest
+from pydantic import ValidationError
+
+from model_store.manifest import Manifest, Preprocessing, Variant, check_safe_name
+
+PRE = Preprocessing(resize_shorter=256, crop=224, mean=(127, 127, 127), std=(128, 128, 128))
+
+
+def variant(**overrides: object) -> Variant:
+    fields: dict[str, object] = dict(
+        name="lite0-224-fp32", family="efficientnet_lite0", resolution=224, precision="fp32",
+        file="lite0-224-fp32.abc.onnx", sha256="0" * 64, size_bytes=10, params=1, macs=2,
+        input_name="image", output_name="logits", preprocessing=PRE,
+    )
+    return Variant.model_validate({**fields, **overrides})
+
+
+def test_round_trip() -> None:
+    manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
+    assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
+    assert manifest.schema_version == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"top1": 0.7},  # a figure without its source
+        {"top1_source": "published"},  # a source without a figure
+        {"top1": 0.7, "top1_source": "measured"},  # measured on what?
+        {"top1": 0.7, "top1_source": "derived", "top1_dataset": "x"},  # derived from what?
+        {"top1": 1.2, "top1_source": "published"},
+        {"sha256": "xyz"},
+        {"resolution": 192},  # crop disagrees with resolution
+        {"precision": "fp16"},
+        {"unexpected": 1},
+    ],
+)
+def test_dishonest_or_malformed_entries_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        variant(**bad)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", "UPPER", "", "a" * 65, "-lead", "a..b", "x y", "é"])
+def test_unsafe_names(name: str) -> None:
+    with pytest.raises(ValueError, match="not allowed"):
+        check_safe_name(name)
+    with pytest.raises(ValidationError):
+        variant(name=name)
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(ValidationError, match="duplicate"):
+        Manifest(variants=(variant(), variant()))
+
+
+def test_replace_keeps_order_and_adds() -> None:
+    a, b = variant(), variant(name="lite0-192-fp32", resolution=192, preprocessing=PRE.model_copy(update={"crop": 192}))
+    manifest = Manifest(variants=(a,)).replace(b, a.model_copy(update={"size_bytes": 11}))
+    assert [v.name for v in manifest.variants] == ["lite0-224-fp32", "lite0-192-fp32"]
+    assert manifest.variant("lite0-224-fp32").size_bytes == 11
