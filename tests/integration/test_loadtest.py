@@ -30,7 +30,7 @@ STORE = Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifac
 SAMPLE = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample"))
 # A few variants, fast and slow enough for the budget tiers to mean something; few profile runs
 # keep the start-up short.
-VARIANTS = "lite0-128-int8,lite0-160-int8,lite0-224-int8,lite0-224-fp32"
+VARIANTS = "lite0-160-int8,lite0-192-int8,lite0-224-int8,lite0-224-fp32"
 RUN_SECONDS = 25
 
 
@@ -83,9 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def _loadtest(
-    url: str, results: Path, seconds: int, **extra: str
-) -> subprocess.CompletedProcess[str]:
+def _loadtest(url: str, results: Path, seconds: int, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "EDGEFIT_URL": url,
@@ -112,11 +110,13 @@ def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path) -> None:
     run = _loadtest(server, tmp_path, RUN_SECONDS)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    summary_path = tmp_path / "steady-summary.json"
+    missed = json.loads(summary_path.read_text())["missed"] if summary_path.exists() else None
+    assert run.returncode == 0, (missed, run.stderr[-4000:])
 
     rows = _rows(tmp_path / "steady_stats.csv")
     posts = {name: row for (kind, name), row in rows.items() if kind == "POST"}
-    # At 4 users pacing 10 requests/s each, 25 s makes ~1000 requests; far fewer means stalls.
+    # At 2 users pacing 10 requests/s each, 25 s makes ~500 requests; far fewer means stalls.
     made = sum(int(r["Request Count"]) for r in posts.values())
     assert made >= 200, posts
     assert sum(int(r["Failure Count"]) for r in posts.values()) == 0, posts
@@ -128,15 +128,13 @@ def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path) -> None:
     assert ("SERVER", "overhead_ms") in rows
     assert (tmp_path / "steady.html").stat().st_size > 0
 
-    summary = json.loads((tmp_path / "steady-summary.json").read_text())
+    summary = json.loads(summary_path.read_text())
     assert summary["missed"] == []
     assert summary["tiers"]["50ms"]["budget_met"] >= summary["thresholds"]["min_budget_met"]["50ms"]
 
 
 def test_a_missed_threshold_fails_the_run(server: str, tmp_path: Path) -> None:
-    run = _loadtest(
-        server, tmp_path, 6, LOADTEST_THRESHOLDS=json.dumps({"min_budget_met": {"50ms": 1.01}})
-    )
+    run = _loadtest(server, tmp_path, 6, LOADTEST_THRESHOLDS=json.dumps({"min_budget_met": {"50ms": 1.01}}))
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-5000:]
     summary = json.loads((tmp_path / "steady-summary.json").read_text())
     assert any(line.startswith("tier 50ms:") for line in summary["missed"]), summary
