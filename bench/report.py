@@ -5,6 +5,7 @@ The targets are issue 5's; they are reported, never tuned to.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -125,17 +126,21 @@ def markdown(r: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, s in systems.items():
-        ratio = s["goodput_per_s"] / peer_goodput if peer_goodput else None
+        # A peer with no answer within budget makes any goodput of ours an infinite ratio.
+        ratio = s["goodput_per_s"] / peer_goodput if peer_goodput else math.inf
+        shown = (
+            "∞"
+            if math.isinf(ratio) and s["goodput_per_s"]
+            else _f(None if math.isinf(ratio) else ratio, "{:.2f}x")
+        )
         target = ""
         if name == "edgefit (selection)":
-            ok = (ratio is None or ratio >= TARGET_GOODPUT_VS_PEER) and (
-                s["budget_met_server"] or 0
-            ) >= TARGET_BUDGET_MET
+            ok = ratio >= TARGET_GOODPUT_VS_PEER and (s["budget_met_server"] or 0) >= TARGET_BUDGET_MET
             target = _mark(ok)
         lines.append(
             f"| {name} | {_f(s['offered'], '{:.0f}')} | {_f(s['answered'], '{:.0f}')} | "
             f"{_f(s['shed_503'], '{:.0f}')} | {_f(s['goodput_per_s'])} | "
-            f"{_f(ratio, '{:.2f}x')} | "
+            f"{shown} | "
             f"{_pct(s['budget_met_server'])} | {_pct(s['budget_met_client'])} | "
             f"{_f(s['served_top1'], '{:.3f}')} | {_f(s['client_p50_ms'])} | "
             f"{_f(s['client_p99_ms'])} | {target} |"
