@@ -32,17 +32,25 @@ REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "edgefit.json"
 STORE = REPO / "model_store" / "artifacts"
-# The smallest variant and a larger one: quick to load and profile, and different enough in
-# speed that budgets between them make the selector choose.
-VARIANTS = ("lite0-128-int8", "lite0-224-fp32")
 # 1 ms can never be met (decoding alone takes longer), so misses are certain; 1 s is always met.
 BUDGETS = ("1ms", "5ms", "20ms", "50ms", "1000ms", None)
 IMAGES_PER_BUDGET = 6
 SCRAPE_SECONDS = 1
-START_TIMEOUT = 180.0
+START_TIMEOUT = 120.0
 # The rule's form every alert keeps (see alerts.yml and tests/deploy/test_prometheus_rules.py).
 COMPARISON = re.compile(r"^(?P<signal>\S+) (?P<op>>=|<=|==|!=|>|<) (?P<rest>.+)$")
 ABSENT = re.compile(r"^absent\((?P<selector>\S+)\)$")
+
+
+def _variants() -> tuple[str, str]:
+    """The store's lowest-resolution variant and the highest-resolution one of its family: quick
+    to load and profile, and far enough apart in speed that the budgets make the selector choose.
+    """
+    variants = json.loads((STORE / "manifest.json").read_text())["variants"]
+    fastest = min(variants, key=lambda v: (v["resolution"], v["size_bytes"]))
+    family = [v for v in variants if v["family"] == fastest["family"] and v is not fastest]
+    larger = max(family, key=lambda v: (v["resolution"], -v["size_bytes"]))
+    return fastest["name"], larger["name"]
 
 
 def _free_port() -> int:
@@ -85,14 +93,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `edgefit serve` on a free loopback port, ready; yields host:port."""
+def variants() -> tuple[str, str]:
     assert (STORE / "manifest.json").exists(), f"no model store at {STORE}: run `make setup`"
+    return _variants()
+
+
+@pytest.fixture(scope="module")
+def server(variants: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `edgefit serve` on a free loopback port, ready; yields host:port."""
     tmp = tmp_path_factory.mktemp("edgefit")
     port = _free_port()
     env = {
         **os.environ,
-        "EDGEFIT_VARIANTS": ",".join(VARIANTS),
+        "EDGEFIT_VARIANTS": ",".join(variants),
         "EDGEFIT_PROFILE_RUNS": "5",
         "EDGEFIT_CACHE_DIR": str(tmp / "cache"),
         "EDGEFIT_LOG_LEVEL": "INFO",
@@ -190,7 +203,7 @@ def _wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def traffic(server: str, prometheus: Prometheus) -> Traffic:
+def traffic(server: str, prometheus: Prometheus, variants: tuple[str, str]) -> Traffic:
     start = time.time()
     instance = f'instance="{server}"'
     # Every counter's first sample must be the pre-initialised 0, before any traffic, so that
@@ -199,9 +212,9 @@ def traffic(server: str, prometheus: Prometheus) -> Traffic:
         lambda: prometheus.query(f"edgefit_budget_total{{{instance}}}"),
         "the first scrape of the server",
     )
-    assert all(
-        float(s["value"][1]) == 0 for s in prometheus.query(f"edgefit_budget_total{{{instance}}}")
-    ), "edgefit_budget_total was not zero before any traffic"
+    assert all(float(s["value"][1]) == 0 for s in prometheus.query(f"edgefit_budget_total{{{instance}}}")), (
+        "edgefit_budget_total was not zero before any traffic"
+    )
 
     statuses: dict[int, int] = {}
     budgeted = met = 0
@@ -218,7 +231,7 @@ def traffic(server: str, prometheus: Prometheus) -> Traffic:
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                 assert response.status_code == 200, response.text
                 body = response.json()
-                assert body["model"]["name"] in VARIANTS
+                assert body["model"]["name"] in variants
                 if budget is None:
                     assert body["budget_met"] is None
                 else:
@@ -247,10 +260,7 @@ def traffic(server: str, prometheus: Prometheus) -> Traffic:
     # window below ends after the last change.
     _wait_until(
         lambda: (
-            sum(
-                float(s["value"][1])
-                for s in prometheus.query(f"edgefit_budget_total{{{instance}}}")
-            )
+            sum(float(s["value"][1]) for s in prometheus.query(f"edgefit_budget_total{{{instance}}}"))
             == budgeted
         ),
         "Prometheus to see every budgeted answer",
@@ -292,14 +302,14 @@ def _finite(samples: list[dict[str, Any]]) -> list[float]:
 
 
 def test_prometheus_scrapes_the_server_with_a_gateway_label(
-    server: str, prometheus: Prometheus, traffic: Traffic
+    server: str, prometheus: Prometheus, traffic: Traffic, variants: tuple[str, str]
 ) -> None:
     (target,) = prometheus.get("/api/v1/targets")["activeTargets"]
     assert target["health"] == "up", target
     assert target["labels"]["instance"] == server
     assert target["labels"]["gateway"] == "127.0.0.1"  # from the shipped relabeling
     info = prometheus.query(f'edgefit_variant_info{{instance="{server}"}}')
-    assert {s["metric"]["variant"] for s in info} == set(VARIANTS)
+    assert {s["metric"]["variant"] for s in info} == set(variants)
     # The dashboard's variables list this gateway and instance.
     gateways = prometheus.get("/api/v1/label/gateway/values", **{"match[]": "edgefit_variant_info"})
     assert "127.0.0.1" in gateways
@@ -309,9 +319,7 @@ def test_prometheus_scrapes_the_server_with_a_gateway_label(
     assert server in instances
 
 
-def test_every_dashboard_query_returns_data(
-    server: str, prometheus: Prometheus, traffic: Traffic
-) -> None:
+def test_every_dashboard_query_returns_data(server: str, prometheus: Prometheus, traffic: Traffic) -> None:
     window = f"{math.ceil(traffic.end - traffic.start) + 30}s"
     targets = _dashboard_targets()
     assert len(targets) >= 15
@@ -373,9 +381,7 @@ def test_every_rule_evaluates_and_every_alert_expression_returns_data(
     assert not empty, "rules without a finite value:\n" + "\n".join(empty)
 
 
-def test_alert_states_match_the_traffic(
-    server: str, prometheus: Prometheus, traffic: Traffic
-) -> None:
+def test_alert_states_match_the_traffic(server: str, prometheus: Prometheus, traffic: Traffic) -> None:
     # The 1 ms budgets make well over 1% of answers late: that alert is pending (its `for` has
     # not run out). The server is up, ready and never shed: those alerts are quiet.
     _wait_until(
@@ -394,7 +400,5 @@ def test_alert_states_match_the_traffic(
     (unready,) = prometheus.query(f'instance:edgefit_variants_unready:count{{instance="{server}"}}')
     assert float(unready["value"][1]) == 0
     missed = traffic.budgeted - traffic.met
-    (ratio,) = prometheus.query(
-        f'instance:edgefit_budget_missed:ratio_rate5m{{instance="{server}"}}'
-    )
+    (ratio,) = prometheus.query(f'instance:edgefit_budget_missed:ratio_rate5m{{instance="{server}"}}')
     assert float(ratio["value"][1]) == pytest.approx(missed / traffic.budgeted, abs=1e-9)
