@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,44 +23,25 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import free_port, start_server
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "edgefit.json"
-STORE = REPO / "model_store" / "artifacts"
 # 1 ms can never be met (decoding alone takes longer), so misses are certain; 1 s is always met.
 BUDGETS = ("1ms", "5ms", "20ms", "50ms", "1000ms", None)
 IMAGES_PER_BUDGET = 6
 SCRAPE_SECONDS = 1
-START_TIMEOUT = 120.0
 # The rule's form every alert keeps (see alerts.yml and tests/deploy/test_prometheus_rules.py).
 COMPARISON = re.compile(r"^(?P<signal>\S+) (?P<op>>=|<=|==|!=|>|<) (?P<rest>.+)$")
 ABSENT = re.compile(r"^absent\((?P<selector>\S+)\)$")
 
 
-def _variants() -> tuple[str, str]:
-    """The store's lowest-resolution variant and the highest-resolution one of its family: quick
-    to load and profile, and far enough apart in speed that the budgets make the selector choose.
-    """
-    variants = json.loads((STORE / "manifest.json").read_text())["variants"]
-    fastest = min(variants, key=lambda v: (v["resolution"], v["size_bytes"]))
-    family = [v for v in variants if v["family"] == fastest["family"] and v is not fastest]
-    larger = max(family, key=lambda v: (v["resolution"], -v["size_bytes"]))
-    return fastest["name"], larger["name"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _sample_images() -> list[Path]:
-    sample_dir = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared/imagenet-sample"))
+def _sample_images(sample_dir: Path) -> list[Path]:
     images = sorted(sample_dir.glob("*.JPEG"))
-    assert len(images) >= IMAGES_PER_BUDGET, f"no sample JPEGs in {sample_dir} (EDGEFIT_SAMPLE_DIR)"
+    assert len(images) >= IMAGES_PER_BUDGET, f"no sample JPEGs in {sample_dir}"
     # Spread over the sorted (class-ordered) list: different sizes and contents.
     step = len(images) // IMAGES_PER_BUDGET
     return images[::step][:IMAGES_PER_BUDGET]
@@ -93,37 +71,34 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def variants() -> tuple[str, str]:
-    assert (STORE / "manifest.json").exists(), f"no model store at {STORE}: run `make setup`"
-    return _variants()
+def variants(store_dir: Path) -> tuple[str, str]:
+    """The store's lowest-resolution variant and the highest-resolution one of its family: quick
+    to load and profile, and far enough apart in speed that the budgets make the selector choose.
+    """
+    manifest = json.loads((store_dir / "manifest.json").read_text())["variants"]
+    fastest = min(manifest, key=lambda v: (v["resolution"], v["size_bytes"]))
+    family = [v for v in manifest if v["family"] == fastest["family"] and v is not fastest]
+    larger = max(family, key=lambda v: (v["resolution"], -v["size_bytes"]))
+    return fastest["name"], larger["name"]
 
 
 @pytest.fixture(scope="module")
-def server(variants: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `edgefit serve` on a free loopback port, ready; yields host:port."""
+def server(
+    store_dir: Path, variants: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real `edgefit serve` of those two variants on a free loopback port; yields host:port."""
     tmp = tmp_path_factory.mktemp("edgefit")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "EDGEFIT_VARIANTS": ",".join(variants),
-        "EDGEFIT_PROFILE_RUNS": "5",
-        "EDGEFIT_CACHE_DIR": str(tmp / "cache"),
-        "EDGEFIT_LOG_LEVEL": "INFO",
-    }
-    edgefit = Path(sys.executable).with_name("edgefit")
-    log = tmp / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(edgefit), "serve", "--host", "127.0.0.1", f"--port={port}", f"--store={STORE}"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    served = start_server(
+        store_dir,
+        tmp,
+        variants=",".join(variants),
+        profile_runs="5",
+        cache_dir=str(tmp / "cache"),
+    )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", process, log, START_TIMEOUT)
-        yield f"127.0.0.1:{port}"
+        yield served.url.removeprefix("http://")
     finally:
-        _stop(process)
+        served.stop()
 
 
 @dataclass
@@ -163,7 +138,7 @@ def prometheus(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     config_file = tmp / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
 
-    port = _free_port()
+    port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -203,7 +178,7 @@ def _wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def traffic(server: str, prometheus: Prometheus, variants: tuple[str, str]) -> Traffic:
+def traffic(server: str, prometheus: Prometheus, variants: tuple[str, str], sample_dir: Path) -> Traffic:
     start = time.time()
     instance = f'instance="{server}"'
     # Every counter's first sample must be the pre-initialised 0, before any traffic, so that
@@ -220,7 +195,7 @@ def traffic(server: str, prometheus: Prometheus, variants: tuple[str, str]) -> T
     budgeted = met = 0
     with httpx.Client(base_url=f"http://{server}", timeout=30) as client:
         for budget in BUDGETS:
-            for image in _sample_images():
+            for image in _sample_images(sample_dir):
                 params = {"budget": budget} if budget else {}
                 response = client.post(
                     "/classify",
@@ -238,7 +213,7 @@ def traffic(server: str, prometheus: Prometheus, variants: tuple[str, str]) -> T
                     budgeted += 1
                     met += body["budget_met"] is True
         # Malformed requests: answered 4xx and counted as client errors, never as a variant.
-        jpeg = _sample_images()[0].read_bytes()
+        jpeg = _sample_images(sample_dir)[0].read_bytes()
         malformed = [
             ({"budget": "20ms"}, b"", "image/jpeg"),
             ({"budget": "20ms"}, b"this is not an image", "image/jpeg"),
