@@ -258,9 +258,11 @@ def _promql_string(value: str) -> str:
 
 
 def _substitute(expr: str, gateway: str, instance: str, window: str) -> str:
+    """The query Grafana sends for this one gateway and instance ("" for "All")."""
     for name, value in {
-        "gateway": _promql_string(gateway),
-        "instance": _promql_string(instance),
+        # "All" is the variables' allValue, `.*`, put in unescaped.
+        "gateway": _promql_string(gateway) if gateway else ".*",
+        "instance": _promql_string(instance) if instance else ".*",
         # One window covering the whole test: every rate and increase sees all the traffic.
         "__rate_interval": window,
         "__interval": window,
@@ -294,13 +296,17 @@ def test_prometheus_scrapes_the_server_with_a_gateway_label(
     assert server in instances
 
 
-def test_every_dashboard_query_returns_data(server: str, prometheus: Prometheus, traffic: Traffic) -> None:
+@pytest.mark.parametrize("selected", ["this gateway", "all"])
+def test_every_dashboard_query_returns_data(
+    server: str, prometheus: Prometheus, traffic: Traffic, selected: str
+) -> None:
     window = f"{math.ceil(traffic.end - traffic.start) + 30}s"
+    gateway, instance = ("127.0.0.1", server) if selected == "this gateway" else ("", "")
     targets = _dashboard_targets()
     assert len(targets) >= 15
     empty = []
     for title, expr in targets:
-        query = _substitute(expr, "127.0.0.1", server, window)
+        query = _substitute(expr, gateway, instance, window)
         if not _finite(prometheus.query(query, at=traffic.end)):
             empty.append(f"{title}: {query}")
     assert not empty, "queries without a finite value:\n" + "\n".join(empty)
