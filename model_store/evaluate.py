@@ -131,7 +131,7 @@ def record(manifest: Manifest, dataset: str, results: Iterable[Evaluation]) -> M
         accuracy = variant.evaluations[dataset]
         if base is not None and base.top1 is not None and dataset in base.evaluations:
             top1 = base.top1 + accuracy - base.evaluations[dataset]
-            fields = {"top1_source": "derived", "top1_base": base.name}
+            fields: dict[str, str | None] = {"top1_source": "derived", "top1_base": base.name}
         else:
             top1, fields = accuracy, {"top1_source": "measured", "top1_base": None}
         rederived.append(

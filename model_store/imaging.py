@@ -132,10 +132,10 @@ def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float32)
     if preprocessing.channel_order == "BGR":
         pixels = pixels[..., ::-1]
-    pixels = (pixels - np.asarray(preprocessing.mean, dtype=np.float32)) / np.asarray(
-        preprocessing.std, dtype=np.float32
-    )
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    scale = 1.0 / np.asarray(preprocessing.std, dtype=np.float32)
+    normalised = (pixels - mean) * scale
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
 
 
 def load_tensor(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from model_store.manifest import Manifest, Preprocessing, Variant, check_safe_name
+from model_store.manifest import Manifest, Precision, Preprocessing, Variant, check_safe_name
 from model_store.onnx_facts import read_facts
 from model_store.runner import session_options
 from model_store.store import Store, StoreError, open_store, sha256_file
@@ -61,7 +61,7 @@ def add(
     name: str,
     family: str,
     resolution: int,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     top1: float | None = None,
     preprocessing: Preprocessing | None = None,
 ) -> Store:
@@ -94,7 +94,7 @@ def add(
             name=name,
             family=family,
             resolution=resolution,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,
             file=file_name,
             sha256=digest,
             size_bytes=staged.stat().st_size,

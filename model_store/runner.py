@@ -38,7 +38,8 @@ class VariantRunner:
     def infer(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """Logits for one image, shape ``[classes]``."""
         outputs = self.session.run([self.variant.output_name], {self.variant.input_name: tensor}, run_options)
-        return np.asarray(outputs[0])[0]
+        logits: np.ndarray = np.asarray(outputs[0])[0]
+        return logits
 
 
 def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -10,9 +10,11 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from model_store.store import StoreError, open_store
@@ -44,7 +46,9 @@ def _progress_bars() -> Callable[[str, int, int], None]:
     def update(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True)
+            # In a CI log (no terminal) every redraw is a line: redraw rarely there.
+            interval = 0.1 if sys.stderr.isatty() else 15.0
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, mininterval=interval)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -71,8 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -82,6 +87,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Readiness goes 503 at once; uvicorn then stops accepting and lets requests finish.
+            plane = getattr(app.state, "plane", None)
+            if plane is not None:
+                plane.draining = True
+            super().handle_exit(sig, frame)
+
+    # uvicorn re-raises the signal it stopped for once it has drained; a drained stop is a
+    # success, so make that re-raised SIGTERM/SIGINT end the process with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    DrainingServer(config).run()
 
 
 def cmd_build(args: argparse.Namespace) -> None:

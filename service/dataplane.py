@@ -134,16 +134,18 @@ class DataPlane:
         self, served: _Served, header: imaging.ImageHeader, now: float
     ) -> list[selector.Candidate]:
         overhead = quantile(self._overheads, FIT_QUANTILE)
+        per_pixel = served.decode.seconds_per_pixel(header.format, FIT_QUANTILE)
+        slowdown = served.latency.slowdown(now)
         candidates = []
         for name, v in served.models.variants.items():
-            pixels = decoded_pixels(header, v.preprocessing)
-            decode = served.decode.predict(header.format, pixels, FIT_QUANTILE) + overhead
+            decode = per_pixel * decoded_pixels(header, v.preprocessing) + overhead
+            inference = served.latency.predict(name, FIT_QUANTILE, now, slowdown)
             candidates.append(
                 selector.Candidate(
                     name=name,
                     top1=v.top1,
                     size_bytes=v.size_bytes,
-                    predicted_seconds=decode + served.latency.predict(name, FIT_QUANTILE, now),
+                    predicted_seconds=decode + inference,
                     idle_seconds=decode + served.latency.idle(name, FIT_QUANTILE),
                 )
             )
@@ -263,9 +265,10 @@ class DataPlane:
             return
         now = time.perf_counter()
         gauge = self.metrics.predicted_latency
+        slowdown = served.latency.slowdown(now)
         for name in names or served.models.variants:
-            gauge.labels(name, "0.5").set(served.latency.predict(name, 0.5, now))
-            gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now))
+            gauge.labels(name, "0.5").set(served.latency.predict(name, 0.5, now, slowdown))
+            gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
 
     async def keep_table_current(self) -> None:
         """Forever: refresh the published table; when idle, re-probe the stalest variant."""

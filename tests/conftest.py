@@ -75,7 +75,10 @@ def start_server(store: Path, log_dir: Path, *, wait_ready: bool = True, **env: 
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--store", str(store)],
-        cwd=REPO, env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=environment,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 180

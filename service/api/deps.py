@@ -1,4 +1,8 @@
-"""Dependency aliases: what routes may ask for, all owned by the app's lifespan."""
+"""Dependency aliases: what routes may ask for, all owned by the app's lifespan.
+
+They are ``async`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, a
+thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,17 @@ from service.observability import Metrics
 from service.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _plane(request: Request) -> DataPlane:
+async def _plane(request: Request) -> DataPlane:
     plane: DataPlane = request.app.state.plane
     return plane
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

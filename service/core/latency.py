@@ -68,12 +68,15 @@ class LatencyModel:
         low, high = SLOWDOWN_LIMITS
         return min(high, max(low, statistics.median(recent)))
 
-    def predict(self, name: str, q: float, now: float) -> float:
-        """The ``q`` quantile of this variant's inference time, as things are now."""
+    def predict(self, name: str, q: float, now: float, slowdown: float | None = None) -> float:
+        """The ``q`` quantile of this variant's inference time, as things are now.
+
+        ``slowdown`` may be passed in when predicting many variants at one instant.
+        """
         fresh = [s for t, s in self._samples[name] if now - t <= self.fresh_seconds]
         if len(fresh) >= MIN_FRESH_SAMPLES:
             return quantile(fresh, q)
-        return self.idle(name, q) * self.slowdown(now)
+        return self.idle(name, q) * (self.slowdown(now) if slowdown is None else slowdown)
 
     def idle(self, name: str, q: float) -> float:
         """The profiled figure: p50 for q <= 0.5, else p95."""
@@ -96,8 +99,8 @@ class DecodeModel:
     def observe(self, fmt: str, decoded_pixels: int, seconds: float) -> None:
         self._rates[fmt].append(seconds / max(decoded_pixels, 1))
 
-    def predict(self, fmt: str, decoded_pixels: int, q: float) -> float:
-        return quantile(self._rates[fmt], q) * decoded_pixels
+    def seconds_per_pixel(self, fmt: str, q: float) -> float:
+        return quantile(self._rates[fmt], q)
 
 
 class Ewma:

@@ -23,8 +23,12 @@ from tests.unit.test_imaging import png_header_only
 JPEG = {"content-type": "image/jpeg"}
 
 
-def classify(server: Server, body: bytes, headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/classify", params=params, content=body, headers=headers or JPEG, timeout=30)
+def classify(
+    server: Server, body: bytes, headers: dict[str, str] | None = None, **params: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/classify", params=params, content=body, headers=headers or JPEG, timeout=30
+    )
 
 
 def assert_problem(response: httpx.Response, status: int, kind: str) -> dict:
@@ -45,7 +49,15 @@ def test_classify_answers_per_contract(server: Server, tabby: bytes) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["model"]["name"] == response.headers["x-model-variant"]
-    assert set(body["model"]) == {"name", "family", "resolution", "precision", "top1", "top1_source", "size_bytes"}
+    assert set(body["model"]) == {
+        "name",
+        "family",
+        "resolution",
+        "precision",
+        "top1",
+        "top1_source",
+        "size_bytes",
+    }
     scores = [p["score"] for p in body["predictions"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
     assert body["predictions"][0]["class_id"] in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
@@ -73,21 +85,28 @@ def test_request_id_is_echoed(server: Server, tabby: bytes) -> None:
 def test_png_and_webp(server: Server, tabby: bytes, fmt: str) -> None:
     out = io.BytesIO()
     Image.open(io.BytesIO(tabby)).save(out, format=fmt)
-    response = classify(server, out.getvalue(), {"content-type": f"image/{fmt.lower()}"}, model="lite0-224-fp32")
+    response = classify(
+        server, out.getvalue(), {"content-type": f"image/{fmt.lower()}"}, model="lite0-224-fp32"
+    )
     assert response.status_code == 200
     assert response.json()["predictions"][0]["class_id"] in (281, 282, 285)
 
 
 def test_multipart_and_octet_stream(server: Server, tabby: bytes) -> None:
     multipart = httpx.post(
-        f"{server.url}/classify", files={"file": ("cat.jpg", tabby, "image/jpeg")}, data={"note": "x"}, timeout=30
+        f"{server.url}/classify",
+        files={"file": ("cat.jpg", tabby, "image/jpeg")},
+        data={"note": "x"},
+        timeout=30,
     )
     assert multipart.status_code == 200, multipart.text
     octets = classify(server, tabby, {"content-type": "application/octet-stream"})
     assert octets.json()["predictions"] == multipart.json()["predictions"]
 
 
-def test_pinned_http_answers_equal_in_process_evaluation(server: Server, store_dir: Path, sample_dir: Path) -> None:
+def test_pinned_http_answers_equal_in_process_evaluation(
+    server: Server, store_dir: Path, sample_dir: Path
+) -> None:
     store = open_store(store_dir)
     images = labelled_images(sample_dir)[::10][:100]
     for name in ("lite0-224-fp32", "lite1-192-int8"):
@@ -108,9 +127,10 @@ def test_selection_on_an_idle_server(server: Server, tabby: bytes, store_dir: Pa
     best = max(variants.values(), key=lambda v: v["top1"])
     assert classify(server, tabby, budget="1000ms").json()["model"]["name"] == best["name"]
 
-    fastest = min(variants.values(), key=lambda v: v["latency_ms"]["profiled_p95"])
-    # Just above the fastest variant's p95: room for its decode and little else.
-    budget = fastest["latency_ms"]["profiled_p95"] + 8.0
+    fastest = min(variants.values(), key=lambda v: v["latency_ms"]["p95"])
+    # Just above the fastest variant's p95 as the server now predicts it: room for its decode
+    # (a few ms for a 500x375 JPEG) and little else.
+    budget = fastest["latency_ms"]["p95"] + 8.0
     answers = [classify(server, tabby, budget=f"{budget:.3f}ms").json() for _ in range(5)]
     for answer in answers:
         chosen = variants[answer["model"]["name"]]
@@ -132,14 +152,25 @@ def test_models_lists_the_live_table(server: Server) -> None:
     for v in variants:
         assert 0 < v["latency_ms"]["p50"] <= v["latency_ms"]["p95"]
         assert 0 < v["latency_ms"]["profiled_p50"] <= v["latency_ms"]["profiled_p95"]
-        assert {"name", "family", "resolution", "precision", "size_bytes", "top1", "top1_source", "selected"} <= set(v)
+        assert {
+            "name",
+            "family",
+            "resolution",
+            "precision",
+            "size_bytes",
+            "top1",
+            "top1_source",
+            "selected",
+        } <= set(v)
 
 
 # -- every error row of the contract --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"plain text, not an image", b"\xff\xd8\xff\xe0" + b"\0" * 200], ids=["empty", "text", "corrupt"]
+    "body",
+    [b"", b"plain text, not an image", b"\xff\xd8\xff\xe0" + b"\0" * 200],
+    ids=["empty", "text", "corrupt"],
 )
 def test_400_not_an_image(server: Server, body: bytes) -> None:
     assert_problem(classify(server, body), 400, "invalid-image")
@@ -241,8 +272,12 @@ def tight(store_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from tests.conftest import start_server
 
     s = start_server(
-        store_dir, tmp_path_factory.mktemp("tight"), variants="lite0-160-int8,lite2-260-fp32",
-        inference_timeout_seconds="0.002", max_queue_wait_seconds="0.01", workers="1",
+        store_dir,
+        tmp_path_factory.mktemp("tight"),
+        variants="lite0-160-int8,lite2-260-fp32",
+        inference_timeout_seconds="0.002",
+        max_queue_wait_seconds="0.01",
+        workers="1",
     )
     yield s
     assert s.stop() == 0
@@ -266,7 +301,9 @@ def test_503_shedding_with_retry_after(tight: Server, tabby: bytes) -> None:
     assert {r.status_code for r in responses} <= {200, 503, 504}
 
 
-def test_503_not_ready_when_a_file_does_not_match_its_hash(store_dir: Path, tmp_path: Path, tabby: bytes) -> None:
+def test_503_not_ready_when_a_file_does_not_match_its_hash(
+    store_dir: Path, tmp_path: Path, tabby: bytes
+) -> None:
     from tests.conftest import start_server
 
     store = open_store(store_dir)
@@ -304,13 +341,27 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
     model = httpx.get(f"{server.url}/v2/models/lite0-160-int8").json()
     assert model["inputs"][0]["shape"] == [-1, 3, 160, 160]
-    variant = next(v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == "lite0-160-int8")
+    variant = next(
+        v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == "lite0-160-int8"
+    )
     tensor = load_tensor(tabby, Preprocessing.model_validate(variant["preprocessing"]), 50_000_000)
-    payload = {"inputs": [{"name": "image", "shape": list(tensor.shape), "datatype": "FP32",
-                           "data": tensor.ravel().tolist()}]}
+    payload = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": list(tensor.shape),
+                "datatype": "FP32",
+                "data": tensor.ravel().tolist(),
+            }
+        ]
+    }
     out = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json=payload, timeout=30).json()
     logits = out["outputs"][0]["data"]
-    assert out["outputs"][0]["shape"] == [1, 1000] and max(range(1000), key=logits.__getitem__) in (281, 282, 285)
+    assert out["outputs"][0]["shape"] == [1, 1000] and max(range(1000), key=logits.__getitem__) in (
+        281,
+        282,
+        285,
+    )
     missing = httpx.get(f"{server.url}/v2/models/nope")
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
     bad = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json={"inputs": []})
@@ -329,7 +380,9 @@ def test_admin_reload_needs_the_key(store_dir: Path, tmp_path: Path) -> None:
     try:
         assert_problem(httpx.post(f"{s.url}/admin/reload"), 401, "unauthorized")
         assert_problem(
-            httpx.post(f"{s.url}/admin/reload", headers={"authorization": "Bearer wrong"}), 401, "unauthorized"
+            httpx.post(f"{s.url}/admin/reload", headers={"authorization": "Bearer wrong"}),
+            401,
+            "unauthorized",
         )
         ok = httpx.post(f"{s.url}/admin/reload", headers={"authorization": "Bearer sesame"}, timeout=60)
         assert ok.status_code == 200 and ok.json()["variants"] == ["lite0-160-int8"]
@@ -340,9 +393,24 @@ def test_admin_reload_needs_the_key(store_dir: Path, tmp_path: Path) -> None:
 def test_access_log_is_one_json_line_per_request(server: Server, tabby: bytes) -> None:
     response = classify(server, tabby, {**JPEG, "x-request-id": "log-me"}, budget="50ms")
     time.sleep(0.2)
-    lines = [json.loads(line.split(": ", 1)[1]) for line in server.log.read_text().splitlines()
-             if "edgefit.access" in line and '"log-me"' in line]
+    lines = [
+        json.loads(line.split(": ", 1)[1])
+        for line in server.log.read_text().splitlines()
+        if "edgefit.access" in line and '"log-me"' in line
+    ]
     assert len(lines) == 1
     entry = lines[0]
     assert entry["status"] == 200 and entry["variant"] == response.headers["x-model-variant"]
     assert entry["budget_ms"] == 50.0 and entry["total_ms"] > 0 and "inference_ms" in entry
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(store_dir: Path, tmp_path: Path, tabby: bytes) -> None:
+    from tests.conftest import start_server
+
+    s = start_server(store_dir, tmp_path, variants="lite2-260-fp32")
+    with ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(classify, s, tabby) for _ in range(4)]
+        time.sleep(0.05)
+        code = s.stop()
+        assert [f.result().status_code for f in in_flight] == [200] * 4
+    assert code == 0

@@ -17,8 +17,13 @@ def export_tiny(path: Path, *, resolution: int = 32, classes: int = 1000, channe
         torch.nn.Linear(8, classes),
     ).eval()
     torch.onnx.export(
-        model, (torch.zeros(1, channels, resolution, resolution),), str(path), dynamo=False,
-        input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+        model,
+        (torch.zeros(1, channels, resolution, resolution),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
     )
     return path
 

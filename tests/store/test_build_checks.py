@@ -15,15 +15,22 @@ from tests.unit.test_manifest import variant
 
 
 def _export(model: torch.nn.Module, path: Path) -> Path:
-    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+    )
     return path
 
 
 def _tiny() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(4, 1000)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 1000)
+    ).eval()
 
 
 def test_parity_passes_for_a_faithful_export_and_fails_for_another_model(tmp_path: Path) -> None:
@@ -41,7 +48,8 @@ def _pair(agreeing: int) -> tuple[Manifest, dict[str, tuple[int, ...]]]:
     int8 = variant(name="t-32-int8", resolution=32, precision="int8", preprocessing=PRE32)
     truth = tuple(range(100))
     return Manifest(variants=(fp32, int8)), {
-        "t-32-fp32": truth, "t-32-int8": truth[:agreeing] + (999,) * (100 - agreeing),
+        "t-32-fp32": truth,
+        "t-32-int8": truth[:agreeing] + (999,) * (100 - agreeing),
     }
 
 
@@ -53,18 +61,30 @@ def test_int8_below_95_percent_agreement_is_not_written(agreeing: int, kept: int
 
 def test_record_derives_from_the_published_base_and_keeps_published() -> None:
     base = variant(name="b-224-fp32", top1=0.75, top1_source="published")
-    low = variant(name="b-160-fp32", resolution=160, preprocessing=base.preprocessing.model_copy(
-        update={"crop": 160, "resize_shorter": 192}))
+    low = variant(
+        name="b-160-fp32",
+        resolution=160,
+        preprocessing=base.preprocessing.model_copy(update={"crop": 160, "resize_shorter": 192}),
+    )
     lone = variant(name="x-224-fp32", family="other")
     manifest = record(
-        Manifest(variants=(base, low, lone)), "sample",
-        [Evaluation("b-224-fp32", 0.88, ()), Evaluation("b-160-fp32", 0.80, ()), Evaluation("x-224-fp32", 0.9, ())],
+        Manifest(variants=(base, low, lone)),
+        "sample",
+        [
+            Evaluation("b-224-fp32", 0.88, ()),
+            Evaluation("b-160-fp32", 0.80, ()),
+            Evaluation("x-224-fp32", 0.9, ()),
+        ],
     )
     assert manifest.variant("b-224-fp32").top1 == 0.75
     assert manifest.variant("b-224-fp32").top1_source == "published"
     derived = manifest.variant("b-160-fp32")
     assert (derived.top1, derived.top1_source, derived.top1_base, derived.top1_dataset) == (
-        pytest.approx(0.67), "derived", "b-224-fp32", "sample")
+        pytest.approx(0.67),
+        "derived",
+        "b-224-fp32",
+        "sample",
+    )
     measured = manifest.variant("x-224-fp32")
     assert (measured.top1, measured.top1_source) == (0.9, "measured")
 

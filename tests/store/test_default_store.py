@@ -58,4 +58,6 @@ def test_lite0_classifies_the_sample_through_the_store_code_path(store, sample_d
     assert fp32.top1 - int8.top1 <= 0.02
     # What the build recorded is what this code measures again.
     for result in (fp32, int8):
-        assert store.manifest.variant(result.variant).evaluations[sample_dir.name] == pytest.approx(result.top1)
+        assert store.manifest.variant(result.variant).evaluations[sample_dir.name] == pytest.approx(
+            result.top1
+        )

@@ -11,7 +11,6 @@ from onnx import external_data_helper
 
 from model_store.ingest import add
 from model_store.store import StoreError, open_store
-
 from tests.store.conftest import export_tiny
 
 
@@ -87,7 +86,9 @@ def _truncated(tmp_path: Path, tiny_onnx: Path) -> Path:
     ],
     ids=["missing", "corrupt", "truncated", "external-data", "wrong-output", "one-channel"],
 )
-def test_bad_files_are_refused_and_nothing_is_written(tmp_path: Path, tiny_onnx: Path, make, message: str) -> None:
+def test_bad_files_are_refused_and_nothing_is_written(
+    tmp_path: Path, tiny_onnx: Path, make, message: str
+) -> None:
     store_dir = tmp_path / "store"
     add(store_dir, tiny_onnx, name="good", family="tinynet", resolution=32)
     before = sorted(p.name for p in store_dir.iterdir())
@@ -102,24 +103,62 @@ def test_resolution_the_model_cannot_take(tmp_path: Path) -> None:
     import torch
 
     path = tmp_path / "static.onnx"
-    torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)),
-                      (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False)
+    torch.onnx.export(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1000)),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+    )
     with pytest.raises(StoreError, match="does not take 64x64"):
         add(tmp_path / "store", path, name="static", family="tinynet", resolution=64)
 
 
 def test_cli_reports_one_line_and_fails(tmp_path: Path, tiny_onnx: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "store", "add", str(tiny_onnx), "--store", str(tmp_path),
-         "--name", "../../etc/passwd", "--family", "x", "--resolution", "32"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "store",
+            "add",
+            str(tiny_onnx),
+            "--store",
+            str(tmp_path),
+            "--name",
+            "../../etc/passwd",
+            "--family",
+            "x",
+            "--resolution",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "not allowed" in result.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "service.cli", "store", "add", str(tiny_onnx), "--store", str(tmp_path),
-         "--name", "tiny", "--family", "tinynet", "--resolution", "32", "--top1", "0.6"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "store",
+            "add",
+            str(tiny_onnx),
+            "--store",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            "--family",
+            "tinynet",
+            "--resolution",
+            "32",
+            "--top1",
+            "0.6",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "added tiny" in ok.stdout
     assert json.loads((tmp_path / "manifest.json").read_text())["variants"][0]["top1"] == 0.6

@@ -27,7 +27,9 @@ def test_tampered_file_is_never_vouched_for(tmp_path: Path, tiny_onnx: Path) -> 
 def test_manifest_paths_cannot_leave_the_store(tmp_path: Path, tiny_onnx: Path) -> None:
     store = add(tmp_path / "store", tiny_onnx, name="tiny", family="tinynet", resolution=32)
     raw = (tmp_path / "store" / "manifest.json").read_text()
-    (tmp_path / "store" / "manifest.json").write_text(raw.replace(store.manifest.variants[0].file, "../tiny.onnx"))
+    (tmp_path / "store" / "manifest.json").write_text(
+        raw.replace(store.manifest.variants[0].file, "../tiny.onnx")
+    )
     with pytest.raises(StoreError, match="not a valid manifest"):
         open_store(tmp_path / "store")
 

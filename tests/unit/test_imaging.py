@@ -44,8 +44,18 @@ def test_tensor_shape_and_normalisation() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"),
-     ("P", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("RGB", "WEBP"), ("RGBA", "WEBP")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGBA", "WEBP"),
+    ],
 )
 def test_every_mode_becomes_rgb(mode: str, fmt: str) -> None:
     data = encode(photo().convert(mode), fmt)

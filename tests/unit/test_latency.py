@@ -45,11 +45,11 @@ def test_enough_fresh_samples_speak_for_themselves_and_then_age_out() -> None:
     assert model.predict("a", 0.5, now=106.0) == pytest.approx(0.010)
 
 
-def test_decode_model_scales_with_pixels() -> None:
+def test_decode_model_tracks_seconds_per_pixel() -> None:
     model = DecodeModel({"JPEG": 1e-8}, window=8)
-    assert model.predict("JPEG", 1_000_000, 0.95) == pytest.approx(0.01)
+    assert model.seconds_per_pixel("JPEG", 0.95) == pytest.approx(1e-8)
     model.observe("JPEG", 500_000, 0.010)  # 2e-8 s/px
-    assert model.predict("JPEG", 1_000_000, 0.95) == pytest.approx(0.02)
+    assert model.seconds_per_pixel("JPEG", 0.95) == pytest.approx(2e-8)
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,18 @@ PRE = Preprocessing(resize_shorter=256, crop=224, mean=(127, 127, 127), std=(128
 
 def variant(**overrides: object) -> Variant:
     fields: dict[str, object] = dict(
-        name="lite0-224-fp32", family="efficientnet_lite0", resolution=224, precision="fp32",
-        file="lite0-224-fp32.abc.onnx", sha256="0" * 64, size_bytes=10, params=1, macs=2,
-        input_name="image", output_name="logits", preprocessing=PRE,
+        name="lite0-224-fp32",
+        family="efficientnet_lite0",
+        resolution=224,
+        precision="fp32",
+        file="lite0-224-fp32.abc.onnx",
+        sha256="0" * 64,
+        size_bytes=10,
+        params=1,
+        macs=2,
+        input_name="image",
+        output_name="logits",
+        preprocessing=PRE,
     )
     return Variant.model_validate({**fields, **overrides})
 
@@ -54,7 +63,10 @@ def test_duplicate_names_are_refused() -> None:
 
 
 def test_replace_keeps_order_and_adds() -> None:
-    a, b = variant(), variant(name="lite0-192-fp32", resolution=192, preprocessing=PRE.model_copy(update={"crop": 192}))
+    a, b = (
+        variant(),
+        variant(name="lite0-192-fp32", resolution=192, preprocessing=PRE.model_copy(update={"crop": 192})),
+    )
     manifest = Manifest(variants=(a,)).replace(b, a.model_copy(update={"size_bytes": 11}))
     assert [v.name for v in manifest.variants] == ["lite0-224-fp32", "lite0-192-fp32"]
     assert manifest.variant("lite0-224-fp32").size_bytes == 11

@@ -27,7 +27,9 @@ seconds = st.floats(0.0, 0.2)
 
 @given(tables, st.floats(0.001, 1.0), seconds, seconds)
 def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> None:
-    choice = select(table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait)
+    choice = select(
+        table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait
+    )
     fits = [c for c in table if elapsed + wait + c.predicted_seconds <= budget]
     if fits:
         assert choice.reason == "best_fit"
@@ -45,7 +47,9 @@ def test_monotone_in_budget(table, a, b, elapsed, wait) -> None:
     low, high = sorted((a, b))
 
     def accuracy(budget: float) -> float:
-        choice = select(table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait)
+        choice = select(
+            table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait
+        )
         if choice.reason == "fallback":
             return -2.0  # below any fitting choice
         top1 = next(c for c in table if c.name == choice.name).top1
@@ -70,12 +74,16 @@ def test_no_budget_takes_the_most_accurate() -> None:
 
 def test_ties_go_to_the_faster() -> None:
     table = [Candidate("slow", 0.7, 1, 0.010, 0.010), Candidate("fast", 0.7, 1, 0.005, 0.005)]
-    assert select(table, Constraints(budget_seconds=1), elapsed_seconds=0, queue_wait_seconds=0).name == "fast"
+    assert (
+        select(table, Constraints(budget_seconds=1), elapsed_seconds=0, queue_wait_seconds=0).name == "fast"
+    )
 
 
 def test_queue_wait_pushes_to_smaller_variants() -> None:
     idle = select(_table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0, queue_wait_seconds=0.0)
-    loaded = select(_table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0, queue_wait_seconds=0.025)
+    loaded = select(
+        _table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0, queue_wait_seconds=0.025
+    )
     assert (idle.name, loaded.name) == ("big", "mid")
 
 
@@ -105,4 +113,6 @@ def test_strict_distinguishes_impossible_from_busy() -> None:
     with pytest.raises(BudgetUnmeetableNow):
         select(_table(), strict, elapsed_seconds=0.0, queue_wait_seconds=0.02)
     with pytest.raises(BudgetUnmeetable):
-        select(_table(), Constraints(budget_seconds=0.0005, strict=True), elapsed_seconds=0, queue_wait_seconds=0)
+        select(
+            _table(), Constraints(budget_seconds=0.0005, strict=True), elapsed_seconds=0, queue_wait_seconds=0
+        )
