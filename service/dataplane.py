@@ -103,9 +103,10 @@ class DataPlane:
         log.info("ready: serving %s", ", ".join(sorted(models.variants)))
 
     def _require(self) -> _Served:
-        if self._served is None or self.draining:
+        # Draining only turns readiness off: requests already accepted are still answered.
+        if self._served is None:
             raise errors.NotReady(
-                "the server is starting (verifying and profiling models) or draining; retry shortly",
+                "the server is starting (verifying and profiling models); retry shortly",
                 retry_after_seconds=1,
             )
         return self._served
