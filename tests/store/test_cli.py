@@ -1,0 +1,88 @@
+"""`edgefit store list|evaluate|plot` on a copy of the default store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_store.evaluate import labelled_images
+from model_store.plot import Point, frontier
+from model_store.store import StoreError, open_store
+
+NAMES = ("lite0-160-int8", "lite0-224-fp32")
+
+
+@pytest.fixture
+def small_store(store_dir: Path, tmp_path: Path) -> Path:
+    store = open_store(store_dir)
+    copy = tmp_path / "store"
+    copy.mkdir()
+    for name in NAMES:
+        shutil.copy(store.path_of(store.manifest.variant(name)), copy)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["variants"] = [v for v in manifest["variants"] if v["name"] in NAMES]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def edgefit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_list(small_store: Path) -> None:
+    result = edgefit("store", "list", "--store", str(small_store))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert "MACs" in lines[0] and len(lines) == 2 + len(NAMES)
+    assert any("lite0-224-fp32" in line and "75.1%" in line and "published" in line for line in lines)
+
+
+def test_evaluate_an_imagefolder_tree_records_a_named_dataset(
+    small_store: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    tree = tmp_path / "val"
+    for image in labelled_images(sample_dir)[:40]:
+        wnid = image.path.name.split("_")[0]
+        (tree / wnid).mkdir(parents=True, exist_ok=True)
+        (tree / wnid / "img.JPEG").symlink_to(image.path)
+    result = edgefit(
+        "store", "evaluate", "--store", str(small_store), "--images", str(tree), "--dataset", "val40"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "evaluate on val40" in result.stderr  # the progress bar
+    manifest = open_store(small_store).manifest
+    base, low = manifest.variant("lite0-224-fp32"), manifest.variant("lite0-160-int8")
+    assert "val40" in base.evaluations and "val40" in low.evaluations
+    assert base.top1_source == "published" and base.top1 == 0.751
+    assert (low.top1_source, low.top1_dataset) == ("derived", "val40")
+    assert low.top1 == pytest.approx(0.751 + low.evaluations["val40"] - base.evaluations["val40"], abs=1e-4)
+
+
+def test_evaluate_refuses_unlabelled_folders(tmp_path: Path) -> None:
+    (tmp_path / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(StoreError, match="no labelled images"):
+        labelled_images(tmp_path)
+
+
+def test_plot_writes_the_frontier(small_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frontier.svg"
+    result = edgefit("store", "plot", "--store", str(small_store), "--out", str(out), "--runs", "3")
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_frontier_marks_dominated_points() -> None:
+    points = [
+        Point("fast", 2.0, 0.60, "int8"),
+        Point("good", 5.0, 0.75, "int8"),
+        Point("worse-and-slower", 6.0, 0.70, "fp32"),
+        Point("best", 20.0, 0.78, "fp32"),
+    ]
+    assert frontier(points) == {"fast", "good", "best"}
