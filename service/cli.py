@@ -48,7 +48,9 @@ def _progress_bars() -> Callable[[str, int, int], None]:
         if bar is None:
             # In a CI log (no terminal) every redraw is a line: redraw rarely there.
             interval = 0.1 if sys.stderr.isatty() else 15.0
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, mininterval=interval)
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, unit="step", dynamic_ncols=True, mininterval=interval
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
