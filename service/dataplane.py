@@ -325,6 +325,7 @@ class DataPlane:
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
                     "profiled_p50": round(1000 * served.latency.idle(n, 0.5), 3),
                     "profiled_p95": round(1000 * served.latency.idle(n, 0.95), 3),
+                    "last_run_seconds_ago": _age(served.latency.last_run(n), now),
                 },
                 "selected": served.selections[n],
             }
@@ -334,3 +335,7 @@ class DataPlane:
     def shutdown(self) -> None:
         self.draining = True
         self.executor.shutdown()
+
+
+def _age(then: float | None, now: float) -> float | None:
+    return None if then is None else round(now - then, 3)

@@ -450,3 +450,24 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(store_dir: Path, tmp_path
         reply = read_reply(sock)
     assert reply.startswith("HTTP/1.1 200"), reply[:300]
     assert s.process.wait(timeout=30) == 0
+
+
+def test_idle_server_reprobes_variants_nobody_chose(store_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    s = start_server(
+        store_dir, tmp_path, variants="lite0-160-int8,lite0-224-int8", reprobe_idle_seconds="0.5"
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            ages = [
+                v["latency_ms"]["last_run_seconds_ago"]
+                for v in httpx.get(f"{s.url}/models").json()["variants"]
+            ]
+            if all(age is not None and age < 3 for age in ages):
+                break
+            time.sleep(0.5)
+        assert all(age is not None and age < 3 for age in ages), ages
+    finally:
+        assert s.stop() == 0
