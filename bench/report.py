@@ -145,6 +145,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"{_f(s['served_top1'], '{:.3f}')} | {_f(s['client_p50_ms'])} | "
             f"{_f(s['client_p99_ms'])} | {target} |"
         )
+    if "profile" in r:
+        lines += _profile(r["profile"])
     lines += [
         "",
         f"Whole run: {r['elapsed_s']:.0f} s. Command: `make bench`"
@@ -153,6 +155,24 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _profile(p: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## Profile: edgefit {p['variant']}, {p['clients']} closed-loop clients, py-spy at "
+        f"{p['rate_hz']} Hz for {p['seconds']:.0f} s",
+        "",
+        "Busy = the share of samples in which py-spy found the thread active (running, or "
+        "waiting for the GIL), per thread; functions are where those samples were (self).",
+        "",
+        "| threads | busy per thread | where (share of that group's samples) |",
+        "| --- | ---: | --- |",
+    ]
+    for name, g in sorted(p["groups"].items(), key=lambda kv: -kv[1]["samples"]):
+        where = "; ".join(f"{f['function']} {f['share']:.0%}" for f in g["self"][:6])
+        lines.append(f"| {name} x{g['threads']} | {g['busy_per_thread']:.0%} | {where} |")
+    return lines
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

@@ -6,7 +6,8 @@ edgefit under overload (open loop at 2x the most accurate variant's floor), then
 peer (throughput and overload), one server at a time. Every figure is the median over repeats.
 Results: bench/results/bench.{json,md,png}.
 
-Environment: BENCH_QUICK=1 (a fast smoke run), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
+Environment: BENCH_QUICK=1 (a fast smoke run), BENCH_PROFILE=1 (also profile the server
+under load with py-spy), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
 BENCH_WORKERS / BENCH_THREADS (default: the server's own defaults), BENCH_VARIANTS (the pinned
 variants, comma-separated), BENCH_ACCURATE_VARIANT, BENCH_PEER_VARIANT.
 """
@@ -30,11 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, 
 import client
 import floor
 import numpy as np
+import pyspy
 import report
 import servers
 
 REPO = servers.REPO
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+PROFILE_S = 5.0 if QUICK else 10.0
 REPEATS = 1 if QUICK else 3
 CLOSED_S = 1.5 if QUICK else 4.0
 FLOOR_S = 1.5 if QUICK else 3.0
@@ -211,7 +215,8 @@ def main() -> int:
     }
     budget_q = f"budget={OVERLOAD_BUDGET_MS}ms"
 
-    with servers.edgefit(store_dir, workers, threads, out_dir) as port:
+    with servers.edgefit(store_dir, workers, threads, out_dir) as server:
+        port = server.port
         progress(f"edgefit ready on port {port}")
         # 2. Overhead: pinned variants, closed loop.
         results["overhead"] = {}
@@ -233,6 +238,18 @@ def main() -> int:
                     f"{rows[str(c)]['overhead_p50_ms']:.2f} ms"
                 )
             results["overhead"][name] = rows
+        if PROFILE:
+            # An extra run, not one of the measured ones: py-spy costs the server some time.
+            name = pinned[0]
+            progress(f"profiling edgefit {name} x4 with py-spy")
+            raw = out_dir / "profile-raw.txt"
+            spy = pyspy.start(server.pid, PROFILE_S, raw)
+            client.closed_loop(
+                "127.0.0.1", port, client.raw_payloads(f"/classify?model={name}", images), 4,
+                PROFILE_S + 1,
+            )  # fmt: skip
+            spy.wait(timeout=60)
+            results["profile"] = {"variant": name, "clients": 4, **pyspy.summarize(raw, PROFILE_S)}
         # The peer receives multipart; edgefit accepts it too, so also measure exactly those bytes.
         multipart = client.multipart_payloads(f"/classify?model={peer_variant}", images)
         results["edgefit_multipart"] = {

@@ -13,11 +13,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PEER_DIR = REPO / "bench" / "peer"
 PEER_VENV = REPO / "bench" / ".venv-peer"
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int
 
 
 def free_port() -> int:
@@ -57,8 +64,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def edgefit(
     store: Path, workers: int, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[int]:
-    """An ``edgefit serve`` on a free loopback port, ready (every variant profiled); yields it."""
+) -> Iterator[Server]:
+    """An ``edgefit serve`` on a free loopback port, ready (every variant profiled)."""
     port = free_port()
     log = log_dir / "edgefit.log"
     with tempfile.TemporaryDirectory(prefix="edgefit-bench-cache-") as cache:
@@ -84,7 +91,7 @@ def edgefit(
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
         try:
             _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=600)
-            yield port
+            yield Server(port, proc.pid)
         finally:
             _stop(proc)
 
