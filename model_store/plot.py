@@ -31,6 +31,7 @@ def frontier(points: list[Point]) -> set[str]:
 def plot_frontier(points: list[Point], title: str, out: Path) -> None:
     """Write a PNG or SVG (by ``out``'s suffix): frontier variants joined, dominated ones grey."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,6 +68,9 @@ def plot_frontier(points: list[Point], title: str, out: Path) -> None:
     ax.scatter([], [], marker="s", color="tab:orange", label="int8")
     ax.scatter([], [], marker="o", color="lightgrey", label="dominated")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("inference latency p50 on this machine (ms, log scale)")
     ax.set_ylabel("ImageNet top-1 (%)")
     ax.set_title(title, fontsize=9)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -191,6 +190,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     from model_store.plot import Point, plot_frontier
     from model_store.runner import VariantRunner, time_inference
+    from service.runtime.profiler import cpu_model
 
     store = open_store(_store_dir(args))
     points = []
@@ -199,7 +199,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             continue
         timings = sorted(time_inference(VariantRunner(store.verify(v), v, args.threads), args.runs, 3))
         points.append(Point(v.name, 1000 * timings[len(timings) // 2], v.top1, v.precision))
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     title = (
         f"edgefit store {store.root} — {cpu}, {os.cpu_count()} cores, {args.threads} thread(s), "
         f"onnxruntime {ort.__version__}"

@@ -250,6 +250,7 @@ class DataPlane:
 
     async def infer_tensor(self, name: str, tensor: np.ndarray) -> np.ndarray:
         """Raw logits for a preprocessed batch (the Open Inference Protocol path)."""
+        self.admit()
         served = self._require()
         runner = served.models.runners[name]
         variant = runner.variant
