@@ -28,6 +28,8 @@ step() {
 }
 
 # Installs only what is missing; apt-get update once per run, and only if something is.
+# Waits for the dpkg lock rather than failing when another install is running.
+APT=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 APT_UPDATED=
 apt_ensure() {
     local missing=() p
@@ -36,9 +38,10 @@ apt_ensure() {
             || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$APT_UPDATED" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    if [ -z "$APT_UPDATED" ]; then "${APT[@]}" update -qq; APT_UPDATED=1; fi
     log "apt install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends \
+        "${missing[@]}" \
         >/dev/null
 }
 

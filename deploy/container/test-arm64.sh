@@ -24,9 +24,9 @@ qemu_setup() {
     fi
     local want=10
     if ! qemu-aarch64-static --version 2>/dev/null | grep -qE "version ($want|1[1-9])\."; then
-        apt-get update -qq
+        "${APT[@]}" update -qq
         APT_UPDATED=1
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends \
             -t bookworm-backports qemu-user-static >/dev/null
     fi
     log "$(qemu-aarch64-static --version | head -1)"
