@@ -34,6 +34,12 @@ def test_manifest_paths_cannot_leave_the_store(tmp_path: Path, tiny_onnx: Path) 
         open_store(tmp_path / "store")
 
 
+def test_the_manifest_is_readable_by_other_users(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32)
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o644
+    assert store.path_of(store.manifest.variants[0]).stat().st_mode & 0o044 == 0o044
+
+
 def test_invalid_and_missing_manifests(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="missing"):
         open_store(tmp_path)
