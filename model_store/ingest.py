@@ -112,6 +112,7 @@ def add(
             top1=top1,
             top1_source="published" if top1 is not None else None,
         )
+        staged.chmod(0o644)  # NamedTemporaryFile is private; the server may run as another user
         staged.replace(store_root / file_name)
         try:
             return store.write(Manifest(variants=(*store.manifest.variants, variant)))
