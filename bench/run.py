@@ -284,9 +284,11 @@ def main() -> int:
             }
             progress(f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met")
 
-        # 4. Overload on edgefit: with selection, and pinned to the most accurate variant.
+        # 4. Overload on edgefit: with selection (answering late when it must, or refusing with
+        # strict=true), and pinned to the most accurate variant.
         for system, query in (
             ("edgefit (selection)", budget_q),
+            ("edgefit (selection, strict)", f"{budget_q}&strict=true"),
             (f"edgefit (pinned {accurate})", f"{budget_q}&model={accurate}"),
         ):
             payloads = client.raw_payloads(f"/classify?{query}", images)

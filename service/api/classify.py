@@ -236,7 +236,7 @@ async def classify(
         variant = result.variant.name
         total = time.perf_counter() - started
         response = _response(result, budget, total)
-        plane.record_overhead(total - result.queue_seconds - result.decode_seconds - result.inference_seconds)
+        plane.record_total(result, total)
         _record(metrics, result, budget, total)
         log.update(
             variant=variant,

@@ -40,29 +40,47 @@ class Profile:
         return cls(p50=quantile(values, 0.5), p95=quantile(values, 0.95))
 
 
+class Recent:
+    """Recent timed samples of one quantity; samples older than ``fresh_seconds`` do not count.
+
+    Every live estimate ages out this way, so a burst (of contention, of late answers) stops
+    steering decisions seconds after it ends, even if no new sample arrives to push it out.
+    """
+
+    def __init__(self, *, window: int, fresh_seconds: float) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self.fresh_seconds = fresh_seconds
+
+    def add(self, value: float, now: float) -> None:
+        self._samples.append((now, value))
+
+    def fresh(self, now: float) -> list[float]:
+        return [v for t, v in self._samples if now - t <= self.fresh_seconds]
+
+    def last(self) -> float | None:
+        """When the newest sample was taken."""
+        return self._samples[-1][0] if self._samples else None
+
+
 class LatencyModel:
     """Per-variant inference latency predictions. Not thread-safe: use from one thread."""
 
     def __init__(self, profiles: Mapping[str, Profile], *, window: int, fresh_seconds: float) -> None:
         self.profiles = dict(profiles)
-        self.fresh_seconds = fresh_seconds
-        self._samples: dict[str, deque[tuple[float, float]]] = {
-            name: deque(maxlen=window) for name in profiles
-        }
-        # (time, observed / profiled p50) of recent inferences of any variant.
-        self._ratios: deque[tuple[float, float]] = deque(maxlen=window)
+        self._samples = {name: Recent(window=window, fresh_seconds=fresh_seconds) for name in profiles}
+        # observed / profiled p50, of recent inferences of any variant.
+        self._ratios = Recent(window=window, fresh_seconds=fresh_seconds)
 
     def observe(self, name: str, seconds: float, now: float) -> None:
-        self._samples[name].append((now, seconds))
-        self._ratios.append((now, seconds / self.profiles[name].p50))
+        self._samples[name].add(seconds, now)
+        self._ratios.add(seconds / self.profiles[name].p50, now)
 
     def last_run(self, name: str) -> float | None:
-        samples = self._samples[name]
-        return samples[-1][0] if samples else None
+        return self._samples[name].last()
 
     def slowdown(self, now: float) -> float:
         """Median recent (observed / profiled) ratio; 1 when nothing ran lately."""
-        recent = [r for t, r in self._ratios if now - t <= self.fresh_seconds]
+        recent = self._ratios.fresh(now)
         if not recent:
             return 1.0
         low, high = SLOWDOWN_LIMITS
@@ -73,7 +91,7 @@ class LatencyModel:
 
         ``slowdown`` may be passed in when predicting many variants at one instant.
         """
-        fresh = [s for t, s in self._samples[name] if now - t <= self.fresh_seconds]
+        fresh = self._samples[name].fresh(now)
         if len(fresh) >= MIN_FRESH_SAMPLES:
             return quantile(fresh, q)
         return self.idle(name, q) * (self.slowdown(now) if slowdown is None else slowdown)
@@ -88,19 +106,20 @@ class DecodeModel:
     """Predicts decode + preprocessing time from the image header, per format.
 
     Decoding cost grows with the pixels actually decoded (after the JPEG decoder's own
-    downscaling), so the model keeps recent seconds-per-decoded-pixel per format.
+    downscaling), so the model keeps seconds-per-decoded-pixel per format: profiled at
+    start-up (idle), and recent live samples when there are enough of them.
     """
 
-    def __init__(self, seconds_per_pixel: Mapping[str, float], *, window: int) -> None:
-        self._rates: dict[str, deque[float]] = {
-            fmt: deque([rate], maxlen=window) for fmt, rate in seconds_per_pixel.items()
-        }
+    def __init__(self, profiled: Mapping[str, float], *, window: int, fresh_seconds: float) -> None:
+        self.profiled = dict(profiled)
+        self._rates = {fmt: Recent(window=window, fresh_seconds=fresh_seconds) for fmt in profiled}
 
-    def observe(self, fmt: str, decoded_pixels: int, seconds: float) -> None:
-        self._rates[fmt].append(seconds / max(decoded_pixels, 1))
+    def observe(self, fmt: str, decoded_pixels: int, seconds: float, now: float) -> None:
+        self._rates[fmt].add(seconds / max(decoded_pixels, 1), now)
 
-    def seconds_per_pixel(self, fmt: str, q: float) -> float:
-        return quantile(self._rates[fmt], q)
+    def seconds_per_pixel(self, fmt: str, q: float, now: float) -> float:
+        fresh = self._rates[fmt].fresh(now)
+        return quantile(fresh, q) if len(fresh) >= MIN_FRESH_SAMPLES else self.profiled[fmt]
 
 
 class Ewma:

@@ -104,7 +104,9 @@ def select(
         best = max(fitting, key=lambda c: (_accuracy(c), -c.predicted_seconds))
         return Selection(best.name, "best_fit", total(best))
     if constraints.strict:
-        if any(elapsed_seconds + c.idle_seconds <= budget for c in pool):
+        # "Could an idle server meet it?" ignores the time this request already spent here:
+        # under load that time is the load's doing, not the budget's.
+        if any(c.idle_seconds <= budget for c in pool):
             raise BudgetUnmeetableNow("the budget cannot be met under the current load")
         raise BudgetUnmeetable("no variant can meet this budget on this machine, even when idle")
     fastest = min(pool, key=total)

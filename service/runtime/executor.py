@@ -44,8 +44,11 @@ class InferenceExecutor:
     def running(self) -> int:
         return self._running
 
-    async def run(self, job: Callable[[], T]) -> Finished[T]:
-        """Run ``job`` on a worker; cancellation of the caller does not stop a started job."""
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[Finished[T]]:
+        """Queue ``job`` for a worker now, so the very next admission decision counts it.
+
+        Call from the event loop. Cancelling the returned future does not stop the job.
+        """
         submitted = time.perf_counter()
         with self._lock:
             self._queued += 1
@@ -68,9 +71,17 @@ class InferenceExecutor:
             with self._lock:
                 self._queued -= 1
             raise
-        finished = await future
-        self.service_time.update(finished.run_seconds)
-        return finished
+
+        def learn(done: asyncio.Future[Finished[T]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.service_time.update(done.result().run_seconds)
+
+        future.add_done_callback(learn)
+        return future
+
+    async def run(self, job: Callable[[], T]) -> Finished[T]:
+        """Run ``job`` on a worker and wait for it."""
+        return await asyncio.shield(self.submit(job))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

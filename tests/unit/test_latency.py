@@ -45,11 +45,13 @@ def test_enough_fresh_samples_speak_for_themselves_and_then_age_out() -> None:
     assert model.predict("a", 0.5, now=106.0) == pytest.approx(0.010)
 
 
-def test_decode_model_tracks_seconds_per_pixel() -> None:
-    model = DecodeModel({"JPEG": 1e-8}, window=8)
-    assert model.seconds_per_pixel("JPEG", 0.95) == pytest.approx(1e-8)
-    model.observe("JPEG", 500_000, 0.010)  # 2e-8 s/px
-    assert model.seconds_per_pixel("JPEG", 0.95) == pytest.approx(2e-8)
+def test_decode_model_tracks_seconds_per_pixel_and_forgets_bursts() -> None:
+    model = DecodeModel({"JPEG": 1e-8}, window=16, fresh_seconds=5.0)
+    assert model.seconds_per_pixel("JPEG", 0.95, now=100.0) == pytest.approx(1e-8)
+    for _ in range(8):
+        model.observe("JPEG", 500_000, 0.010, now=100.0)  # 2e-8 s/px, under contention
+    assert model.seconds_per_pixel("JPEG", 0.95, now=101.0) == pytest.approx(2e-8)
+    assert model.seconds_per_pixel("JPEG", 0.95, now=106.0) == pytest.approx(1e-8)
 
 
 @pytest.mark.parametrize(
