@@ -24,7 +24,7 @@ from model_store.runner import top_k
 from service import errors
 from service.core import selector
 from service.core.admission import predicted_wait, retry_after
-from service.core.latency import DecodeModel, LatencyModel, Recent, quantile
+from service.core.latency import DecodeModel, LatencyModel, Recent
 from service.observability import Metrics
 from service.runtime.executor import InferenceExecutor
 from service.runtime.models import ServedModels, load_models
@@ -252,7 +252,6 @@ class DataPlane:
         now = time.perf_counter()
         served.latency.observe(choice.name, inference_s, now)
         served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
-        self._publish_predictions(choice.name)
         self.metrics.inference_duration.labels(choice.name).observe(inference_s)
         self.metrics.decode_duration.observe(decode_s)
         self.metrics.queue_wait.observe(finished.queue_seconds)
@@ -269,8 +268,8 @@ class DataPlane:
         )
 
     def _margin(self, now: float) -> float:
-        fresh = self._lateness.fresh(now)
-        return max(0.0, quantile(fresh, LATENESS_QUANTILE)) if fresh else 0.0
+        late = self._lateness.quantile(LATENESS_QUANTILE, now)
+        return 0.0 if late is None else max(0.0, late)
 
     def record_total(self, result: Classification, total_seconds: float) -> None:
         """The answer's server-side total as the HTTP layer measured it (first byte to answer)."""

@@ -10,7 +10,6 @@ shows up in every variant's prediction within seconds, chosen or not.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +39,12 @@ class Profile:
         return cls(p50=quantile(values, 0.5), p95=quantile(values, 0.95))
 
 
+# Quantiles of a window are recomputed at most this often unless a sample arrives: every
+# request predicts every variant, and sorting each window each time costs more than the rest
+# of the selection together.
+RECOMPUTE_SECONDS = 0.05
+
+
 class Recent:
     """Recent timed samples of one quantity; samples older than ``fresh_seconds`` do not count.
 
@@ -50,12 +55,24 @@ class Recent:
     def __init__(self, *, window: int, fresh_seconds: float) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)
         self.fresh_seconds = fresh_seconds
+        self._cache: dict[float, tuple[float, int, float | None]] = {}
 
     def add(self, value: float, now: float) -> None:
         self._samples.append((now, value))
+        self._cache.clear()
 
     def fresh(self, now: float) -> list[float]:
         return [v for t, v in self._samples if now - t <= self.fresh_seconds]
+
+    def quantile(self, q: float, now: float, min_samples: int = 1) -> float | None:
+        """The ``q`` quantile of the fresh samples; None when there are fewer than ``min_samples``."""
+        cached = self._cache.get(q)
+        if cached is not None and now - cached[0] <= RECOMPUTE_SECONDS and cached[1] == min_samples:
+            return cached[2]
+        fresh = self.fresh(now)
+        value = quantile(fresh, q) if len(fresh) >= min_samples else None
+        self._cache[q] = (now, min_samples, value)
+        return value
 
     def last(self) -> float | None:
         """When the newest sample was taken."""
@@ -80,20 +97,20 @@ class LatencyModel:
 
     def slowdown(self, now: float) -> float:
         """Median recent (observed / profiled) ratio; 1 when nothing ran lately."""
-        recent = self._ratios.fresh(now)
-        if not recent:
+        median = self._ratios.quantile(0.5, now)
+        if median is None:
             return 1.0
         low, high = SLOWDOWN_LIMITS
-        return min(high, max(low, statistics.median(recent)))
+        return min(high, max(low, median))
 
     def predict(self, name: str, q: float, now: float, slowdown: float | None = None) -> float:
         """The ``q`` quantile of this variant's inference time, as things are now.
 
         ``slowdown`` may be passed in when predicting many variants at one instant.
         """
-        fresh = self._samples[name].fresh(now)
-        if len(fresh) >= MIN_FRESH_SAMPLES:
-            return quantile(fresh, q)
+        live = self._samples[name].quantile(q, now, MIN_FRESH_SAMPLES)
+        if live is not None:
+            return live
         return self.idle(name, q) * (self.slowdown(now) if slowdown is None else slowdown)
 
     def idle(self, name: str, q: float) -> float:
@@ -118,8 +135,8 @@ class DecodeModel:
         self._rates[fmt].add(seconds / max(decoded_pixels, 1), now)
 
     def seconds_per_pixel(self, fmt: str, q: float, now: float) -> float:
-        fresh = self._rates[fmt].fresh(now)
-        return quantile(fresh, q) if len(fresh) >= MIN_FRESH_SAMPLES else self.profiled[fmt]
+        live = self._rates[fmt].quantile(q, now, MIN_FRESH_SAMPLES)
+        return self.profiled[fmt] if live is None else live
 
 
 class Ewma:

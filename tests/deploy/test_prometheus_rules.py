@@ -24,9 +24,7 @@ def promtool() -> str:
 
 
 def _run(promtool: str, *args: str) -> str:
-    result = subprocess.run(
-        [promtool, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([promtool, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     return output

@@ -10,24 +10,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, start_server
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-STORE = Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifacts"))
-SAMPLE = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample"))
 # A few variants, fast and slow enough for the budget tiers to mean something; few profile runs
 # keep the start-up short.
 VARIANTS = "lite0-160-int8,lite0-192-int8,lite0-224-int8,lite0-224-fp32"
@@ -40,63 +33,29 @@ RUN_SECONDS = 25
 CI_THRESHOLDS = {"min_budget_met": {"20ms": 0.5, "20ms+max_size": 0.3}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("edgefit")
-    env = {
-        **os.environ,
-        "EDGEFIT_STORE_DIR": str(STORE),
-        "EDGEFIT_CACHE_DIR": str(tmp / "cache"),
-        "EDGEFIT_VARIANTS": VARIANTS,
-        "EDGEFIT_PROFILE_RUNS": "5",
-        "EDGEFIT_LOG_LEVEL": "WARNING",
-    }
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "edgefit"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def server(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    s = start_server(
+        store_dir,
+        tmp_path_factory.mktemp("edgefit"),
+        variants=VARIANTS,
+        profile_runs="5",
+        log_level="WARNING",
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"edgefit exited with {proc.returncode}: {tmp}/server.log"
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"/readyz not 200 after 180 s: {tmp}/server.log"
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    yield s.url
+    assert s.stop() == 0
 
 
-def _loadtest(url: str, results: Path, seconds: int, **extra: str) -> subprocess.CompletedProcess[str]:
+def _loadtest(
+    url: str, sample_dir: Path, results: Path, seconds: int, **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "EDGEFIT_URL": url,
-        "EDGEFIT_SAMPLE_DIR": str(SAMPLE),
+        "EDGEFIT_SAMPLE_DIR": str(sample_dir),
         "LOADTEST_RESULTS_DIR": str(results),
         "LOADTEST_DURATION": str(seconds),
-        "LOCUST": str(BIN / "locust"),
+        "LOCUST": str(Path(sys.executable).parent / "locust"),
         **extra,
     }
     return subprocess.run(
@@ -114,8 +73,8 @@ def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
 
 
-def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path) -> None:
-    run = _loadtest(server, tmp_path, RUN_SECONDS, LOADTEST_THRESHOLDS=json.dumps(CI_THRESHOLDS))
+def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path, sample_dir: Path) -> None:
+    run = _loadtest(server, sample_dir, tmp_path, RUN_SECONDS, LOADTEST_THRESHOLDS=json.dumps(CI_THRESHOLDS))
     summary_path = tmp_path / "steady-summary.json"
     missed = json.loads(summary_path.read_text())["missed"] if summary_path.exists() else None
     assert run.returncode == 0, (missed, run.stderr[-4000:])
@@ -139,8 +98,10 @@ def test_steady_load_meets_the_thresholds(server: str, tmp_path: Path) -> None:
     assert summary["tiers"]["50ms"]["budget_met"] >= summary["thresholds"]["min_budget_met"]["50ms"]
 
 
-def test_a_missed_threshold_fails_the_run(server: str, tmp_path: Path) -> None:
-    run = _loadtest(server, tmp_path, 6, LOADTEST_THRESHOLDS=json.dumps({"min_budget_met": {"50ms": 1.01}}))
+def test_a_missed_threshold_fails_the_run(server: str, tmp_path: Path, sample_dir: Path) -> None:
+    run = _loadtest(
+        server, sample_dir, tmp_path, 6, LOADTEST_THRESHOLDS=json.dumps({"min_budget_met": {"50ms": 1.01}})
+    )
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-5000:]
     summary = json.loads((tmp_path / "steady-summary.json").read_text())
     assert any(line.startswith("tier 50ms:") for line in summary["missed"]), summary
