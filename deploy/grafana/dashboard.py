@@ -56,14 +56,7 @@ class _Ids:
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
-    return (
-        prometheus.Dataquery()
-        .expr(expr)
-        .legend_format(legend)
-        .ref_id(ref)
-        .range()
-        .datasource(DATASOURCE)
-    )
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).range().datasource(DATASOURCE)
 
 
 def _timeseries(
@@ -189,9 +182,7 @@ def _budget_row(ids: _Ids) -> _Row:
             dashboard_model.DynamicConfigValue(
                 id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}
             ),
-            dashboard_model.DynamicConfigValue(
-                id_val="color", value={"mode": "fixed", "fixedColor": "red"}
-            ),
+            dashboard_model.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
         ],
     )
 
@@ -250,9 +241,7 @@ def _budget_row(ids: _Ids) -> _Row:
         heatmap.Panel()
         .id(ids())
         .title("Budget slack distribution")
-        .description(
-            "Budget minus server-side total time per budgeted answer; below zero means late."
-        )
+        .description("Budget minus server-side total time per budgeted answer; below zero means late.")
         .datasource(DATASOURCE)
         .height(8)
         .span(12)
@@ -268,8 +257,7 @@ def _budget_row(ids: _Ids) -> _Row:
         .cell_values(heatmap.CellValues().unit("short"))
         .with_target(
             _query(
-                f"sum by (le) "
-                f"(increase(edgefit_budget_slack_seconds_bucket{{{SEL}}}[$__rate_interval]))",
+                f"sum by (le) (increase(edgefit_budget_slack_seconds_bucket{{{SEL}}}[$__rate_interval]))",
                 "{{le}}",
             ).format(prometheus_model.PromQueryFormat.HEATMAP)
         )
@@ -302,8 +290,7 @@ def _variants_row(ids: _Ids) -> _Row:
         "reqps",
         [
             _query(
-                f"sum by (reason) "
-                f"(rate(edgefit_variant_selected_total{{{SEL}}}[$__rate_interval]))",
+                f"sum by (reason) (rate(edgefit_variant_selected_total{{{SEL}}}[$__rate_interval]))",
                 "{{reason}}",
             )
         ],
@@ -317,8 +304,7 @@ def _variants_row(ids: _Ids) -> _Row:
         "s",
         [
             _query(
-                f"max by (variant) (edgefit_variant_predicted_latency_seconds{{{SEL}, "
-                f'quantile="0.95"}})',
+                f'max by (variant) (edgefit_variant_predicted_latency_seconds{{{SEL}, quantile="0.95"}})',
                 "{{variant}} predicted p95",
                 "A",
             ),
