@@ -1,0 +1,187 @@
+"""``edgefit store build``: export, verify, quantise and evaluate the default ladder.
+
+Everything is produced in a staging directory inside the store and checked there: every fp32
+export against PyTorch, every int8 variant against its fp32 twin. Files get content-addressed
+names, so moving them in never touches a file the current manifest names; the manifest swap is
+the commit, and files nothing names any more are removed after it. A failed build leaves the
+previous store as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
+from model_store.build.quantize import quantize_int8
+from model_store.build.recipes import (
+    CALIBRATION_IMAGES,
+    INT8_MIN_AGREEMENT,
+    LADDER,
+    PARITY_IMAGES,
+    PARITY_TOLERANCE,
+    Recipe,
+    lite_preprocessing,
+    variant_name,
+)
+from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_images, record
+from model_store.imaging import load_tensor
+from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Variant
+from model_store.onnx_facts import read_facts
+from model_store.store import Store, StoreError, open_store, sha256_file
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _every_nth(images: list[LabelledImage], count: int) -> list[LabelledImage]:
+    step = max(1, len(images) // count)
+    return images[::step][:count]
+
+
+def _place(staged: Path, store_root: Path, name: str) -> tuple[str, str]:
+    """Move a staged file to its content-addressed name; return ``(file name, sha256)``."""
+    digest = sha256_file(staged)
+    file_name = f"{name}.{digest[:12]}.onnx"
+    staged.rename(staged.with_name(file_name))
+    return file_name, digest
+
+
+def _build_resolution(
+    recipe: Recipe,
+    resolution: int,
+    staging: Path,
+    images: list[LabelledImage],
+) -> list[Variant]:
+    """Export, check and quantise one architecture at one resolution (fp32 and int8 entries)."""
+    preprocessing = lite_preprocessing(resolution)
+    fp32_name = variant_name(recipe.arch, resolution, "fp32")
+    int8_name = variant_name(recipe.arch, resolution, "int8")
+
+    model = load_pretrained(recipe, resolution)
+    fp32_path = staging / f"{fp32_name}.onnx"
+    export_onnx(model, resolution, fp32_path)
+    parity_images = _every_nth(images, PARITY_IMAGES)
+    tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
+    error = parity_error(model, fp32_path, tensors)
+    if error > PARITY_TOLERANCE:
+        raise StoreError(
+            f"{fp32_name}: onnxruntime differs from PyTorch by {error:.2e} "
+            f"(limit {PARITY_TOLERANCE:.0e}); not written"
+        )
+    log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", fp32_name, error)
+
+    calibration = [
+        load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
+        for i in _every_nth(images, CALIBRATION_IMAGES)
+    ]
+    int8_path = staging / f"{int8_name}.onnx"
+    quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
+
+    # Params and MACs are properties of the architecture: count them on the fp32 graph.
+    facts = read_facts(fp32_path)
+    variants = []
+    pairs: tuple[tuple[str, Precision, Path], ...] = (
+        (fp32_name, "fp32", fp32_path),
+        (int8_name, "int8", int8_path),
+    )
+    for name, precision, path in pairs:
+        file_name, digest = _place(path, staging, name)
+        published = precision == "fp32" and resolution == recipe.native_resolution
+        variants.append(
+            Variant(
+                name=name,
+                family=recipe.family,
+                resolution=resolution,
+                precision=precision,
+                file=file_name,
+                sha256=digest,
+                size_bytes=(staging / file_name).stat().st_size,
+                params=facts.params,
+                macs=facts.macs,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
+                preprocessing=preprocessing,
+                top1=recipe.published_top1 if published else None,
+                top1_source="published" if published else None,
+                top1_base=None if published else variant_name(
+                    recipe.arch, recipe.native_resolution, "fp32"
+                ),
+            )
+        )
+    return variants
+
+
+def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
+    """Build the default ladder into ``store_root`` (keeping any other variants already there).
+
+    Raises ``StoreError`` when an input is missing or a check fails.
+    """
+    images = labelled_images(images_dir)
+    dataset = images_dir.name
+    previous = open_store(store_root, missing_ok=True)
+    store_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store_root))
+    try:
+        steps = sum(len(r.resolutions) for r in LADDER)
+        variants: list[Variant] = []
+        for recipe in LADDER:
+            for resolution in recipe.resolutions:
+                progress("export + quantize", len(variants) // 2, steps)
+                variants += _build_resolution(recipe, resolution, staging, images)
+        progress("export + quantize", steps, steps)
+
+        staged = Store(staging, Manifest(variants=tuple(variants)))
+        total = len(images) * len(variants)
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(f"evaluate on {dataset}", done, total)
+
+        results = evaluate(staged, variants, images, progress=advance)
+        manifest = record(staged.manifest, dataset, results)
+        manifest = _drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+
+        # Commit: move files in, swap the manifest, then forget what nothing names any more.
+        for variant in manifest.variants:
+            (staging / variant.file).replace(store_root / variant.file)
+        kept = [v for v in previous.manifest.variants if v.name not in {x.name for x in variants}]
+        store = previous.write(Manifest(variants=(*kept, *manifest.variants)))
+        _remove_unreferenced(store)
+        return store
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, ...]]) -> Manifest:
+    kept = []
+    for variant in manifest.variants:
+        if variant.precision == "int8":
+            twin = variant.name.removesuffix("-int8") + "-fp32"
+            agreement = float(
+                np.mean(np.array(predictions[variant.name]) == np.array(predictions[twin]))
+            )
+            if agreement < INT8_MIN_AGREEMENT:
+                log.warning(
+                    "%s: top-1 agrees with %s on %.1f%% of images (< %.0f%%); not written",
+                    variant.name, twin, 100 * agreement, 100 * INT8_MIN_AGREEMENT,
+                )
+                continue
+            log.info("%s: top-1 agrees with %s on %.1f%%", variant.name, twin, 100 * agreement)
+        kept.append(variant)
+    return Manifest(variants=tuple(kept))
+
+
+def _remove_unreferenced(store: Store) -> None:
+    named = {v.file for v in store.manifest.variants} | {MANIFEST_NAME}
+    for path in store.root.glob("*.onnx"):
+        if path.name not in named:
+            path.unlink()

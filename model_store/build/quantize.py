@@ -1,0 +1,45 @@
+"""fp32 ONNX -> int8 ONNX: onnxruntime static quantisation, QDQ format, per-channel weights."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+
+class _Calibration(CalibrationDataReader):  # type: ignore[misc]
+    def __init__(self, input_name: str, tensors: Sequence[np.ndarray]) -> None:
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter(
+            [{input_name: t} for t in tensors]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def quantize_int8(
+    fp32_path: Path, int8_path: Path, input_name: str, calibration: Sequence[np.ndarray]
+) -> None:
+    """Calibrate activation ranges on ``calibration`` (real, preprocessed images) and quantise."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Folds and infers shapes first, as onnxruntime recommends before static quantisation.
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _Calibration(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )

