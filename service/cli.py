@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -107,8 +108,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     from model_store.build.builder import build
 
+    started = time.monotonic()
     store = build(_store_dir(args), Path(args.images), _progress_bars())
-    print(f"built {len(store.manifest.variants)} variants in {store.root}")
+    print(
+        f"built {len(store.manifest.variants)} variants in {store.root} in {time.monotonic() - started:.0f} s"
+    )
 
 
 def cmd_add(args: argparse.Namespace) -> None:

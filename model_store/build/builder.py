@@ -110,9 +110,7 @@ def _build_resolution(
                 preprocessing=preprocessing,
                 top1=recipe.published_top1 if published else None,
                 top1_source="published" if published else None,
-                top1_base=None if published else variant_name(
-                    recipe.arch, recipe.native_resolution, "fp32"
-                ),
+                top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
             )
         )
     return variants
@@ -166,13 +164,14 @@ def _drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int,
     for variant in manifest.variants:
         if variant.precision == "int8":
             twin = variant.name.removesuffix("-int8") + "-fp32"
-            agreement = float(
-                np.mean(np.array(predictions[variant.name]) == np.array(predictions[twin]))
-            )
+            agreement = float(np.mean(np.array(predictions[variant.name]) == np.array(predictions[twin])))
             if agreement < INT8_MIN_AGREEMENT:
                 log.warning(
                     "%s: top-1 agrees with %s on %.1f%% of images (< %.0f%%); not written",
-                    variant.name, twin, 100 * agreement, 100 * INT8_MIN_AGREEMENT,
+                    variant.name,
+                    twin,
+                    100 * agreement,
+                    100 * INT8_MIN_AGREEMENT,
                 )
                 continue
             log.info("%s: top-1 agrees with %s on %.1f%%", variant.name, twin, 100 * agreement)

@@ -25,9 +25,7 @@ OPSET = 17
 def load_pretrained(recipe: Recipe, resolution: int) -> torch.nn.Module:
     """The checkpoint with TF-style static 'same' padding computed for ``resolution``."""
     package = importlib.import_module(recipe.weights_package)
-    model_file = next(
-        getattr(package, name) for name in dir(package) if name.endswith("ModelFile")
-    )
+    model_file = next(getattr(package, name) for name in dir(package) if name.endswith("ModelFile"))
     model: torch.nn.Module = EfficientNet.from_pretrained(
         recipe.checkpoint, weights_path=model_file.get_model_file_path(), image_size=resolution
     )

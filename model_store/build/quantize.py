@@ -18,9 +18,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 class _Calibration(CalibrationDataReader):  # type: ignore[misc]
     def __init__(self, input_name: str, tensors: Sequence[np.ndarray]) -> None:
-        self._feeds: Iterator[dict[str, np.ndarray]] = iter(
-            [{input_name: t} for t in tensors]
-        )
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter([{input_name: t} for t in tensors])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
