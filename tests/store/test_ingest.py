@@ -114,51 +114,16 @@ def test_resolution_the_model_cannot_take(tmp_path: Path) -> None:
 
 
 def test_cli_reports_one_line_and_fails(tmp_path: Path, tiny_onnx: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "store",
-            "add",
-            str(tiny_onnx),
-            "--store",
-            str(tmp_path),
-            "--name",
-            "../../etc/passwd",
-            "--family",
-            "x",
-            "--resolution",
-            "32",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    def add_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = ["store", "add", str(tiny_onnx), "--store", str(tmp_path), "--resolution", "32", *args]
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *command], capture_output=True, text=True, check=False
+        )
+
+    result = add_cli("--name", "../../etc/passwd", "--family", "x")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "not allowed" in result.stderr
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "store",
-            "add",
-            str(tiny_onnx),
-            "--store",
-            str(tmp_path),
-            "--name",
-            "tiny",
-            "--family",
-            "tinynet",
-            "--resolution",
-            "32",
-            "--top1",
-            "0.6",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    ok = add_cli("--name", "tiny", "--family", "tinynet", "--top1", "0.6")
+    assert ok.returncode == 0, ok.stderr
     assert "added tiny" in ok.stdout
     assert json.loads((tmp_path / "manifest.json").read_text())["variants"][0]["top1"] == 0.6
