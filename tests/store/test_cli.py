@@ -51,7 +51,7 @@ def test_evaluate_an_imagefolder_tree_records_a_named_dataset(
     for image in labelled_images(sample_dir)[:40]:
         wnid = image.path.name.split("_")[0]
         (tree / wnid).mkdir(parents=True, exist_ok=True)
-        (tree / wnid / "img.JPEG").symlink_to(image.path)
+        (tree / wnid / "img.JPEG").symlink_to(image.path.resolve())
     result = edgefit(
         "store", "evaluate", "--store", str(small_store), "--images", str(tree), "--dataset", "val40"
     )
