@@ -147,10 +147,9 @@ class DataPlane:
             )
 
     def _candidates(
-        self, served: _Served, header: imaging.ImageHeader, now: float
+        self, served: _Served, header: imaging.ImageHeader, now: float, margin: float
     ) -> list[selector.Candidate]:
         """Each variant's predicted decode + inference (+ margin) for this image."""
-        margin = self._margin(now)
         slowdown = served.latency.slowdown(now)
         per_pixel = served.decode.seconds_per_pixel(header.format, FIT_QUANTILE, now)
         idle_per_pixel = served.decode.profiled[header.format]
@@ -175,6 +174,7 @@ class DataPlane:
         header: imaging.ImageHeader,
         constraints: selector.Constraints,
         started: float,
+        margin: float,
     ) -> selector.Selection:
         now = time.perf_counter()
         wait = self._queue_wait()
@@ -185,7 +185,7 @@ class DataPlane:
             )
         try:
             return selector.select(
-                self._candidates(served, header, now),
+                self._candidates(served, header, now, margin),
                 constraints,
                 elapsed_seconds=now - started,
                 queue_wait_seconds=wait,
@@ -213,7 +213,7 @@ class DataPlane:
             raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
-        choice = self._select(served, header, constraints, started)
+        choice = self._select(served, header, constraints, started, margin)
         variant = served.models.variants[choice.name]
         runner = served.models.runners[choice.name]
         served.selections[choice.name] += 1
