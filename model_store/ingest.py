@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+from pydantic import ValidationError
 
 from model_store.manifest import Manifest, Precision, Preprocessing, Variant, check_safe_name
 from model_store.onnx_facts import read_facts
@@ -63,9 +64,15 @@ def add(
     resolution: int,
     precision: Precision = "fp32",
     top1: float | None = None,
-    preprocessing: Preprocessing | None = None,
+    mean: tuple[float, float, float] = TORCHVISION_MEAN,
+    std: tuple[float, float, float] = TORCHVISION_STD,
+    resize_shorter: int | None = None,
 ) -> Store:
-    """Add ``source`` to the store as variant ``name``. Raises ``StoreError``."""
+    """Add ``source`` to the store as variant ``name``. Raises ``StoreError``.
+
+    ``mean``/``std`` are in 0..255 pixel units; ``resize_shorter`` defaults to the usual
+    0.875 centre-crop ratio.
+    """
     try:
         check_safe_name(name, "variant name")
         check_safe_name(family, "family")
@@ -78,6 +85,15 @@ def add(
         raise StoreError("resolution must be positive")
     if top1 is not None and not 0.0 < top1 <= 1.0:
         raise StoreError("--top1 is a fraction in (0, 1], e.g. 0.752")
+    try:
+        preprocessing = Preprocessing(
+            resize_shorter=resize_shorter or round(resolution / 0.875),
+            crop=resolution,
+            mean=mean,
+            std=std,
+        )
+    except ValidationError as exc:
+        raise StoreError(f"invalid preprocessing: {exc.errors()[0]['msg']}") from None
     input_name, output_name, params, macs = _validate(source, resolution)
 
     store_root.mkdir(parents=True, exist_ok=True)
@@ -102,13 +118,7 @@ def add(
             macs=macs,
             input_name=input_name,
             output_name=output_name,
-            preprocessing=preprocessing
-            or Preprocessing(
-                resize_shorter=round(resolution / 0.875),
-                crop=resolution,
-                mean=TORCHVISION_MEAN,
-                std=TORCHVISION_STD,
-            ),
+            preprocessing=preprocessing,
             top1=top1,
             top1_source="published" if top1 is not None else None,
         )

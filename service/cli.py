@@ -116,17 +116,8 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> None:
-    from model_store.ingest import add
-    from model_store.manifest import Preprocessing
+    from model_store.ingest import TORCHVISION_MEAN, TORCHVISION_STD, add
 
-    preprocessing = None
-    if args.mean or args.std or args.resize_shorter:
-        preprocessing = Preprocessing(
-            resize_shorter=args.resize_shorter or round(args.resolution / 0.875),
-            crop=args.resolution,
-            mean=args.mean or (123.675, 116.28, 103.53),
-            std=args.std or (58.395, 57.12, 57.375),
-        )
     store = add(
         _store_dir(args),
         Path(args.file),
@@ -135,7 +126,9 @@ def cmd_add(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         precision=args.precision,
         top1=args.top1,
-        preprocessing=preprocessing,
+        mean=args.mean or TORCHVISION_MEAN,
+        std=args.std or TORCHVISION_STD,
+        resize_shorter=args.resize_shorter,
     )
     print(f"added {args.name}; the store now has {len(store.manifest.variants)} variants")
 

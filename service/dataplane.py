@@ -136,8 +136,11 @@ class DataPlane:
         ex = self.executor
         return predicted_wait(ex.queued, ex.running, ex.workers, ex.service_time.value)
 
-    def admit(self) -> None:
-        """Refuse at once (503) when the queue is past its bound; call before reading a body."""
+    def admit(self) -> float:
+        """The predicted queue wait; refuses at once (503) past its bound.
+
+        Called before reading a body, and again when choosing a variant.
+        """
         self._require()
         wait = self._queue_wait()
         if wait > self.settings.max_queue_wait_seconds:
@@ -145,6 +148,7 @@ class DataPlane:
                 f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
                 retry_after_seconds=retry_after(wait),
             )
+        return wait
 
     def _candidates(
         self, served: _Served, header: imaging.ImageHeader, now: float, margin: float
@@ -177,12 +181,7 @@ class DataPlane:
         margin: float,
     ) -> selector.Selection:
         now = time.perf_counter()
-        wait = self._queue_wait()
-        if wait > self.settings.max_queue_wait_seconds:
-            raise errors.Overloaded(
-                f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
-                retry_after_seconds=retry_after(wait),
-            )
+        wait = self.admit()
         try:
             return selector.select(
                 self._candidates(served, header, now, margin),
@@ -289,14 +288,14 @@ class DataPlane:
 
     # -- the live table ------------------------------------------------------------------------
 
-    def _publish_predictions(self, *names: str) -> None:
+    def _publish_predictions(self) -> None:
         served = self._served
         if served is None:
             return
         now = time.perf_counter()
         gauge = self.metrics.predicted_latency
         slowdown = served.latency.slowdown(now)
-        for name in names or served.models.variants:
+        for name in served.models.variants:
             gauge.labels(name, "0.5").set(served.latency.predict(name, 0.5, now, slowdown))
             gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
 

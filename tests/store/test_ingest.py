@@ -127,3 +127,9 @@ def test_cli_reports_one_line_and_fails(tmp_path: Path, tiny_onnx: Path) -> None
     assert ok.returncode == 0, ok.stderr
     assert "added tiny" in ok.stdout
     assert json.loads((tmp_path / "manifest.json").read_text())["variants"][0]["top1"] == 0.6
+
+
+def test_impossible_preprocessing_is_refused(tmp_path: Path, tiny_onnx: Path) -> None:
+    with pytest.raises(StoreError, match="invalid preprocessing"):
+        add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32, resize_shorter=16)
+    assert not (tmp_path / "manifest.json").exists()
