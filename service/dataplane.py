@@ -22,7 +22,7 @@ from model_store.labels import labels
 from model_store.manifest import Variant
 from model_store.runner import top_k
 from service import errors
-from service.core import selector
+from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
 from service.core.latency import DecodeModel, LatencyModel, Recent
 from service.observability import Metrics
@@ -89,6 +89,11 @@ class DataPlane:
         # Samples age out like the latency table's: a burst of late answers must not keep
         # refusing (strict) requests after the burst is over.
         self._lateness = Recent(window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS)
+        # Who has been asking, with what budgets: the capacity the scheduler keeps for tight
+        # deadlines follows this mix.
+        self._mix = schedule.ArrivalMix(
+            window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
+        )
         self._last_request = 0.0
         self.draining = False
 
@@ -151,23 +156,34 @@ class DataPlane:
         return wait
 
     def _candidates(
-        self, served: _Served, header: imaging.ImageHeader, now: float, margin: float
+        self,
+        served: _Served,
+        header: imaging.ImageHeader,
+        now: float,
+        margin: float,
+        place: tuple[float, tuple[float, ...]],
     ) -> list[selector.Candidate]:
-        """Each variant's predicted decode + inference (+ margin) for this image."""
+        """Each variant's predicted decode + inference (+ margin) for this image, and its queue
+        wait at the request's ``place`` (deadline key, ladder) in the schedule."""
         slowdown = served.latency.slowdown(now)
         per_pixel = served.decode.seconds_per_pixel(header.format, FIT_QUANTILE, now)
         idle_per_pixel = served.decode.profiled[header.format]
+        queue, busy = self.executor.snapshot(now)
+        key, limits = place
         candidates = []
         for name, v in served.models.variants.items():
             pixels = decoded_pixels(header, v.preprocessing)
             inference = served.latency.predict(name, FIT_QUANTILE, now, slowdown)
+            job = schedule.Job(key, per_pixel * pixels + inference + margin, limits)
             candidates.append(
                 selector.Candidate(
                     name=name,
                     top1=v.top1,
                     size_bytes=v.size_bytes,
-                    predicted_seconds=per_pixel * pixels + inference + margin,
+                    predicted_seconds=job.run_seconds,
                     idle_seconds=idle_per_pixel * pixels + served.latency.idle(name, FIT_QUANTILE),
+                    wait_seconds=schedule.wait_at_place(job, queue, busy, now),
+                    blocks=schedule.blocks(job),
                 )
             )
         return candidates
@@ -179,22 +195,26 @@ class DataPlane:
         constraints: selector.Constraints,
         started: float,
         margin: float,
-    ) -> selector.Selection:
+    ) -> tuple[selector.Selection, schedule.Job]:
         now = time.perf_counter()
         wait = self.admit()
+        budget = constraints.budget_seconds
+        place = (
+            schedule.dispatch_key(started, budget),
+            schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
+        )
+        candidates = self._candidates(served, header, now, margin, place)
+        self._mix.add(now, budget, min(c.predicted_seconds for c in candidates))
         try:
-            return selector.select(
-                self._candidates(served, header, now, margin),
-                constraints,
-                elapsed_seconds=now - started,
-                queue_wait_seconds=wait,
-            )
+            choice = selector.select(candidates, constraints, elapsed_seconds=now - started)
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None
         except selector.BudgetUnmeetable as exc:
             raise errors.BudgetUnmeetable(str(exc)) from None
         except selector.BudgetUnmeetableNow as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
+        chosen = next(c for c in candidates if c.name == choice.name)
+        return choice, schedule.Job(place[0], chosen.predicted_seconds, place[1])
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -212,7 +232,7 @@ class DataPlane:
             raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
-        choice = self._select(served, header, constraints, started, margin)
+        choice, scheduled = self._select(served, header, constraints, started, margin)
         variant = served.models.variants[choice.name]
         runner = served.models.runners[choice.name]
         served.selections[choice.name] += 1
@@ -228,7 +248,7 @@ class DataPlane:
             t2 = time.perf_counter()
             return t1 - t0, t2 - t1, top_k(logits, top)
 
-        future = self.executor.submit(job)
+        future = self.executor.submit(job, scheduled)
         self.metrics.queue_depth.set(self.executor.queued)
         try:
             async with asyncio.timeout(self.settings.inference_timeout_seconds):
@@ -254,6 +274,8 @@ class DataPlane:
         self.metrics.inference_duration.labels(choice.name).observe(inference_s)
         self.metrics.decode_duration.observe(decode_s)
         self.metrics.queue_wait.observe(finished.queue_seconds)
+        tier = schedule.tier_name(constraints.budget_seconds)
+        self.metrics.queue_wait_by_tier.labels(tier).observe(finished.queue_seconds)
         names = served.labels[variant.labels]
         return Classification(
             variant=variant,
@@ -281,8 +303,16 @@ class DataPlane:
         served = self._require()
         runner = served.models.runners[name]
         variant = runner.variant
+        now = time.perf_counter()
+        # No budget: it queues after budgeted work and keeps the capacity their tiers need.
+        scheduled = schedule.Job(
+            schedule.dispatch_key(now, None),
+            served.latency.predict(name, FIT_QUANTILE, now),
+            schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
+        )
         finished = await self.executor.run(
-            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input_name: tensor})[0])
+            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input_name: tensor})[0]),
+            scheduled,
         )
         return finished.value
 
@@ -334,7 +364,10 @@ class DataPlane:
             runner.infer(tensor)
             return time.perf_counter() - started
 
-        finished = await self.executor.run(job)
+        now = time.perf_counter()
+        # Runs only on an idle server; last in line should anything arrive meanwhile.
+        probe = schedule.Job(schedule.dispatch_key(now, None), served.latency.idle(name, FIT_QUANTILE))
+        finished = await self.executor.run(job, probe)
         served.latency.observe(name, finished.value, time.perf_counter())
 
     # -- introspection -------------------------------------------------------------------------

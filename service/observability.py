@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from model_store.manifest import Variant
+from service.core.schedule import TIER_NAMES
 
 # Seconds; edges at the budget tiers people use on the edge (the client's defaults lack 15/20 ms).
 LATENCY_BUCKETS = (
@@ -55,7 +56,7 @@ SLACK_BUCKETS = (
     0.5,
 )
 OUTCOMES = ("ok", "client_error", "shed", "error")
-REASONS = ("best_fit", "pinned", "fallback", "no_budget")
+REASONS = ("best_fit", "pinned", "fallback", "no_budget", "contention")
 NO_VARIANT = "none"
 
 access_log = logging.getLogger("edgefit.access")
@@ -98,6 +99,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Beside the contract's unlabelled histogram: who waits, by budget tier (a fixed set).
+        self.queue_wait_by_tier = Histogram(
+            "edgefit_queue_wait_by_tier_seconds",
+            "Time from admission to a worker starting the job, by the request's budget tier.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for tier in TIER_NAMES:
+            self.queue_wait_by_tier.labels(tier)
         self.budget = Counter(
             "edgefit_budget",
             "Answered requests that carried a budget, by whether it was met.",

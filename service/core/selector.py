@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Reason = Literal["best_fit", "pinned", "fallback", "no_budget"]
+# ``contention``: a less accurate variant than the request would get on an idle server, because
+# of other requests (its wait at its place in the deadline order, or capacity kept for tighter
+# deadlines).
+Reason = Literal["best_fit", "pinned", "fallback", "no_budget", "contention"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,9 @@ class Candidate:
 
     ``predicted_seconds``: decode + inference for this request's image under current conditions.
     ``idle_seconds``: the same on an idle machine (the profiled table, no contention).
+    ``wait_seconds``: predicted queue wait if this variant were chosen (its place in the schedule).
+    ``blocks``: this variant would hold back capacity kept for tighter deadlines (see
+    ``service.core.schedule.blocks``).
     """
 
     name: str
@@ -25,6 +31,8 @@ class Candidate:
     size_bytes: int
     predicted_seconds: float
     idle_seconds: float
+    wait_seconds: float = 0.0
+    blocks: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,14 @@ def select(
     constraints: Constraints,
     *,
     elapsed_seconds: float,
-    queue_wait_seconds: float,
 ) -> Selection:
     """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``.
 
     Among the allowed variants predicted to finish within the budget, the most accurate wins,
-    ties going to the faster. Without a budget the most accurate wins. When nothing fits, the
-    fastest allowed variant answers late, unless ``strict``.
+    ties going to the faster; one that would hold back tighter deadlines only when no other
+    fits. Without a budget the most accurate that does not hold them back wins. When nothing
+    fits, the fastest allowed variant answers late, unless ``strict``. A choice less accurate
+    than an idle server would make is reported as ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
@@ -91,18 +100,28 @@ def select(
         raise NoVariantAllowed("no variant satisfies max_size and min_accuracy")
 
     def total(c: Candidate) -> float:
-        return elapsed_seconds + queue_wait_seconds + c.predicted_seconds
+        return elapsed_seconds + c.wait_seconds + c.predicted_seconds
+
+    def rank(c: Candidate) -> tuple[float, float]:
+        return (_accuracy(c), -c.predicted_seconds)
+
+    def considerate(fitting: list[Candidate]) -> list[Candidate]:
+        return [c for c in fitting if not c.blocks] or fitting
 
     budget = constraints.budget_seconds
     if constraints.pinned is not None:
         return Selection(pool[0].name, "pinned", total(pool[0]))
     if budget is None:
-        best = max(pool, key=lambda c: (_accuracy(c), -c.predicted_seconds))
-        return Selection(best.name, "no_budget", total(best))
+        best = max(considerate(pool), key=rank)
+        downgraded = _accuracy(best) < _accuracy(max(pool, key=rank))
+        return Selection(best.name, "contention" if downgraded else "no_budget", total(best))
     fitting = [c for c in pool if total(c) <= budget]
     if fitting:
-        best = max(fitting, key=lambda c: (_accuracy(c), -c.predicted_seconds))
-        return Selection(best.name, "best_fit", total(best))
+        best = max(considerate(fitting), key=rank)
+        # What an idle server would choose: the same table without the wait or the holding back.
+        alone = [c for c in pool if elapsed_seconds + c.predicted_seconds <= budget]
+        downgraded = bool(alone) and _accuracy(best) < _accuracy(max(alone, key=rank))
+        return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
     if constraints.strict:
         # "Could an idle server meet it?" ignores the time this request already spent here:
         # under load that time is the load's doing, not the budget's.

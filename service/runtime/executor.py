@@ -1,19 +1,23 @@
-"""A bounded pool of inference workers, with the counts admission control needs.
+"""A bounded pool of inference workers that serve the queue in deadline order.
 
-Decode and inference run here, never on the event loop. The pool itself never refuses work:
-admission control (``service.core.admission``) keeps its queue bounded by refusing at the door.
+Decode and inference run here, never on the event loop. Which queued job a free worker takes is
+``service.core.schedule.pick`` (earliest deadline first, with capacity kept for tighter
+deadlines); this module is only the threads, the lock and the hand-over to asyncio. The pool
+itself never refuses work: admission control (``service.core.admission``) keeps its queue
+bounded by refusing at the door.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from service.core import schedule
 from service.core.latency import Ewma
 
 T = TypeVar("T")
@@ -26,51 +30,68 @@ class Finished(Generic[T]):
     run_seconds: float
 
 
+@dataclass
+class _Pending:
+    job: schedule.Job
+    work: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    submitted: float
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    # Runs on the event loop. The awaiting side may have given up (cancelled) meanwhile.
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+
+
 class InferenceExecutor:
     def __init__(self, workers: int, initial_service_seconds: float) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgefit-infer")
-        self._lock = threading.Lock()
-        self._queued = 0
-        self._running = 0
-        # Mean time a worker spends on one job: the unit of predicted queue wait.
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._started: dict[int, tuple[float, float]] = {}  # worker -> (start, predicted run)
+        self._closed = False
+        # Mean time a worker spends on one job: the unit of admission's predicted queue wait.
         self.service_time = Ewma(initial_service_seconds)
+        self._threads = [
+            threading.Thread(target=self._serve, args=(i,), name=f"edgefit-infer-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return len(self._queue)
 
     @property
     def running(self) -> int:
-        return self._running
+        return len(self._started)
 
-    def submit(self, job: Callable[[], T]) -> asyncio.Future[Finished[T]]:
-        """Queue ``job`` for a worker now, so the very next admission decision counts it.
+    def snapshot(self, now: float) -> tuple[list[schedule.Job], list[float]]:
+        """The queued jobs and every worker's predicted remaining seconds, as of ``now``."""
+        with self._cond:
+            queue = [p.job for p in self._queue]
+            busy = schedule.busy_seconds(list(self._started.values()), self.workers, now)
+        return queue, busy
 
-        Call from the event loop. Cancelling the returned future does not stop the job.
+    def submit(self, work: Callable[[], T], job: schedule.Job) -> asyncio.Future[Finished[T]]:
+        """Queue ``work`` at ``job``'s place now, so the very next admission decision counts it.
+
+        Call from the event loop. Cancelling the returned future does not stop the work.
         """
-        submitted = time.perf_counter()
-        with self._lock:
-            self._queued += 1
-
-        def work() -> Finished[T]:
-            started = time.perf_counter()
-            with self._lock:
-                self._queued -= 1
-                self._running += 1
-            try:
-                value = job()
-            finally:
-                with self._lock:
-                    self._running -= 1
-            return Finished(value, started - submitted, time.perf_counter() - started)
-
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, work)
-        except RuntimeError:
-            with self._lock:
-                self._queued -= 1
-            raise
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Finished[T]] = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the executor is shut down")
+            self._queue.append(_Pending(job, work, future, loop, time.perf_counter()))
+            self._cond.notify_all()
 
         def learn(done: asyncio.Future[Finished[T]]) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -79,9 +100,52 @@ class InferenceExecutor:
         future.add_done_callback(learn)
         return future
 
-    async def run(self, job: Callable[[], T]) -> Finished[T]:
-        """Run ``job`` on a worker and wait for it."""
-        return await asyncio.shield(self.submit(job))
+    async def run(self, work: Callable[[], T], job: schedule.Job) -> Finished[T]:
+        """Run ``work`` on a worker and wait for it."""
+        return await asyncio.shield(self.submit(work, job))
+
+    def _next(self, worker: int) -> _Pending | None:
+        """Block until this worker may start a queued job; None once shut down and drained."""
+        with self._cond:
+            while True:
+                if self._closed and not self._queue:
+                    return None
+                now = time.perf_counter()
+                others = schedule.busy_seconds(list(self._started.values()), self.workers - 1, now)
+                i = schedule.pick([p.job for p in self._queue], others, now)
+                if i is not None:
+                    pending = self._queue.pop(i)
+                    self._started[worker] = (now, pending.job.run_seconds)
+                    return pending
+                # Every queued job is held back: wait for a worker to finish, a new job, or the
+                # moment the first held job can no longer afford to wait.
+                release = schedule.release_time([p.job for p in self._queue])
+                self._cond.wait(None if release is None else max(0.0, release - now))
+
+    def _serve(self, worker: int) -> None:
+        while (pending := self._next(worker)) is not None:
+            started = time.perf_counter()
+            value: Any = None
+            error: BaseException | None = None
+            try:
+                value = Finished(pending.work(), started - pending.submitted, time.perf_counter() - started)
+            except Exception as exc:  # handed to the awaiting request, which maps it
+                error = exc
+            finally:
+                with self._cond:
+                    del self._started[worker]
+                    self._cond.notify_all()
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it any more
+                pending.loop.call_soon_threadsafe(_settle, pending.future, value, error)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Finish running jobs, cancel queued ones, stop the workers."""
+        with self._cond:
+            self._closed = True
+            dropped, self._queue = self._queue, []
+            self._cond.notify_all()
+        for pending in dropped:
+            with contextlib.suppress(RuntimeError):
+                pending.loop.call_soon_threadsafe(pending.future.cancel)
+        for thread in self._threads:
+            thread.join()

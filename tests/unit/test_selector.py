@@ -1,5 +1,7 @@
 """The selection policy, against tables made up by hypothesis."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,11 +27,14 @@ tables = st.lists(candidate, min_size=1, max_size=12, unique_by=lambda c: c.name
 seconds = st.floats(0.0, 0.2)
 
 
+def waiting(table: list[Candidate], wait: float) -> list[Candidate]:
+    """The same table with every variant waiting ``wait`` seconds in the queue."""
+    return [replace(c, wait_seconds=wait) for c in table]
+
+
 @given(tables, st.floats(0.001, 1.0), seconds, seconds)
 def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> None:
-    choice = select(
-        table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait
-    )
+    choice = select(waiting(table, wait), Constraints(budget_seconds=budget), elapsed_seconds=elapsed)
     fits = [c for c in table if elapsed + wait + c.predicted_seconds <= budget]
     if fits:
         assert choice.reason == "best_fit"
@@ -47,9 +52,7 @@ def test_monotone_in_budget(table, a, b, elapsed, wait) -> None:
     low, high = sorted((a, b))
 
     def accuracy(budget: float) -> float:
-        choice = select(
-            table, Constraints(budget_seconds=budget), elapsed_seconds=elapsed, queue_wait_seconds=wait
-        )
+        choice = select(waiting(table, wait), Constraints(budget_seconds=budget), elapsed_seconds=elapsed)
         if choice.reason == "fallback":
             return -2.0  # below any fitting choice
         top1 = next(c for c in table if c.name == choice.name).top1
@@ -68,51 +71,41 @@ def _table() -> list[Candidate]:
 
 
 def test_no_budget_takes_the_most_accurate() -> None:
-    choice = select(_table(), Constraints(), elapsed_seconds=0.0, queue_wait_seconds=0.0)
+    choice = select(_table(), Constraints(), elapsed_seconds=0.0)
     assert (choice.name, choice.reason) == ("big", "no_budget")
 
 
 def test_ties_go_to_the_faster() -> None:
     table = [Candidate("slow", 0.7, 1, 0.010, 0.010), Candidate("fast", 0.7, 1, 0.005, 0.005)]
-    assert (
-        select(table, Constraints(budget_seconds=1), elapsed_seconds=0, queue_wait_seconds=0).name == "fast"
-    )
+    assert select(table, Constraints(budget_seconds=1), elapsed_seconds=0).name == "fast"
 
 
 def test_queue_wait_pushes_to_smaller_variants() -> None:
-    idle = select(_table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0, queue_wait_seconds=0.0)
-    loaded = select(
-        _table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0, queue_wait_seconds=0.025
-    )
-    assert (idle.name, loaded.name) == ("big", "mid")
+    idle = select(_table(), Constraints(budget_seconds=0.035), elapsed_seconds=0.0)
+    loaded = select(waiting(_table(), 0.025), Constraints(budget_seconds=0.035), elapsed_seconds=0.0)
+    assert (idle.name, idle.reason, loaded.name, loaded.reason) == ("big", "best_fit", "mid", "contention")
 
 
 def test_filters() -> None:
     t = _table()
-    by_size = select(t, Constraints(max_size_bytes=4_500_000), elapsed_seconds=0, queue_wait_seconds=0)
+    by_size = select(t, Constraints(max_size_bytes=4_500_000), elapsed_seconds=0)
     assert by_size.name == "tiny"
-    by_accuracy = select(
-        t, Constraints(budget_seconds=0.01, min_accuracy=0.76), elapsed_seconds=0, queue_wait_seconds=0
-    )
+    by_accuracy = select(t, Constraints(budget_seconds=0.01, min_accuracy=0.76), elapsed_seconds=0)
     assert (by_accuracy.name, by_accuracy.reason) == ("big", "fallback")
     with pytest.raises(NoVariantAllowed):
-        select(t, Constraints(max_size_bytes=10, min_accuracy=0.5), elapsed_seconds=0, queue_wait_seconds=0)
+        select(t, Constraints(max_size_bytes=10, min_accuracy=0.5), elapsed_seconds=0)
     with pytest.raises(NoVariantAllowed):
-        select(t, Constraints(pinned="big", max_size_bytes=10), elapsed_seconds=0, queue_wait_seconds=0)
+        select(t, Constraints(pinned="big", max_size_bytes=10), elapsed_seconds=0)
 
 
 def test_pinned_ignores_the_budget() -> None:
-    choice = select(
-        _table(), Constraints(budget_seconds=0.001, pinned="big"), elapsed_seconds=0, queue_wait_seconds=0
-    )
+    choice = select(_table(), Constraints(budget_seconds=0.001, pinned="big"), elapsed_seconds=0)
     assert (choice.name, choice.reason) == ("big", "pinned")
 
 
 def test_strict_distinguishes_impossible_from_busy() -> None:
     strict = Constraints(budget_seconds=0.005, strict=True)
     with pytest.raises(BudgetUnmeetableNow):
-        select(_table(), strict, elapsed_seconds=0.0, queue_wait_seconds=0.02)
+        select(waiting(_table(), 0.02), strict, elapsed_seconds=0.0)
     with pytest.raises(BudgetUnmeetable):
-        select(
-            _table(), Constraints(budget_seconds=0.0005, strict=True), elapsed_seconds=0, queue_wait_seconds=0
-        )
+        select(_table(), Constraints(budget_seconds=0.0005, strict=True), elapsed_seconds=0)

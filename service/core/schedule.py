@@ -1,0 +1,186 @@
+"""Which queued inference a free worker runs next: earliest deadline first, with capacity kept
+for tighter deadlines.
+
+Pure: times are seconds on the caller's clock; nothing here reads a clock or runs anything.
+
+- **Order.** A job's key is its deadline (request start + budget). A request without a budget is
+  keyed ``NO_BUDGET_HORIZON`` after its arrival: it comes after every budgeted request that arrived
+  with it, and ages, so only the finitely many jobs keyed before it can ever overtake it.
+- **Capacity kept for tight deadlines.** An inference cannot be pre-empted, so a long job started
+  now decides whether a tight request arriving a moment later finds a worker. Each budget tier
+  present in the recent arrivals (``ArrivalMix``) keeps workers in proportion to its share, each
+  of which must be free within that tier's *slack* (how long its requests can wait and still meet
+  their budget on their fastest variant). A job keeps that promise for every tier tighter than
+  its own (``ladder``); one that would break it is held back (``admissible``), and tighter jobs
+  behind it go first. A job is held only while it can afford the wait, and never while the whole
+  pool is idle, so holding never starves anything.
+- **Predicted wait** for a new job is the time it starts when the queue is played forward in
+  this order (``wait_at_place``), not a mean over everything queued.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.core.latency import quantile
+
+# No-budget requests are keyed this long after arrival: later than any budgeted request of the
+# same moment, early enough that a steady stream of budgeted work cannot hold them back forever.
+NO_BUDGET_HORIZON_SECONDS = 1.0
+# Budget tiers, by upper edge: the unit of the arrival mix and the metrics' `tier` label.
+TIER_EDGES_SECONDS = (0.010, 0.020, 0.050, 0.100, 1.0, 60.0)
+NO_BUDGET_TIER = "none"
+# A tier keeps capacity only when it is really present, not for one stray request.
+MIN_TIER_ARRIVALS = 3
+
+
+def tier_name(budget_seconds: float | None) -> str:
+    """The tier a budget belongs to: the smallest edge at or above it (``10ms``, ``1s``...)."""
+    if budget_seconds is None:
+        return NO_BUDGET_TIER
+    edge = next((e for e in TIER_EDGES_SECONDS if budget_seconds <= e), TIER_EDGES_SECONDS[-1])
+    return f"{edge * 1000:g}ms" if edge < 1 else f"{edge:g}s"
+
+
+TIER_NAMES = (*(tier_name(e) for e in TIER_EDGES_SECONDS), NO_BUDGET_TIER)
+
+
+def dispatch_key(arrival: float, budget_seconds: float | None) -> float:
+    """The job's place in the queue: its deadline, or its aged arrival when it has no budget."""
+    return arrival + (NO_BUDGET_HORIZON_SECONDS if budget_seconds is None else budget_seconds)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the scheduler sees it.
+
+    ``limits``: the ladder it must keep (``ladder``): after it starts, the i-th soonest-free
+    worker must be free within ``limits[i]`` seconds.
+    """
+
+    key: float
+    run_seconds: float
+    limits: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tier:
+    budget_seconds: float  # the tightest budget seen in the tier
+    share: float  # of all recent arrivals, budgeted or not
+    slack_seconds: float  # how long its requests can wait and still meet their budget
+
+
+class ArrivalMix:
+    """Recent arrivals: each request's budget and the service time of its fastest variant.
+
+    Samples older than ``fresh_seconds`` do not count, so capacity kept for a tier that stopped
+    arriving is given back within seconds. Not thread-safe: use from one thread.
+    """
+
+    def __init__(self, *, window: int, fresh_seconds: float) -> None:
+        self._arrivals: deque[tuple[float, float | None, float]] = deque(maxlen=window)
+        self.fresh_seconds = fresh_seconds
+
+    def add(self, now: float, budget_seconds: float | None, fastest_seconds: float) -> None:
+        self._arrivals.append((now, budget_seconds, fastest_seconds))
+
+    def tiers(self, now: float) -> list[Tier]:
+        """Budget tiers present lately, tightest slack first."""
+        fresh = [(b, s) for t, b, s in self._arrivals if now - t <= self.fresh_seconds]
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for budget, service in fresh:
+            if budget is not None:
+                groups.setdefault(tier_name(budget), []).append((budget, service))
+        tiers = []
+        for members in groups.values():
+            if len(members) < MIN_TIER_ARRIVALS:
+                continue
+            budget = min(b for b, _ in members)
+            # The service its requests need at the quantile the selector predicts with.
+            service = quantile((s for _, s in members), 0.95)
+            tiers.append(Tier(budget, len(members) / len(fresh), max(0.0, budget - service)))
+        return sorted(tiers, key=lambda t: t.slack_seconds)
+
+
+def ladder(workers: int, tiers: Sequence[Tier], budget_seconds: float | None) -> tuple[float, ...]:
+    """What a job of a request with ``budget_seconds`` must keep free for tighter tiers.
+
+    Each tier tighter than the request's own keeps ``round(workers x share)`` workers (at least
+    one), tightest first, until the workers run out: entry ``i`` is how soon the i-th
+    soonest-free worker must be free. A tier never holds back its own jobs or tighter ones.
+    """
+    limits: list[float] = []
+    for tier in tiers:
+        if budget_seconds is not None and tier.budget_seconds >= budget_seconds:
+            continue
+        limits.extend([tier.slack_seconds] * max(1, round(workers * tier.share)))
+    return tuple(sorted(limits)[:workers])
+
+
+def blocks(job: Job) -> bool:
+    """The job cannot run beside the capacity its ladder keeps, even with every other worker free."""
+    return bool(job.limits) and job.run_seconds > job.limits[-1]
+
+
+def admissible(job: Job, others_busy: Sequence[float], now: float) -> bool:
+    """May ``job`` start now on a free worker? ``others_busy``: the other workers' remaining seconds.
+
+    Held back only while it would leave a tighter tier without its workers, and only while it can
+    afford to wait (it starts at the latest when waiting longer would make it late), and never
+    while every other worker is idle.
+    """
+    if now + job.run_seconds >= job.key or all(b <= 0.0 for b in others_busy):
+        return True
+    after = sorted([*(max(0.0, b) for b in others_busy), job.run_seconds])
+    return all(a <= limit for a, limit in zip(after, job.limits, strict=False))
+
+
+def pick(queue: Sequence[Job], others_busy: Sequence[float], now: float) -> int | None:
+    """Index of the job a free worker starts now: the earliest-keyed admissible one, if any."""
+    order = sorted(range(len(queue)), key=lambda i: queue[i].key)
+    return next((i for i in order if admissible(queue[i], others_busy, now)), None)
+
+
+def release_time(queue: Sequence[Job]) -> float | None:
+    """When the first held job stops being held whatever the workers do (its last moment)."""
+    return min((j.key - j.run_seconds for j in queue), default=None)
+
+
+def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: float) -> float:
+    """Seconds until ``job`` would start if it joined ``queue`` now.
+
+    ``busy``: every worker's remaining seconds on its current job (0 when free). Plays the queue
+    forward: free workers take jobs in ``pick`` order; jobs arriving later are not foreseen.
+    """
+    pending = [*queue, job]  # the new job is last: among equal keys, earlier arrivals go first
+    new = len(pending) - 1
+    free_at = [now + max(0.0, b) for b in busy]
+    t = now
+    while True:
+        started = False
+        for w in range(len(free_at)):
+            if free_at[w] > t:
+                continue
+            others = [f - t for i, f in enumerate(free_at) if i != w]
+            i = pick(pending, others, t)
+            if i is None:
+                break
+            if i == new:
+                return t - now
+            free_at[w] = t + pending[i].run_seconds
+            pending.pop(i)
+            new -= 1
+            started = True
+        if started:
+            continue
+        later = [f for f in free_at if f > t]
+        held = [j.key - j.run_seconds for j in pending if j.key - j.run_seconds > t]
+        t = min(later + held)
+
+
+def busy_seconds(started: Sequence[tuple[float, float]], workers: int, now: float) -> list[float]:
+    """Each worker's predicted remaining seconds, from its job's (start, predicted run)."""
+    remaining = [max(0.0, s + run - now) for s, run in started]
+    return remaining + [0.0] * max(0, workers - len(remaining))
