@@ -37,7 +37,7 @@ def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> 
     choice = select(waiting(table, wait), Constraints(budget_seconds=budget), elapsed_seconds=elapsed)
     fits = [c for c in table if elapsed + wait + c.predicted_seconds <= budget]
     if fits:
-        assert choice.reason == "best_fit"
+        assert choice.reason in ("best_fit", "contention")
         assert choice.predicted_seconds <= budget
         best = max((-1 if c.top1 is None else c.top1) for c in fits)
         chosen = next(c for c in table if c.name == choice.name)
