@@ -50,6 +50,7 @@ class Sample:
 
     status: int
     client_ms: float
+    path: str = ""  # the request's path and query
     late_ms: float = 0.0  # open loop only: how long after its scheduled time it was sent
     variant: str | None = None
     top1: float | None = None
@@ -122,7 +123,9 @@ class _Connection:
                 self.close()
                 if attempt:
                     raise
-        sample = Sample(status=response.status, client_ms=(time.perf_counter() - start) * 1e3)
+        sample = Sample(
+            status=response.status, client_ms=(time.perf_counter() - start) * 1e3, path=payload.path
+        )
         _parse(response.status, body, sample)
         if response.will_close:
             self.close()

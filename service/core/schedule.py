@@ -20,6 +20,7 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,9 +139,19 @@ def admissible(job: Job, others_busy: Sequence[float], now: float) -> bool:
 
 
 def pick(queue: Sequence[Job], others_busy: Sequence[float], now: float) -> int | None:
-    """Index of the job a free worker starts now: the earliest-keyed admissible one, if any."""
-    order = sorted(range(len(queue)), key=lambda i: queue[i].key)
-    return next((i for i in order if admissible(queue[i], others_busy, now)), None)
+    """Index of the job a free worker starts now, if any.
+
+    The earliest-keyed admissible job, with one guard (backfilling): a job may pass one keyed
+    before it only if it ends before that one's last moment to start, so a job that has to wait
+    is never made late by one that did not need to run first.
+    """
+    last_start = math.inf  # the earliest last moment of the jobs passed over so far
+    for i in sorted(range(len(queue)), key=lambda i: queue[i].key):
+        job = queue[i]
+        if now + job.run_seconds <= last_start and admissible(job, others_busy, now):
+            return i
+        last_start = min(last_start, job.key - job.run_seconds)
+    return None
 
 
 def release_time(queue: Sequence[Job]) -> float | None:

@@ -109,3 +109,37 @@ def test_strict_distinguishes_impossible_from_busy() -> None:
         select(waiting(_table(), 0.02), strict, elapsed_seconds=0.0)
     with pytest.raises(BudgetUnmeetable):
         select(_table(), Constraints(budget_seconds=0.0005, strict=True), elapsed_seconds=0)
+
+
+blocking_tables = st.lists(
+    st.builds(
+        Candidate,
+        name=st.text(alphabet="abcdefgh", min_size=1, max_size=6),
+        top1=st.floats(0.3, 0.9),
+        size_bytes=st.just(1),
+        predicted_seconds=st.floats(0.001, 0.05),
+        idle_seconds=st.floats(0.001, 0.05),
+        wait_seconds=st.floats(0.0, 0.05),
+        blocks=st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda c: c.name,
+)
+
+
+@given(blocking_tables, st.one_of(st.none(), st.floats(0.005, 0.1)))
+def test_yields_to_tighter_deadlines_within_its_own_budget(table, budget) -> None:
+    choice = select(table, Constraints(budget_seconds=budget), elapsed_seconds=0.0)
+    chosen = next(c for c in table if c.name == choice.name)
+    fits = [c for c in table if budget is None or c.wait_seconds + c.predicted_seconds <= budget]
+    if any(not c.blocks for c in fits):
+        assert not chosen.blocks
+        assert chosen.top1 == max(c.top1 for c in fits if not c.blocks)
+    # A downgrade caused by other traffic says so: the choice is less accurate than the one an
+    # idle server (no wait, nothing to yield to) would make.
+    alone = [c for c in table if budget is None or c.predicted_seconds <= budget]
+    if choice.reason in ("best_fit", "no_budget"):
+        assert chosen.top1 >= max(c.top1 for c in alone)
+    if choice.reason == "contention":
+        assert chosen.top1 < max(c.top1 for c in alone)

@@ -1,0 +1,202 @@
+"""The scheduler's rule (service/core/schedule.py), played out on made-up workloads.
+
+``simulate`` is a discrete-event model of the executor: jobs arrive, free workers take what
+``pick`` gives them, runs last exactly as predicted. The properties are checked on its trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.core.schedule import (
+    NO_BUDGET_HORIZON_SECONDS,
+    ArrivalMix,
+    Job,
+    Tier,
+    admissible,
+    blocks,
+    dispatch_key,
+    ladder,
+    pick,
+    tier_name,
+    wait_at_place,
+)
+
+BUDGETS = (None, 0.010, 0.020, 0.050)
+# A mix as the data plane learns it: 10/20/50 ms/none in equal shares.
+TIERS = [Tier(0.010, 0.25, 0.003), Tier(0.020, 0.25, 0.012), Tier(0.050, 0.25, 0.040)]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float
+    budget: float | None
+    job: Job
+
+
+@dataclass(frozen=True)
+class Run:
+    arrival: Arrival
+    start: float
+
+    @property
+    def end(self) -> float:
+        return self.start + self.arrival.job.run_seconds
+
+
+def arrival(at: float, budget: float | None, run: float, workers: int, tiers: list[Tier]) -> Arrival:
+    return Arrival(at, budget, Job(dispatch_key(at, budget), run, ladder(workers, tiers, budget)))
+
+
+def simulate(arrivals: list[Arrival], workers: int) -> list[Run]:
+    """Every job's start, with the executor's rule and exact predictions."""
+    future = sorted(arrivals, key=lambda a: a.at)
+    pending: list[Arrival] = []
+    free_at = [0.0] * workers
+    runs: list[Run] = []
+    t = 0.0
+    while future or pending:
+        while future and future[0].at <= t:
+            pending.append(future.pop(0))
+        progress = True
+        while progress:
+            progress = False
+            for w in range(workers):
+                if free_at[w] > t or not pending:
+                    continue
+                others = [max(0.0, f - t) for i, f in enumerate(free_at) if i != w]
+                i = pick([a.job for a in pending], others, t)
+                if i is not None:
+                    a = pending.pop(i)
+                    runs.append(Run(a, t))
+                    free_at[w] = t + a.job.run_seconds
+                    progress = True
+        moments = [f for f in free_at if f > t]
+        moments += [a.job.key - a.job.run_seconds for a in pending if a.job.key - a.job.run_seconds > t]
+        moments += [future[0].at] if future else []
+        if not moments:
+            assert not pending, "jobs left that nothing will ever start"
+            break
+        t = min(moments)
+    return runs
+
+
+workloads = st.lists(
+    st.tuples(st.floats(0.0, 0.2), st.sampled_from(BUDGETS), st.floats(0.001, 0.06)),
+    min_size=1,
+    max_size=25,
+)
+
+
+def trace(raw: list[tuple[float, float | None, float]], workers: int, tiers: list[Tier]) -> list[Run]:
+    return simulate([arrival(at, b, run, workers, tiers) for at, b, run in raw], workers)
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0.001, 0.1)), min_size=1, max_size=20))
+def test_edf_order_without_tight_tiers(jobs: list[tuple[float, float]]) -> None:
+    queue = [Job(key, run) for key, run in jobs]
+    i = pick(queue, [0.5], now=0.0)
+    assert i is not None
+    assert queue[i].key == min(j.key for j in queue)
+    # Ties keep arrival order.
+    assert i == next(k for k, j in enumerate(queue) if j.key == queue[i].key)
+
+
+@given(workloads, st.integers(1, 3), st.booleans())
+@settings(deadline=None)
+def test_every_job_starts_and_no_budget_is_not_starved(raw, workers, tight) -> None:
+    runs = trace(raw, workers, TIERS if tight else [])
+    assert len(runs) == len(raw)
+    for r in runs:
+        if r.arrival.budget is None:
+            # Only jobs that arrived before its aged key can go ahead of it.
+            horizon = r.arrival.at + NO_BUDGET_HORIZON_SECONDS
+            assert all(o.start >= r.start for o in runs if o.arrival.at > horizon)
+
+
+@given(workloads, st.integers(1, 3), st.booleans())
+@settings(deadline=None)
+def test_nobody_is_made_late_by_a_job_that_did_not_need_to_run_first(raw, workers, tight) -> None:
+    runs = trace(raw, workers, TIERS if tight else [])
+    for j in runs:
+        last_start = j.arrival.job.key - j.arrival.job.run_seconds
+        for k in runs:
+            overtook = j.arrival.at <= k.start < j.start and k.arrival.job.key > j.arrival.job.key
+            if overtook:
+                # It passed j only because it is done before j has to start.
+                assert k.end <= last_start + 1e-9
+
+
+@given(workloads)
+@settings(deadline=None)
+def test_a_worker_is_kept_for_the_tight_tier(raw) -> None:
+    # Two workers, the 10/20/50 ms/none mix: a job from a looser tier may start while the other
+    # worker is busy only if a worker is then free within the 10 ms tier's slack, or if it could
+    # not wait any longer.
+    slack = TIERS[0].slack_seconds
+    runs = trace(raw, 2, TIERS)
+    for n, r in enumerate(runs):
+        job = r.arrival.job
+        if r.arrival.budget == 0.010 or r.start + job.run_seconds >= job.key:
+            continue
+        other = [o for o in runs[:n] if o.end > r.start]  # started before it, still running
+        if other:
+            assert min(other[0].end - r.start, job.run_seconds) <= slack + 1e-9
+
+
+def test_ladder_keeps_workers_for_tighter_tiers_only() -> None:
+    assert ladder(2, TIERS, 0.010) == ()
+    assert ladder(2, TIERS, 0.020) == (0.003,)
+    assert ladder(2, TIERS, None) == (0.003, 0.012)
+    assert ladder(4, TIERS, None) == (0.003, 0.012, 0.040)
+    # A tier that is most of the traffic keeps more workers.
+    assert ladder(4, [Tier(0.010, 0.75, 0.003)], None) == (0.003, 0.003, 0.003)
+
+
+def test_admissible() -> None:
+    job = Job(key=1.0, run_seconds=0.030, limits=(0.003,))
+    assert admissible(job, [0.0], now=0.0)  # the rest of the pool is idle
+    assert not admissible(job, [0.010], now=0.0)  # nobody free within 3 ms for a tight arrival
+    assert admissible(job, [0.002], now=0.0)
+    assert admissible(job, [0.010], now=0.975)  # it cannot wait any longer
+    assert admissible(Job(key=1.0, run_seconds=0.030), [0.010], now=0.0)
+    assert blocks(job) and not blocks(Job(1.0, 0.002, (0.003,)))
+
+
+def test_wait_at_place_is_the_wait_in_deadline_order() -> None:
+    queue = [Job(0.050, 0.010), Job(0.020, 0.010), Job(1.0, 0.010)]
+    # One worker, busy 5 ms: each new job waits for the jobs keyed before it, not the queue.
+    assert wait_at_place(Job(0.010, 0.004), queue, [0.005], now=0.0) == pytest.approx(0.005)
+    assert wait_at_place(Job(0.030, 0.004), queue, [0.005], now=0.0) == pytest.approx(0.015)
+    assert wait_at_place(Job(2.0, 0.004), queue, [0.005], now=0.0) == pytest.approx(0.035)
+    # Two idle workers: no wait.
+    assert wait_at_place(Job(2.0, 0.004), queue, [0.0, 0.0], now=0.0) == pytest.approx(0.010)
+
+
+def test_arrival_mix_learns_tiers_and_forgets_them() -> None:
+    mix = ArrivalMix(window=100, fresh_seconds=5.0)
+    for i in range(8):
+        mix.add(0.1 * i, 0.010, 0.006)
+        mix.add(0.1 * i, None, 0.006)
+    mix.add(0.5, 0.020, 0.006)  # one stray request is not a tier
+    (tier,) = mix.tiers(1.0)
+    assert tier.budget_seconds == 0.010
+    assert tier.share == pytest.approx(8 / 17)
+    assert tier.slack_seconds == pytest.approx(0.004)
+    assert mix.tiers(10.0) == []
+
+
+def test_tier_names() -> None:
+    assert [tier_name(b) for b in (None, 0.005, 0.010, 0.015, 0.050, 0.2, 30.0)] == [
+        "none",
+        "10ms",
+        "10ms",
+        "20ms",
+        "50ms",
+        "1s",
+        "60s",
+    ]
