@@ -286,7 +286,8 @@ def _variants_row(ids: _Ids) -> _Row:
         ids,
         "Selection reasons",
         "Why variants were chosen: best fit for the budget, pinned by `model=`, fallback to "
-        "the fastest allowed variant (budget unmeetable), or no budget given.",
+        "the fastest allowed variant (budget unmeetable), no budget given, or contention (a "
+        "less accurate variant than an idle server would choose, because of other requests).",
         "reqps",
         [
             _query(
@@ -317,7 +318,24 @@ def _variants_row(ids: _Ids) -> _Row:
         ],
     ).span(24)
 
-    return "Variants", [mix, reasons, predicted]
+    downgrades = _timeseries(
+        ids,
+        "Downgrades caused by other traffic",
+        "Share of selections with reason `contention`: the request got a less accurate variant "
+        "than an idle server would give it, because of its wait at its place in the deadline "
+        "order or the workers kept for tighter budgets. By variant chosen.",
+        "percentunit",
+        [
+            _query(
+                f'sum by (variant) (rate(edgefit_variant_selected_total{{{SEL}, reason="contention"}}'
+                f"[$__rate_interval])) / "
+                f"scalar(sum(rate(edgefit_variant_selected_total{{{SEL}}}[$__rate_interval])))",
+                "{{variant}}",
+            )
+        ],
+    ).stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
+
+    return "Variants", [mix, reasons, downgrades, predicted]
 
 
 def _saturation_row(ids: _Ids) -> _Row:
@@ -351,7 +369,22 @@ def _saturation_row(ids: _Ids) -> _Row:
             ),
         ],
     )
-    return "Saturation", [queue, stages]
+    by_tier = _timeseries(
+        ids,
+        "Queue wait p95 by budget tier",
+        "Waiting for a worker, by the request's budget tier (the tier is the smallest of "
+        "10 ms, 20 ms, 50 ms, 100 ms, 1 s, 60 s at or above the budget; none: no budget). The "
+        "queue is served earliest deadline first, so tight tiers should wait least.",
+        "s",
+        [
+            _query(
+                f"histogram_quantile(0.95, sum by (tier, le) "
+                f"(rate(edgefit_queue_wait_by_tier_seconds_bucket{{{SEL}}}[$__rate_interval])))",
+                "{{tier}}",
+            )
+        ],
+    ).span(24)
+    return "Saturation", [queue, stages, by_tier]
 
 
 def _process_row(ids: _Ids) -> _Row:

@@ -20,6 +20,8 @@ REQUIRED_PANELS = {
     "Variant mix",
     "Predicted vs observed latency per variant",
     "Queue depth and in-flight requests",
+    "Queue wait p95 by budget tier",
+    "Downgrades caused by other traffic",
     "Shed and error rates",
     "Process CPU",
     "Process memory",

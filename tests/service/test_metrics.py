@@ -21,6 +21,11 @@ CONTRACT = {
     "edgefit_inflight_requests": ("gauge", set()),
     "edgefit_queue_depth": ("gauge", set()),
 }
+# Added beside the contract (extensions, never renames): queue wait by budget tier, and the
+# selection reason `contention` (a downgrade caused by other traffic).
+EXTENSIONS = {"edgefit_queue_wait_by_tier_seconds": ("histogram", {"tier"})}
+TIERS = {"10ms", "20ms", "50ms", "100ms", "1s", "60s", "none"}
+REASONS = {"best_fit", "pinned", "fallback", "no_budget", "contention"}
 BUDGET_TIERS = {0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0}
 
 
@@ -39,7 +44,7 @@ def series(families: dict) -> set[tuple]:
 
 def test_names_types_labels_and_buckets(server: Server) -> None:
     families = scrape(server)
-    for name, (kind, labels) in CONTRACT.items():
+    for name, (kind, labels) in (CONTRACT | EXTENSIONS).items():
         assert families[name].type == kind, name
         for sample in families[name].samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
@@ -56,6 +61,10 @@ def test_names_types_labels_and_buckets(server: Server) -> None:
     # Every variant's label sets exist before any traffic picks it.
     outcomes = {(s.labels["variant"], s.labels["outcome"]) for s in families["edgefit_requests"].samples}
     assert {(v, o) for v in served for o in ("ok", "client_error", "shed", "error")} <= outcomes
+    tiers = {s.labels["tier"] for s in families["edgefit_queue_wait_by_tier_seconds"].samples}
+    assert tiers == TIERS
+    reasons = {s.labels["reason"] for s in families["edgefit_variant_selected"].samples}
+    assert reasons == REASONS
     assert "process_resident_memory_bytes" in families or "process_resident_memory" in families
 
 
