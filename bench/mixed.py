@@ -128,7 +128,7 @@ def main() -> int:
     out_dir = servers.REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     with servers.edgefit(store, workers, threads, out_dir) as server:
-        results = measure(server.port, images, 5.0 if quick else 15.0, 1 if quick else 2)
+        results = measure(server.port, images, 5.0 if quick else 15.0, 1 if quick else 3)
     results["load_average_at_end"] = os.getloadavg()
     (out_dir / f"mixed-{args.label}.json").write_text(json.dumps(results, indent=1))
     print("\n".join(markdown({k: v for k, v in results.items() if k in map(str, CLIENTS)})))

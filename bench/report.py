@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import mixed
+
 TARGET_VS_FLOOR = 0.85
 TARGET_OVERHEAD_P50_MS = 1.0
 TARGET_GOODPUT_VS_PEER = 3.0
@@ -87,6 +89,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {tier} ms | {t['requests']} | {_pct(t['budget_met'])} | {t['shed_503']} | "
             f"{_f(t['overhead_p50_ms'], '{:.3f}')} | {_f(t['served_top1'], '{:.3f}')} | {mix} |"
         )
+    lines += [
+        "",
+        "## Mixed budgets: closed-loop clients, each request's budget drawn from 10 / 20 / 50 ms / none",
+        "",
+        "Budget met by the server's clock over answered requests; served top-1 = mean manifest "
+        "top-1 of the variants that answered; queue p95 from the server's `timing.queue_ms`.",
+        "",
+        *mixed.markdown(r["mixed_budgets"]),
+    ]
     p = r["peer"]
     lines += [
         "",

@@ -2,7 +2,8 @@
 
 One run on one machine measures, in order: the floor (raw onnxruntime loops), edgefit's overhead
 with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential requests),
-edgefit under overload (open loop at 2x the most accurate variant's floor), then the BentoML
+mixed budgets (closed loop at 3 and 6 clients, bench/mixed.py), edgefit under overload (open
+loop at 2x the most accurate variant's floor), then the BentoML
 peer (throughput and overload), one server at a time. Every figure is the median over repeats.
 Results: bench/results/bench.{json,md,png}.
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, 
 
 import client
 import floor
+import mixed
 import numpy as np
 import pyspy
 import report
@@ -43,6 +45,7 @@ REPEATS = 1 if QUICK else 3
 CLOSED_S = 1.5 if QUICK else 4.0
 FLOOR_S = 1.5 if QUICK else 3.0
 OPEN_S = 4.0 if QUICK else 10.0
+MIXED_S = 5.0 if QUICK else 15.0  # per repeat and client count: enough 10 ms requests to count
 TIER_REQUESTS = 40 if QUICK else 200
 CONCURRENCY = (1, 4, 12)
 TIERS_MS = (10, 20, 50)
@@ -127,6 +130,10 @@ def open_summary(run: client.Run, budget_ms: float) -> dict[str, Any]:
         "client_cores": run.client_cores,
         "variants": dict(Counter(s.variant for s in ok if s.variant)),
     }
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def repeat(n: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -284,7 +291,13 @@ def main() -> int:
             }
             progress(f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met")
 
-        # 4. Overload on edgefit: with selection (answering late when it must, or refusing with
+        # 4. Mixed budgets: closed-loop clients asking 10 / 20 / 50 ms / no budget at random.
+        results["mixed_budgets"] = mixed.measure(port, images, MIXED_S, REPEATS)
+        for clients, row in results["mixed_budgets"].items():
+            met = ", ".join(f"{t} {_rate(row[t]['budget_met'])}" for t in mixed.TIERS if t != "none")
+            progress(f"mixed budgets x{clients}: met {met}")
+
+        # 5. Overload on edgefit: with selection (answering late when it must, or refusing with
         # strict=true), and pinned to the most accurate variant.
         for system, query in (
             ("edgefit (selection)", budget_q),
@@ -304,7 +317,7 @@ def main() -> int:
                 f"at {rate:.1f}/s offered"
             )
 
-    # 5. The peer, one server at a time.
+    # 6. The peer, one server at a time.
     progress("peer: BentoML " + servers.peer_version())
     results["peer"] = {"server": "BentoML " + servers.peer_version(), "variant": peer_variant}
     with servers.peer(store_dir, peer_variant, threads, out_dir) as port:

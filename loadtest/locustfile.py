@@ -73,20 +73,21 @@ CONSTRAINTS = {"min_accuracy": "0.75", "max_size": "6MB"}
 
 # Thresholds per shape: the largest failure ratio (HTTP errors other than 503, over all
 # requests) and the least budget-met rate per tier (over answered requests). Steady load stays
-# well below saturation, so feasible budgets must hold there. Ramp and spike go past saturation
-# on purpose. There, by the contract, a request without strict=true whose budget nothing can
-# meet is still answered (late) while the queue is within its bound, so the plain tiers are
-# reported, not gated; the strict tier is the promise under overload: what is answered meets
-# its budget, the rest is refused with 503 + Retry-After. The failure gate is the same
-# everywhere: overload must be shed, not fail. The 10 ms tier is never gated: on a 2-core CPU
-# decoding a typical JPEG plus the smallest variant's inference take about that long, so it
-# mostly shows the fastest-variant fallback at work.
+# well below saturation, and the queue is served earliest deadline first with workers kept for
+# tight budgets, so every plain tier of the mix (10, 20 and 50 ms, beside no budget) must hold
+# its promise there: the mixed-budgets service level of issue 14. Ramp and spike go past
+# saturation on purpose. There, by the contract, a request without strict=true whose budget
+# nothing can meet is still answered (late) while the queue is within its bound, so the plain
+# tiers are reported, not gated; the strict tier is the promise under overload: what is
+# answered meets its budget, the rest is refused with 503 + Retry-After. The failure gate is
+# the same everywhere: overload must be shed, not fail.
 THRESHOLDS: dict[str, dict[str, Any]] = {
     "steady": {
         "max_failure_ratio": 0.01,
         "min_budget_met": {
-            "20ms": 0.85,
-            "50ms": 0.95,
+            "10ms": 0.97,
+            "20ms": 0.99,
+            "50ms": 0.99,
             "50ms+min_accuracy": 0.9,
             "20ms+max_size": 0.8,
             "20ms strict": 0.95,

@@ -26,11 +26,12 @@ pytestmark = pytest.mark.integration
 VARIANTS = "lite0-160-int8,lite0-192-int8,lite0-224-int8,lite0-224-fp32"
 RUN_SECONDS = 25
 # The locustfile's steady thresholds state the service level for a quiet machine (`make
-# loadtest`). Here the run shares a small, possibly busy CI machine, so the 20 ms tiers are
-# gated only loosely: enough to fail a server that ignores budgets (its accurate variants take
-# longer than 20 ms on such a CPU) without failing on a noisy neighbour. The 50 ms tiers and
-# the failure ratio keep the file's own limits.
-CI_THRESHOLDS = {"min_budget_met": {"20ms": 0.5, "20ms+max_size": 0.3}}
+# loadtest`): 10 / 20 / 50 ms met 97 / 99 / 99 % of the time. Here the run shares a small,
+# possibly busy CI machine, so the tiers are gated loosely: enough to fail a server that ignores
+# budgets or serves the queue first come, first served (its 10 ms requests wait behind the
+# accurate variants other tiers choose), without failing on a noisy neighbour. The failure
+# ratio keeps the file's own limit.
+CI_THRESHOLDS = {"min_budget_met": {"10ms": 0.5, "20ms": 0.5, "50ms": 0.95, "20ms+max_size": 0.3}}
 
 
 @pytest.fixture(scope="module")
