@@ -154,9 +154,10 @@ def pick(queue: Sequence[Job], others_busy: Sequence[float], now: float) -> int 
     return None
 
 
-def release_time(queue: Sequence[Job]) -> float | None:
-    """When the first held job stops being held whatever the workers do (its last moment)."""
-    return min((j.key - j.run_seconds for j in queue), default=None)
+def next_release(queue: Sequence[Job], now: float) -> float | None:
+    """The next moment after ``now`` a waiting job reaches its last moment to start: from then
+    on it is no longer held back, whatever the workers do."""
+    return min((j.key - j.run_seconds for j in queue if j.key - j.run_seconds > now), default=None)
 
 
 def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: float) -> float:
@@ -186,9 +187,8 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
             started = True
         if started:
             continue
-        later = [f for f in free_at if f > t]
-        held = [j.key - j.run_seconds for j in pending if j.key - j.run_seconds > t]
-        t = min(later + held)
+        release = next_release(pending, t)
+        t = min([f for f in free_at if f > t] + ([] if release is None else [release]))
 
 
 def busy_seconds(started: Sequence[tuple[float, float]], workers: int, now: float) -> list[float]:

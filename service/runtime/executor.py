@@ -119,7 +119,7 @@ class InferenceExecutor:
                     return pending
                 # Every queued job is held back: wait for a worker to finish, a new job, or the
                 # moment the first held job can no longer afford to wait.
-                release = schedule.release_time([p.job for p in self._queue])
+                release = schedule.next_release([p.job for p in self._queue], now)
                 self._cond.wait(None if release is None else max(0.0, release - now))
 
     def _serve(self, worker: int) -> None:

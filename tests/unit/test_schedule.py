@@ -21,6 +21,7 @@ from service.core.schedule import (
     blocks,
     dispatch_key,
     ladder,
+    next_release,
     pick,
     tier_name,
     wait_at_place,
@@ -75,8 +76,8 @@ def simulate(arrivals: list[Arrival], workers: int) -> list[Run]:
                     runs.append(Run(a, t))
                     free_at[w] = t + a.job.run_seconds
                     progress = True
-        moments = [f for f in free_at if f > t]
-        moments += [a.job.key - a.job.run_seconds for a in pending if a.job.key - a.job.run_seconds > t]
+        release = next_release([a.job for a in pending], t)
+        moments = [f for f in free_at if f > t] + ([release] if release is not None else [])
         moments += [future[0].at] if future else []
         if not moments:
             assert not pending, "jobs left that nothing will ever start"

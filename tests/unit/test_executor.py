@@ -1,0 +1,59 @@
+"""The executor's threads follow the scheduler's rule: deadline order, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.core.schedule import Job
+from service.runtime.executor import InferenceExecutor
+
+
+def test_a_free_worker_takes_the_earliest_deadline() -> None:
+    async def scenario() -> list[str]:
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        gate = threading.Event()
+        order: list[str] = []
+        try:
+            blocker = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
+            while executor.running == 0:  # the worker holds the blocker: the rest must queue
+                await asyncio.sleep(0.001)
+            jobs = [
+                executor.submit(lambda n=name: order.append(n), Job(key=key, run_seconds=0.001))
+                for name, key in (("none", 1e9), ("50ms", 3e8), ("10ms", 1e8), ("20ms", 2e8))
+            ]
+            assert executor.queued == 4
+            gate.set()
+            await asyncio.gather(blocker, *jobs)
+        finally:
+            executor.shutdown()
+        return order
+
+    assert asyncio.run(scenario()) == ["10ms", "20ms", "50ms", "none"]
+
+
+def test_errors_reach_the_caller_and_shutdown_cancels_the_queue() -> None:
+    async def scenario() -> None:
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        with pytest.raises(ZeroDivisionError):
+            await executor.run(lambda: 1 / 0, Job(key=0.0, run_seconds=0.0))
+        gate = threading.Event()
+        running = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
+        while executor.running == 0:
+            await asyncio.sleep(0.001)
+        queued = executor.submit(lambda: None, Job(key=1.0, run_seconds=0.0))
+        stopping = threading.Thread(target=executor.shutdown)
+        stopping.start()
+        while executor.queued:  # shutdown drops the queue at once, then waits for the worker
+            await asyncio.sleep(0.001)
+        gate.set()
+        await running  # the running job still finishes
+        stopping.join()
+        await asyncio.sleep(0)  # let the loop deliver the cancellation
+        assert queued.cancelled()
+        with pytest.raises(RuntimeError):
+            executor.submit(lambda: None, Job(key=1.0, run_seconds=0.0))
+
+    asyncio.run(scenario())
