@@ -101,7 +101,12 @@ class ArrivalMix:
             budget = min(b for b, _ in members)
             # The service its requests need at the quantile the selector predicts with.
             service = quantile((s for _, s in members), 0.95)
-            tiers.append(Tier(budget, len(members) / len(fresh), max(0.0, budget - service)))
+            slack = budget - service
+            if slack <= 0.0:
+                # Even a worker free at once would not make it in time: keeping one helps nobody
+                # and only holds the other tiers back.
+                continue
+            tiers.append(Tier(budget, len(members) / len(fresh), slack))
         return sorted(tiers, key=lambda t: t.slack_seconds)
 
 

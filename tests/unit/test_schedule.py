@@ -189,6 +189,10 @@ def test_arrival_mix_learns_tiers_and_forgets_them() -> None:
     assert tier.share == pytest.approx(8 / 17)
     assert tier.slack_seconds == pytest.approx(0.004)
     assert mix.tiers(10.0) == []
+    # A tier nobody can serve in time, even at once, keeps nothing.
+    for i in range(8):
+        mix.add(20.0 + 0.1 * i, 0.005, 0.006)
+    assert mix.tiers(21.0) == []
 
 
 def test_tier_names() -> None:
