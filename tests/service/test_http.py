@@ -366,7 +366,7 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
     assert meta["name"] == "edgefit" and meta["machine"]
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
     model = httpx.get(f"{server.url}/v2/models/lite0-160-int8").json()
-    assert model["inputs"][0]["shape"] == [-1, 3, 160, 160]
+    assert model["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, 160, 160, 3]}
     variant = next(
         v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == "lite0-160-int8"
     )
@@ -376,7 +376,7 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
             {
                 "name": "image",
                 "shape": list(tensor.shape),
-                "datatype": "FP32",
+                "datatype": "UINT8",
                 "data": tensor.ravel().tolist(),
             }
         ]
@@ -392,6 +392,9 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
     bad = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json={"inputs": []})
     assert bad.status_code == 422 and set(bad.json()) == {"error"}
+    out_of_range = {"inputs": [{**payload["inputs"][0], "data": [256] * tensor.size}]}
+    bad = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json=out_of_range)
+    assert bad.status_code == 422 and "0..255" in bad.json()["error"]
 
 
 def test_unknown_route_is_a_problem_document(server: Server) -> None:
