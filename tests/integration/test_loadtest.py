@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 # A few variants, fast and slow enough for the budget tiers to mean something; few profile runs
 # keep the start-up short.
-VARIANTS = "lite0-160-int8,lite0-192-int8,lite0-224-int8,lite0-224-fp32"
+VARIANTS = "lite0-160-fp32,lite0-192-fp32,lite0-224-int8,lite0-224-fp32"
 RUN_SECONDS = 25
 # The locustfile's steady thresholds state the service level for a quiet machine (`make
 # loadtest`). Here the run shares a small, possibly busy CI machine, so the 20 ms tiers are

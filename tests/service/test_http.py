@@ -131,11 +131,11 @@ def test_multipart_and_octet_stream(server: Server, tabby: bytes) -> None:
 
 
 def test_pinned_http_answers_equal_in_process_evaluation(
-    server: Server, store_dir: Path, sample_dir: Path
+    server: Server, store_dir: Path, sample_dir: Path, fast_int8: str
 ) -> None:
     store = open_store(store_dir)
     images = labelled_images(sample_dir)[::10][:100]
-    for name in ("lite0-224-fp32", "lite1-192-int8"):
+    for name in ("lite0-224-fp32", fast_int8):
         (expected,) = evaluate(store, [store.manifest.variant(name)], images)
 
         def post(image, name=name) -> int:
@@ -294,13 +294,13 @@ def test_bad_requests_do_not_disturb_good_ones(server: Server, tabby: bytes) -> 
 
 
 @pytest.fixture(scope="module")
-def tight(store_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def tight(store_dir: Path, tmp_path_factory: pytest.TempPathFactory, fast_int8: str):
     from tests.conftest import start_server
 
     s = start_server(
         store_dir,
         tmp_path_factory.mktemp("tight"),
-        variants="lite0-160-int8,lite2-260-fp32",
+        variants=f"{fast_int8},lite2-260-fp32",
         inference_timeout_seconds="0.002",
         max_queue_wait_seconds="0.01",
         workers="1",
@@ -316,9 +316,9 @@ def test_504_inference_past_the_hard_timeout(tight: Server, tabby: bytes) -> Non
     assert httpx.get(f"{tight.url}/readyz").status_code == 200
 
 
-def test_503_shedding_with_retry_after(tight: Server, tabby: bytes) -> None:
+def test_503_shedding_with_retry_after(tight: Server, tabby: bytes, fast_int8: str) -> None:
     with ThreadPoolExecutor(24) as pool:
-        responses = list(pool.map(lambda _: classify(tight, tabby, model="lite0-160-int8"), range(48)))
+        responses = list(pool.map(lambda _: classify(tight, tabby, model=fast_int8), range(48)))
     shed = [r for r in responses if r.status_code == 503]
     assert shed, [r.status_code for r in responses]
     for r in shed:
@@ -361,15 +361,16 @@ def test_health_and_metrics(server: Server) -> None:
     assert "edgefit_requests_total" in metrics and "edgefit_variant_info" in metrics
 
 
-def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
+def test_open_inference_protocol(server: Server, tabby: bytes, fast_int8: str) -> None:
     meta = httpx.get(f"{server.url}/v2").json()
     assert meta["name"] == "edgefit" and meta["machine"]
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
-    model = httpx.get(f"{server.url}/v2/models/lite0-160-int8").json()
-    assert model["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, 160, 160, 3]}
+    model = httpx.get(f"{server.url}/v2/models/{fast_int8}").json()
     variant = next(
-        v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == "lite0-160-int8"
+        v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == fast_int8
     )
+    size = variant["resolution"]
+    assert model["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]}
     tensor = load_tensor(tabby, Preprocessing.model_validate(variant["preprocessing"]), 50_000_000)
     payload = {
         "inputs": [
@@ -381,7 +382,7 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
             }
         ]
     }
-    out = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json=payload, timeout=30).json()
+    out = httpx.post(f"{server.url}/v2/models/{fast_int8}/infer", json=payload, timeout=30).json()
     logits = out["outputs"][0]["data"]
     assert out["outputs"][0]["shape"] == [1, 1000] and max(range(1000), key=logits.__getitem__) in (
         281,
@@ -390,10 +391,10 @@ def test_open_inference_protocol(server: Server, tabby: bytes) -> None:
     )
     missing = httpx.get(f"{server.url}/v2/models/nope")
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
-    bad = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json={"inputs": []})
+    bad = httpx.post(f"{server.url}/v2/models/{fast_int8}/infer", json={"inputs": []})
     assert bad.status_code == 422 and set(bad.json()) == {"error"}
     out_of_range = {"inputs": [{**payload["inputs"][0], "data": [256] * tensor.size}]}
-    bad = httpx.post(f"{server.url}/v2/models/lite0-160-int8/infer", json=out_of_range)
+    bad = httpx.post(f"{server.url}/v2/models/{fast_int8}/infer", json=out_of_range)
     assert bad.status_code == 422 and "0..255" in bad.json()["error"]
 
 
@@ -402,10 +403,10 @@ def test_unknown_route_is_a_problem_document(server: Server) -> None:
     assert_problem(httpx.get(f"{server.url}/classify"), 405, "method-not-allowed")
 
 
-def test_admin_reload_needs_the_key(store_dir: Path, tmp_path: Path) -> None:
+def test_admin_reload_needs_the_key(store_dir: Path, tmp_path: Path, fast_int8: str) -> None:
     from tests.conftest import start_server
 
-    s = start_server(store_dir, tmp_path, variants="lite0-160-int8", api_key="sesame")
+    s = start_server(store_dir, tmp_path, variants=fast_int8, api_key="sesame")
     try:
         assert_problem(httpx.post(f"{s.url}/admin/reload"), 401, "unauthorized")
         assert_problem(
@@ -414,7 +415,7 @@ def test_admin_reload_needs_the_key(store_dir: Path, tmp_path: Path) -> None:
             "unauthorized",
         )
         ok = httpx.post(f"{s.url}/admin/reload", headers={"authorization": "Bearer sesame"}, timeout=60)
-        assert ok.status_code == 200 and ok.json()["variants"] == ["lite0-160-int8"]
+        assert ok.status_code == 200 and ok.json()["variants"] == [fast_int8]
     finally:
         assert s.stop() == 0
 
@@ -459,7 +460,7 @@ def test_idle_server_reprobes_variants_nobody_chose(store_dir: Path, tmp_path: P
     from tests.conftest import start_server
 
     s = start_server(
-        store_dir, tmp_path, variants="lite0-160-int8,lite0-224-int8", reprobe_idle_seconds="0.5"
+        store_dir, tmp_path, variants="lite0-160-fp32,lite0-224-int8", reprobe_idle_seconds="0.5"
     )
     try:
         deadline = time.monotonic() + 15

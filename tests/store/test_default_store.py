@@ -47,7 +47,8 @@ def test_int8_loses_at_most_two_points(store) -> None:
             for dataset, accuracy in v.evaluations.items():
                 assert twin.evaluations[dataset] - accuracy <= 0.02, v.name
                 pairs += 1
-    assert pairs >= 6
+    # At least one per family (which ones pass the gate depends on the building CPU's kernels).
+    assert pairs >= len(LADDER)
 
 
 def test_lite0_classifies_the_sample_through_the_store_code_path(store, sample_dir: Path) -> None:
