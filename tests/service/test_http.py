@@ -366,9 +366,7 @@ def test_open_inference_protocol(server: Server, tabby: bytes, fast_int8: str) -
     assert meta["name"] == "edgefit" and meta["machine"]
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
     model = httpx.get(f"{server.url}/v2/models/{fast_int8}").json()
-    variant = next(
-        v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == fast_int8
-    )
+    variant = next(v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == fast_int8)
     size = variant["resolution"]
     assert model["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]}
     tensor = load_tensor(tabby, Preprocessing.model_validate(variant["preprocessing"]), 50_000_000)
