@@ -1,4 +1,7 @@
-"""Image bytes -> model input tensor: the one preprocessing path, shared by serving and evaluation.
+"""Image bytes -> model input: the one preprocessing path, shared by serving and evaluation.
+
+The host decodes, resizes and crops; the model's graph does the rest (cast, channel order,
+normalisation, layout: ``model_store.image_input``), so the input is the crop's ``uint8`` pixels.
 
 Serving and the store's evaluation both call :func:`load_tensor`, so the accuracy the store
 records is the accuracy of exactly what is served.
@@ -116,7 +119,7 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
 
 
 def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """Resize the shorter side, centre-crop and normalise: float32 ``[1, 3, crop, crop]``."""
+    """Resize the shorter side and centre-crop: ``uint8`` RGB ``[1, crop, crop, 3]``."""
     width, height = image.size
     crop = preprocessing.crop
     # The crop window in source pixels; resizing only that window equals resize-then-crop,
@@ -129,13 +132,7 @@ def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
         _RESAMPLE[preprocessing.interpolation],
         box=(left, top, left + window, top + window),
     )
-    pixels = np.asarray(image, dtype=np.float32)
-    if preprocessing.channel_order == "BGR":
-        pixels = pixels[..., ::-1]
-    mean = np.asarray(preprocessing.mean, dtype=np.float32)
-    scale = 1.0 / np.asarray(preprocessing.std, dtype=np.float32)
-    normalised = (pixels - mean) * scale
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
+    return np.asarray(image, dtype=np.uint8)[np.newaxis]
 
 
 def load_tensor(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """``edgefit store add``: bring in a model exported elsewhere (MobileNetV3, GhostNet, ...).
 
-The file is validated (one self-contained ONNX file, one NCHW float input, a ``[N, 1000]``
-output, loads in onnxruntime), copied under a content-addressed name and added to the manifest
-atomically; nothing is changed if any step fails.
+The file is validated (one self-contained ONNX file, one image input, a ``[N, 1000]`` output,
+loads in onnxruntime) and stored under a content-addressed name, then added to the manifest
+atomically; nothing is changed if any step fails. A model that takes float ``[N, 3, H, W]`` (the
+usual export) gets the served input format put in front of it (``model_store.image_input``) with
+the given normalisation; one that already takes ``uint8 [N, H, W, 3]`` RGB is stored as it is.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import onnx
 import onnxruntime as ort
 from pydantic import ValidationError
 
+from model_store.image_input import image_input, wrap_file
 from model_store.manifest import Manifest, Precision, Preprocessing, Variant, check_safe_name
-from model_store.onnx_facts import read_facts
+from model_store.onnx_facts import OnnxFacts, read_facts
 from model_store.runner import session_options
 from model_store.store import Store, StoreError, open_store, sha256_file
 
@@ -26,8 +29,8 @@ TORCHVISION_STD = (58.395, 57.12, 57.375)
 CLASSES = 1000
 
 
-def _validate(path: Path, resolution: int) -> tuple[str, str, int, int]:
-    """Return ``(input name, output name, params, macs)``; raise ``StoreError`` saying what is wrong."""
+def _validate(path: Path, resolution: int) -> OnnxFacts:
+    """The file's facts; raise ``StoreError`` saying what is wrong with it."""
     if not path.is_file():
         raise StoreError(f"{path}: no such file")
     try:
@@ -39,20 +42,27 @@ def _validate(path: Path, resolution: int) -> tuple[str, str, int, int]:
     if facts.external_data:
         raise StoreError(f"{path}: keeps weights in external data files; export one self-contained file")
     shape = facts.input_shape
-    if len(shape) != 4 or shape[1] != 3:
-        raise StoreError(f"{path}: input {facts.input_name} has shape {list(shape)}; expected [N, 3, H, W]")
-    if facts.input_elem_type != onnx.TensorProto.FLOAT:
-        raise StoreError(f"{path}: input {facts.input_name} is not float32")
-    for dim in shape[2:]:
+    if _takes_float_nchw(facts):
+        sides = shape[2:]
+    elif len(shape) == 4 and shape[3] == 3 and facts.input_elem_type == onnx.TensorProto.UINT8:
+        sides = shape[1:3]
+    else:
+        dtype = onnx.TensorProto.DataType.Name(facts.input_elem_type).lower()
+        raise StoreError(
+            f"{path}: input {facts.input_name} is {dtype} {list(shape)}; "
+            "expected float [N, 3, H, W] or uint8 [N, H, W, 3]"
+        )
+    for dim in sides:
         if isinstance(dim, int) and dim != resolution:
             raise StoreError(f"{path}: input is {list(shape)}, which does not take {resolution}x{resolution}")
     if len(facts.output_shape) != 2 or facts.output_shape[1] != CLASSES:
         raise StoreError(f"{path}: output has shape {list(facts.output_shape)}; expected [N, {CLASSES}]")
-    try:
-        ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise StoreError(f"{path}: onnxruntime cannot load it") from exc
-    return facts.input_name, facts.output_name, facts.params, facts.macs
+    return facts
+
+
+def _takes_float_nchw(facts: OnnxFacts) -> bool:
+    shape = facts.input_shape
+    return len(shape) == 4 and shape[1] == 3 and facts.input_elem_type == onnx.TensorProto.FLOAT
 
 
 def add(
@@ -94,18 +104,27 @@ def add(
         )
     except ValidationError as exc:
         raise StoreError(f"invalid preprocessing: {exc.errors()[0]['msg']}") from None
-    input_name, output_name, params, macs = _validate(source, resolution)
+    facts = _validate(source, resolution)
 
     store_root.mkdir(parents=True, exist_ok=True)
-    digest = sha256_file(source)
-    file_name = f"{name}.{digest[:12]}.onnx"
-    # Copy under a temporary name first: a half-copied file is never named by anything.
+    # Write under a temporary name first: a half-written file is never named by anything.
     with tempfile.NamedTemporaryFile(dir=store_root, prefix=".add-", suffix=".tmp", delete=False) as tmp:
         staged = Path(tmp.name)
     try:
-        shutil.copyfile(source, staged)
-        if sha256_file(staged) != digest:
-            raise StoreError(f"{source}: changed while it was being copied")
+        if _takes_float_nchw(facts):
+            try:
+                wrap_file(source, staged, preprocessing, resolution)
+            except (ValueError, onnx.checker.ValidationError) as exc:
+                raise StoreError(f"{source}: cannot put the uint8 input in front of it ({exc})") from exc
+        else:
+            shutil.copyfile(source, staged)
+        try:
+            ort.InferenceSession(str(staged), session_options(1), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise StoreError(f"{source}: onnxruntime cannot load it") from exc
+        # The hash is taken of the file as served, after any wrapping.
+        digest = sha256_file(staged)
+        file_name = f"{name}.{digest[:12]}.onnx"
         variant = Variant(
             name=name,
             family=family,
@@ -114,10 +133,10 @@ def add(
             file=file_name,
             sha256=digest,
             size_bytes=staged.stat().st_size,
-            params=params,
-            macs=macs,
-            input_name=input_name,
-            output_name=output_name,
+            params=facts.params,
+            macs=facts.macs,
+            input=image_input(facts.input_name, resolution),
+            output_name=facts.output_name,
             preprocessing=preprocessing,
             top1=top1,
             top1_source="published" if top1 is not None else None,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
 MANIFEST_NAME = "manifest.json"
 
 # Names become file names, URL parameters and metric label values: keep them boring.
@@ -32,10 +32,12 @@ def check_safe_name(value: str, what: str = "name") -> str:
 
 
 class Preprocessing(BaseModel):
-    """How an image becomes the model's input tensor (see ``model_store.imaging``).
+    """How an image becomes the model's input.
 
-    The shorter side is resized to ``resize_shorter`` and the centre ``crop`` x ``crop`` square is
-    kept; pixel values in 0..255 are then normalised as ``(x - mean) / std`` per channel.
+    On the host (``model_store.imaging``) the shorter side is resized to ``resize_shorter`` and the
+    centre ``crop`` x ``crop`` square is kept, as ``uint8`` RGB. Inside the model's graph
+    (``model_store.image_input``) pixel values in 0..255 are put in ``channel_order`` and
+    normalised as ``(x - mean) / std`` per channel: these fields record what the graph applies.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,7 +48,6 @@ class Preprocessing(BaseModel):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: Literal["RGB", "BGR"] = "RGB"
-    layout: Literal["NCHW"] = "NCHW"
 
     @model_validator(mode="after")
     def _crop_fits(self) -> Preprocessing:
@@ -54,6 +55,34 @@ class Preprocessing(BaseModel):
             raise ValueError("crop must not exceed resize_shorter")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
+        return self
+
+
+class ModelInput(BaseModel):
+    """The model's one input, so outside tools can feed it: the cropped image, ``uint8`` NHWC RGB."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+    # [-1 (any batch), H, W, 3]
+    shape: tuple[int, int, int, int]
+
+
+class Subnet(BaseModel):
+    """Which blocks of its family's network a subnet keeps (the others are skipped)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kept_blocks: tuple[int, ...] = Field(min_length=1)
+    total_blocks: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _blocks_exist(self) -> Subnet:
+        blocks = self.kept_blocks
+        if list(blocks) != sorted(set(blocks)) or blocks[0] < 0 or blocks[-1] >= self.total_blocks:
+            raise ValueError(f"kept_blocks must be increasing block indices in 0..{self.total_blocks - 1}")
         return self
 
 
@@ -71,10 +100,12 @@ class Variant(BaseModel):
     size_bytes: int = Field(gt=0)
     params: int | None = Field(default=None, ge=0)
     macs: int | None = Field(default=None, ge=0)
-    input_name: str
+    input: ModelInput
     output_name: str
     preprocessing: Preprocessing
     labels: str = "imagenet-1k"
+    # Set for a subnet cut from its family's network; None for a full-depth variant.
+    subnet: Subnet | None = None
     top1: float | None = Field(default=None, ge=0.0, le=1.0)
     top1_source: Top1Source | None = None
     top1_dataset: str | None = None
@@ -98,6 +129,8 @@ class Variant(BaseModel):
             raise ValueError(f"{self.name}: a derived top1 must name its top1_base")
         if self.preprocessing.crop != self.resolution:
             raise ValueError(f"{self.name}: preprocessing.crop must equal resolution")
+        if self.input.shape != (-1, self.resolution, self.resolution, 3):
+            raise ValueError(f"{self.name}: input.shape must be [-1, resolution, resolution, 3]")
         return self
 
 
@@ -106,7 +139,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     variants: tuple[Variant, ...] = ()
 
     @model_validator(mode="after")

@@ -36,8 +36,8 @@ class VariantRunner:
         )
 
     def infer(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
-        """Logits for one image, shape ``[classes]``."""
-        outputs = self.session.run([self.variant.output_name], {self.variant.input_name: tensor}, run_options)
+        """Logits for one image (``uint8 [1, H, W, 3]``, see ``model_store.imaging``), shape ``[classes]``."""
+        outputs = self.session.run([self.variant.output_name], {self.variant.input.name: tensor}, run_options)
         logits: np.ndarray = np.asarray(outputs[0])[0]
         return logits
 
@@ -60,7 +60,7 @@ def time_inference(runner: VariantRunner, runs: int, warmup: int) -> list[float]
     The input is fixed noise of the variant's shape: a CNN's latency does not depend on pixels.
     """
     size = runner.variant.resolution
-    tensor = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    tensor = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     for _ in range(warmup):
         runner.infer(tensor)
     timings = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from model_store.manifest import MANIFEST_NAME, Manifest, Variant
+from model_store.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Variant
 
 _CHUNK = 1 << 20
 
@@ -98,8 +98,19 @@ def open_store(root: Path | str, *, missing_ok: bool = False) -> Store:
         if missing_ok:
             return Store(root, Manifest())
         raise StoreError(f"no store at {root}: {MANIFEST_NAME} is missing (run `edgefit store build`)")
+    data = path.read_bytes()
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        version = json.loads(data).get("schema_version")
+    except (ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and version != SCHEMA_VERSION:
+        # Schema 1 models took float NCHW tensors: their files cannot be served as they are.
+        raise StoreError(
+            f"{path} has schema_version {version}; this edgefit reads version {SCHEMA_VERSION}: "
+            "rebuild the store (`make clean-store setup`, or `edgefit store build`)"
+        )
+    try:
+        manifest = Manifest.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

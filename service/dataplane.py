@@ -298,7 +298,7 @@ class DataPlane:
         self._lateness.add(late, time.perf_counter())
 
     async def infer_tensor(self, name: str, tensor: np.ndarray) -> np.ndarray:
-        """Raw logits for a preprocessed batch (the Open Inference Protocol path)."""
+        """Raw logits for cropped images, ``uint8 [N, H, W, 3]`` (the Open Inference Protocol path)."""
         self.admit()
         served = self._require()
         runner = served.models.runners[name]
@@ -311,7 +311,7 @@ class DataPlane:
             schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
         )
         finished = await self.executor.run(
-            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input_name: tensor})[0]),
+            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input.name: tensor})[0]),
             scheduled,
         )
         return finished.value
@@ -357,7 +357,7 @@ class DataPlane:
     async def _probe(self, served: _Served, name: str) -> None:
         runner = served.models.runners[name]
         size = runner.variant.resolution
-        tensor = np.zeros((1, 3, size, size), dtype=np.float32)
+        tensor = np.zeros((1, size, size, 3), dtype=np.uint8)
 
         def job() -> float:
             started = time.perf_counter()

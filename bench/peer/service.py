@@ -37,7 +37,7 @@ class Classifier:
     @bentoml.api
     def classify(self, file: Path) -> dict[str, object]:
         tensor = load_tensor(file.read_bytes(), self.variant.preprocessing, MAX_PIXELS)
-        logits = self.session.run([self.variant.output_name], {self.variant.input_name: tensor})[0][0]
+        logits = self.session.run([self.variant.output_name], {self.variant.input.name: tensor})[0][0]
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         best = np.argsort(-probabilities)[:5]

@@ -30,6 +30,7 @@ from model_store.build.recipes import (
     variant_name,
 )
 from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_images, record
+from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Variant
 from model_store.onnx_facts import read_facts
@@ -67,9 +68,12 @@ def _build_resolution(
     model = load_pretrained(recipe, resolution)
     fp32_path = staging / f"{fp32_name}.onnx"
     export_onnx(model, resolution, fp32_path)
+    # Params and MACs are properties of the architecture: count them on the exported graph.
+    facts = read_facts(fp32_path)
+    wrap_file(fp32_path, fp32_path, preprocessing, resolution)
     parity_images = _every_nth(images, PARITY_IMAGES)
     tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
-    error = parity_error(model, fp32_path, tensors)
+    error = parity_error(model, fp32_path, tensors, preprocessing)
     if error > PARITY_TOLERANCE:
         raise StoreError(
             f"{fp32_name}: onnxruntime differs from PyTorch by {error:.2e} "
@@ -84,8 +88,6 @@ def _build_resolution(
     int8_path = staging / f"{int8_name}.onnx"
     quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
 
-    # Params and MACs are properties of the architecture: count them on the fp32 graph.
-    facts = read_facts(fp32_path)
     variants = []
     pairs: tuple[tuple[str, Precision, Path], ...] = (
         (fp32_name, "fp32", fp32_path),
@@ -105,7 +107,7 @@ def _build_resolution(
                 size_bytes=(staging / file_name).stat().st_size,
                 params=facts.params,
                 macs=facts.macs,
-                input_name=INPUT_NAME,
+                input=image_input(INPUT_NAME, resolution),
                 output_name=OUTPUT_NAME,
                 preprocessing=preprocessing,
                 top1=recipe.published_top1 if published else None,

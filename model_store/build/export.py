@@ -15,6 +15,7 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 
 from model_store.build.recipes import Recipe
+from model_store.manifest import Preprocessing
 from model_store.runner import session_options
 
 INPUT_NAME = "image"
@@ -51,15 +52,28 @@ def export_onnx(model: torch.nn.Module, resolution: int, path: Path) -> None:
         )
 
 
-def parity_error(model: torch.nn.Module, path: Path, tensors: Sequence[np.ndarray]) -> float:
-    """Largest absolute logit difference between PyTorch and onnxruntime on ``tensors``."""
+def parity_error(
+    model: torch.nn.Module, path: Path, images: Sequence[np.ndarray], preprocessing: Preprocessing
+) -> float:
+    """Largest absolute logit difference between PyTorch and onnxruntime on ``images``.
+
+    ``path`` takes the ``uint8 [1, H, W, 3]`` images as served (``model_store.image_input``);
+    PyTorch gets the normalised NCHW tensor computed here, independently of the graph, so the
+    check covers the export and the input prefix together.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    std = np.asarray(preprocessing.std, dtype=np.float32)
     worst = 0.0
     with torch.no_grad():
-        for tensor in tensors:
-            expected = model(torch.from_numpy(tensor)).numpy()
-            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: tensor})
+        for image in images:
+            pixels = image.astype(np.float32)
+            if preprocessing.channel_order == "BGR":
+                pixels = pixels[..., ::-1]
+            reference = np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2))
+            expected = model(torch.from_numpy(reference)).numpy()
+            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: image})
             worst = max(worst, float(np.max(np.abs(expected - actual))))
     return worst

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -14,6 +15,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from model_store.image_input import prefix_node_names
 
 
 class _Calibration(CalibrationDataReader):  # type: ignore[misc]
@@ -27,7 +30,11 @@ class _Calibration(CalibrationDataReader):  # type: ignore[misc]
 def quantize_int8(
     fp32_path: Path, int8_path: Path, input_name: str, calibration: Sequence[np.ndarray]
 ) -> None:
-    """Calibrate activation ranges on ``calibration`` (real, preprocessed images) and quantise."""
+    """Calibrate activation ranges on ``calibration`` (real, cropped ``uint8`` images) and quantise.
+
+    The input prefix (cast, normalisation, transpose) stays in float: the first quantisation is
+    then that of the normalised image, exactly as for the model before it took ``uint8``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Folds and infers shapes first, as onnxruntime recommends before static quantisation.
@@ -45,4 +52,5 @@ def quantize_int8(
             # AVX2 EPYC; with 7-bit weights no pair saturates (95.6 %, 8.8 vs 8.1 ms). VNNI and
             # ARM kernels do not saturate either way, and a store may be built on any of them.
             reduce_range=True,
+            nodes_to_exclude=prefix_node_names(onnx.load(str(prepared))),
         )

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) REST subset, so KServe and Triton clients work.
 
-Inputs are preprocessed tensors (``FP32``, ``[N, 3, H, W]``); outputs are the raw logits.
+Inputs are the model's own input, as the manifest describes it: cropped images, ``UINT8``
+``[N, H, W, 3]`` RGB (normalisation happens inside the model); outputs are the raw logits.
 Errors use the protocol's own shape, ``{"error": "..."}`` (see ``service.api.errors``).
 """
 
@@ -54,13 +55,13 @@ async def ready(plane: PlaneDep) -> JSONResponse:
 @router.get("/models/{name}")
 async def model_metadata(name: str, plane: PlaneDep) -> JSONResponse:
     v = _variant(plane, name)
-    size = v["resolution"]
+    model_input = v["input"]
     return JSONResponse(
         {
             "name": name,
             "versions": ["1"],
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": v["input_name"], "datatype": "FP32", "shape": [-1, 3, size, size]}],
+            "inputs": [{"name": model_input["name"], "datatype": "UINT8", "shape": model_input["shape"]}],
             "outputs": [{"name": v["output_name"], "datatype": "FP32", "shape": [-1, 1000]}],
         }
     )
@@ -78,15 +79,18 @@ async def infer(name: str, request: Request, plane: PlaneDep) -> JSONResponse:
     try:
         payload = await request.json()
         (tensor_spec,) = payload["inputs"]
-        if tensor_spec.get("datatype") != "FP32":
-            raise ValueError("datatype must be FP32")
+        if tensor_spec.get("datatype") != "UINT8":
+            raise ValueError("datatype must be UINT8")
         shape = [int(d) for d in tensor_spec["shape"]]
-        tensor = np.asarray(tensor_spec["data"], dtype=np.float32).reshape(shape)
+        data = np.asarray(tensor_spec["data"])
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise ValueError("data must be integers in 0..255")
+        tensor = data.astype(np.uint8).reshape(shape)
     except (ValueError, KeyError, TypeError) as exc:
-        raise errors.InvalidParameter(f"expected one FP32 input tensor with shape and data: {exc}") from None
+        raise errors.InvalidParameter(f"expected one UINT8 input tensor with shape and data: {exc}") from None
     size = v["resolution"]
-    if tensor.ndim != 4 or tensor.shape[1:] != (3, size, size) or not 1 <= tensor.shape[0] <= 32:
-        raise errors.InvalidParameter(f"input shape must be [N, 3, {size}, {size}] with 1 <= N <= 32")
+    if tensor.ndim != 4 or tensor.shape[1:] != (size, size, 3) or not 1 <= tensor.shape[0] <= 32:
+        raise errors.InvalidParameter(f"input shape must be [N, {size}, {size}, 3] with 1 <= N <= 32")
     logits = await plane.infer_tensor(name, tensor)
     return JSONResponse(
         {

@@ -368,14 +368,14 @@ def test_open_inference_protocol(server: Server, tabby: bytes, fast_int8: str) -
     model = httpx.get(f"{server.url}/v2/models/{fast_int8}").json()
     variant = next(v for v in httpx.get(f"{server.url}/models").json()["variants"] if v["name"] == fast_int8)
     size = variant["resolution"]
-    assert model["inputs"][0]["shape"] == [-1, 3, size, size]
+    assert model["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]}
     tensor = load_tensor(tabby, Preprocessing.model_validate(variant["preprocessing"]), 50_000_000)
     payload = {
         "inputs": [
             {
                 "name": "image",
                 "shape": list(tensor.shape),
-                "datatype": "FP32",
+                "datatype": "UINT8",
                 "data": tensor.ravel().tolist(),
             }
         ]
@@ -391,6 +391,9 @@ def test_open_inference_protocol(server: Server, tabby: bytes, fast_int8: str) -
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
     bad = httpx.post(f"{server.url}/v2/models/{fast_int8}/infer", json={"inputs": []})
     assert bad.status_code == 422 and set(bad.json()) == {"error"}
+    out_of_range = {"inputs": [{**payload["inputs"][0], "data": [256] * tensor.size}]}
+    bad = httpx.post(f"{server.url}/v2/models/{fast_int8}/infer", json=out_of_range)
+    assert bad.status_code == 422 and "0..255" in bad.json()["error"]
 
 
 def test_unknown_route_is_a_problem_document(server: Server) -> None:

@@ -9,12 +9,14 @@ import torch
 from model_store.build.builder import _drop_disagreeing_int8
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, parity_error
 from model_store.evaluate import Evaluation, record
+from model_store.image_input import wrap_file
 from model_store.manifest import Manifest
 from tests.store.conftest import PRE32, export_tiny
 from tests.unit.test_manifest import variant
 
 
 def _export(model: torch.nn.Module, path: Path) -> Path:
+    """Export as the builder does: float NCHW from torch, then the served uint8 input in front."""
     torch.onnx.export(
         model,
         (torch.zeros(1, 3, 32, 32),),
@@ -23,6 +25,7 @@ def _export(model: torch.nn.Module, path: Path) -> Path:
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
     )
+    wrap_file(path, path, PRE32, 32)
     return path
 
 
@@ -35,12 +38,15 @@ def _tiny() -> torch.nn.Module:
 
 def test_parity_passes_for_a_faithful_export_and_fails_for_another_model(tmp_path: Path) -> None:
     model = _tiny()
-    tensors = [np.random.default_rng(i).standard_normal((1, 3, 32, 32), dtype=np.float32) for i in range(3)]
-    assert parity_error(model, _export(model, tmp_path / "same.onnx"), tensors) < 1e-4
+    images = [np.random.default_rng(i).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8) for i in range(3)]
+    assert parity_error(model, _export(model, tmp_path / "same.onnx"), images, PRE32) < 1e-4
     other = _tiny()
     with torch.no_grad():
         other[3].bias += 0.01
-    assert parity_error(model, _export(other, tmp_path / "other.onnx"), tensors) > 1e-3
+    assert parity_error(model, _export(other, tmp_path / "other.onnx"), images, PRE32) > 1e-3
+    # The check covers the input prefix too: a graph normalising differently fails it.
+    shifted = PRE32.model_copy(update={"mean": (100.0, 127.0, 127.0)})
+    assert parity_error(model, _export(model, tmp_path / "same.onnx"), images, shifted) > 1e-3
 
 
 def _pair(agreeing: int) -> tuple[Manifest, dict[str, tuple[int, ...]]]:

@@ -5,11 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import external_data_helper
 
-from model_store.ingest import add
+from model_store.imaging import load_tensor
+from model_store.ingest import TORCHVISION_MEAN, TORCHVISION_STD, add
+from model_store.manifest import ModelInput
+from model_store.runner import VariantRunner, top_k
 from model_store.store import StoreError, open_store
 from tests.store.conftest import export_tiny
 
@@ -20,7 +25,7 @@ def test_add_copies_hashes_and_describes(tmp_path: Path, tiny_onnx: Path) -> Non
     assert variant.top1_source == "published" and variant.top1 == 0.5
     assert variant.params == 3 * 8 * 9 + 8 + 8 * 1000 + 1000
     assert variant.macs == 16 * 16 * 8 * 27 + 8 * 1000
-    assert (variant.input_name, variant.output_name) == ("input", "output")
+    assert (variant.input, variant.output_name) == (ModelInput(name="input", shape=(-1, 32, 32, 3)), "output")
     assert store.verify(variant).name == variant.file
 
 
@@ -82,7 +87,7 @@ def _truncated(tmp_path: Path, tiny_onnx: Path) -> Path:
         (lambda tmp, tiny: _truncated(tmp, tiny), "not a readable ONNX|onnxruntime cannot"),
         (lambda tmp, tiny: _external(tmp, tiny), "external data"),
         (lambda tmp, tiny: _wrong_output(tmp), r"expected \[N, 1000\]"),
-        (lambda tmp, tiny: _gray(tmp), r"expected \[N, 3, H, W\]"),
+        (lambda tmp, tiny: _gray(tmp), r"expected float \[N, 3, H, W\] or uint8 \[N, H, W, 3\]"),
     ],
     ids=["missing", "corrupt", "truncated", "external-data", "wrong-output", "one-channel"],
 )
@@ -133,3 +138,49 @@ def test_impossible_preprocessing_is_refused(tmp_path: Path, tiny_onnx: Path) ->
     with pytest.raises(StoreError, match="invalid preprocessing"):
         add(tmp_path, tiny_onnx, name="tiny", family="tinynet", resolution=32, resize_shorter=16)
     assert not (tmp_path / "manifest.json").exists()
+
+
+class _TakesUint8Pixels(torch.nn.Module):
+    """``net`` behind its own normalisation: a model exported to take the image as it is decoded."""
+
+    def __init__(self, net: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        return self.net((x - self.mean) / self.std)
+
+
+def test_a_uint8_nhwc_model_and_a_float_nchw_model_give_the_same_classes(
+    tmp_path: Path, sample_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 1000),
+    ).eval()
+    float_path, uint8_path = tmp_path / "float.onnx", tmp_path / "uint8.onnx"
+    export = dict(dynamo=False, input_names=["input"], output_names=["output"])
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(float_path), **export)
+    wrapped = _TakesUint8Pixels(net, TORCHVISION_MEAN, TORCHVISION_STD).eval()
+    torch.onnx.export(wrapped, (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),), str(uint8_path), **export)
+
+    store_dir = tmp_path / "store"
+    add(store_dir, float_path, name="from-float", family="tinynet", resolution=32)
+    store = add(store_dir, uint8_path, name="from-uint8", family="tinynet", resolution=32)
+    runners = [VariantRunner(store.verify(v), v) for v in store.manifest.variants]
+    assert [v.input for v in store.manifest.variants] == [
+        ModelInput(name="input", shape=(-1, 32, 32, 3)),
+        ModelInput(name="input", shape=(-1, 32, 32, 3)),
+    ]
+    for image in sorted(sample_dir.glob("*.JPEG"))[:10]:
+        tensor = load_tensor(image.read_bytes(), store.manifest.variants[0].preprocessing, 50_000_000)
+        from_float, from_uint8 = (runner.infer(tensor) for runner in runners)
+        assert np.allclose(from_float, from_uint8, atol=1e-4)
+        assert [c for c, _ in top_k(from_float, 5)] == [c for c, _ in top_k(from_uint8, 5)]

@@ -44,8 +44,11 @@ def test_invalid_and_missing_manifests(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="missing"):
         open_store(tmp_path)
     assert open_store(tmp_path, missing_ok=True).manifest == Manifest()
-    (tmp_path / "manifest.json").write_text('{"schema_version": 2, "variants": []}')
-    with pytest.raises(StoreError, match="schema_version"):
+    (tmp_path / "manifest.json").write_text('{"schema_version": 2, "variants": [{"name": "x"}]}')
+    with pytest.raises(StoreError, match="not a valid manifest"):
+        open_store(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"schema_version": 1, "variants": []}')
+    with pytest.raises(StoreError, match=r"schema_version 1.*rebuild the store"):
         open_store(tmp_path)
 
 

@@ -35,11 +35,15 @@ def photo(size: tuple[int, int] = (500, 375)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_tensor_shape_and_normalisation() -> None:
-    white = Image.new("RGB", (300, 200), (255, 255, 255))
-    tensor = to_tensor(white, LITE)
-    assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == np.float32
-    assert np.allclose(tensor, (255 - 127) / 128)
+def test_tensor_is_the_uint8_crop_in_rgb_order() -> None:
+    # Left third red, middle green, right third blue: the centre crop keeps mostly green.
+    pixels = np.zeros((200, 300, 3), np.uint8)
+    pixels[:, :100, 0] = pixels[:, 100:200, 1] = pixels[:, 200:, 2] = 200
+    tensor = to_tensor(Image.fromarray(pixels), LITE)
+    assert tensor.shape == (1, 224, 224, 3) and tensor.dtype == np.uint8
+    assert tensor.flags.c_contiguous
+    assert tuple(tensor[0, 112, 112]) == (0, 200, 0)
+    assert tuple(tensor[0, 112, 0]) == (200, 0, 0) and tuple(tensor[0, 112, 223]) == (0, 0, 200)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +65,7 @@ def test_every_mode_becomes_rgb(mode: str, fmt: str) -> None:
     data = encode(photo().convert(mode), fmt)
     image = decode(data, LITE, LIMIT)
     assert image.mode == "RGB"
-    assert load_tensor(data, LITE, LIMIT).shape == (1, 3, 224, 224)
+    assert load_tensor(data, LITE, LIMIT).shape == (1, 224, 224, 3)
 
 
 def test_transparent_pixels_are_shown_on_white() -> None:

@@ -1,12 +1,13 @@
 import pytest
 from pydantic import ValidationError
 
-from model_store.manifest import Manifest, Preprocessing, Variant, check_safe_name
+from model_store.manifest import Manifest, ModelInput, Preprocessing, Variant, check_safe_name
 
 PRE = Preprocessing(resize_shorter=256, crop=224, mean=(127, 127, 127), std=(128, 128, 128))
 
 
 def variant(**overrides: object) -> Variant:
+    size = overrides.get("resolution", 224)
     fields: dict[str, object] = dict(
         name="lite0-224-fp32",
         family="efficientnet_lite0",
@@ -17,7 +18,7 @@ def variant(**overrides: object) -> Variant:
         size_bytes=10,
         params=1,
         macs=2,
-        input_name="image",
+        input=ModelInput(name="image", shape=(-1, size, size, 3)),
         output_name="logits",
         preprocessing=PRE,
     )
@@ -27,7 +28,9 @@ def variant(**overrides: object) -> Variant:
 def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.schema_version == 1
+    assert manifest.schema_version == 2
+    subnet = variant(name="lite2-224-d17-int8", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
+    assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +43,12 @@ def test_round_trip() -> None:
         {"top1": 1.2, "top1_source": "published"},
         {"sha256": "xyz"},
         {"resolution": 192},  # crop disagrees with resolution
+        {"input": {"name": "image", "shape": [-1, 192, 192, 3]}},  # input disagrees with resolution
+        {"input": {"name": "image", "dtype": "float32", "shape": [-1, 224, 224, 3]}},
+        {"input": {"name": "image", "layout": "NCHW", "shape": [-1, 224, 224, 3]}},
+        {"subnet": {"kept_blocks": [3, 1], "total_blocks": 4}},
+        {"subnet": {"kept_blocks": [0, 4], "total_blocks": 4}},
+        {"subnet": {"kept_blocks": [], "total_blocks": 4}},
         {"precision": "fp16"},
         {"unexpected": 1},
     ],
