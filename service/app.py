@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from model_store.store import StoreError
-from service.api import admin, classify, health, models, v2
+from service.api import admin, classify, health, models, status, v2
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
 from service.dataplane import DataPlane
@@ -30,16 +32,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics()
         plane = DataPlane(settings, metrics)
         app.state.settings, app.state.metrics, app.state.plane = settings, metrics, plane
+        app.state.history = history = status.History()
 
         async def load() -> None:
             try:
                 await plane.load()
             except StoreError as exc:
-                # Stay alive and unready: the operator sees why in the log and in /readyz.
+                # Stay alive and unready: the operator sees why in the log, /readyz and /.
                 log.error("cannot serve: %s", exc)
+                plane.failure = str(exc)
 
         # Loading runs beside the server, so /healthz answers (and /readyz says 503) meanwhile.
-        tasks = [asyncio.create_task(load()), asyncio.create_task(plane.keep_table_current())]
+        tasks = [
+            asyncio.create_task(load()),
+            asyncio.create_task(plane.keep_table_current()),
+            asyncio.create_task(history.keep(metrics)),
+        ]
         try:
             yield
         finally:
@@ -54,8 +62,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="The most accurate image classifier that fits each request's latency budget.",
         lifespan=lifespan,
     )
-    for router in (classify.router, models.router, health.router, v2.router, admin.router):
+    for router in (status.router, classify.router, models.router, health.router, v2.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(RequestContext)
+
+    def openapi() -> dict[str, Any]:
+        # /v2's infer reads its body by hand (for the binary extension): add its schemas.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(v2.OPENAPI_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.observability import configure_access_log
     from service.settings import Settings
 
     overrides = {
@@ -77,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
+    configure_access_log()
     app = create_app(settings)
     config = uvicorn.Config(
         app,
