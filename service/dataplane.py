@@ -18,7 +18,6 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.labels import labels
 from model_store.manifest import Variant
 from model_store.runner import top_k
 from service import errors
@@ -116,7 +115,7 @@ class DataPlane:
             decode=DecodeModel(
                 models.decode_seconds_per_pixel, window=window, fresh_seconds=self.settings.fresh_seconds
             ),
-            labels={v.labels: labels(v.labels) for v in models.variants.values()},
+            labels={v.labels: models.store.labels(v) for v in models.variants.values()},
         )
         self.metrics.serve(models.variants.values())
         self._publish_predictions()
@@ -381,6 +380,7 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
+                "classes": len(served.labels[v.labels]),
                 "latency_ms": {
                     "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
