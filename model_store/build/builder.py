@@ -15,13 +15,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
-from model_store.build.quantize import quantize_int8
 from model_store.build.recipes import (
     CALIBRATION_IMAGES,
-    INT8_MIN_AGREEMENT,
     LADDER,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
@@ -35,6 +31,7 @@ from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
 from model_store.onnx_facts import read_facts
+from model_store.quantize import passes_agreement_gate, quantize_int8
 from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -187,17 +184,8 @@ def drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, 
     for variant in manifest.variants:
         if variant.precision == "int8":
             twin = variant.name.removesuffix("-int8") + "-fp32"
-            agreement = float(np.mean(np.array(predictions[variant.name]) == np.array(predictions[twin])))
-            if agreement < INT8_MIN_AGREEMENT:
-                log.warning(
-                    "%s: top-1 agrees with %s on %.1f%% of images (< %.0f%%); not written",
-                    variant.name,
-                    twin,
-                    100 * agreement,
-                    100 * INT8_MIN_AGREEMENT,
-                )
+            if not passes_agreement_gate(variant.name, twin, predictions[variant.name], predictions[twin]):
                 continue
-            log.info("%s: top-1 agrees with %s on %.1f%%", variant.name, twin, 100 * agreement)
         kept.append(variant)
     return Manifest(variants=tuple(kept))
 

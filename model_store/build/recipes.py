@@ -44,7 +44,6 @@ CROP_PADDING = 32
 CALIBRATION_IMAGES = 100
 PARITY_IMAGES = 8
 PARITY_TOLERANCE = 1e-3
-INT8_MIN_AGREEMENT = 0.95
 
 
 def variant_name(arch: str, resolution: int, precision: str, subnet: Subnet | None = None) -> str:
