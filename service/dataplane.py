@@ -18,8 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.labels import labels
-from model_store.manifest import Variant
+from model_store.manifest import Variant, depth_tag
 from model_store.runner import VariantRunner, top_k
 from service import errors
 from service.core import schedule, selector
@@ -130,7 +129,7 @@ class DataPlane:
             decode=DecodeModel(
                 models.decode_seconds_per_pixel, window=window, fresh_seconds=self.settings.fresh_seconds
             ),
-            labels={v.labels: labels(v.labels) for v in models.variants.values()},
+            labels={v.labels: models.store.labels(v) for v in models.variants.values()},
         )
         self.failure = None
         self.metrics.serve(models.variants.values())
@@ -423,6 +422,10 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
+                "classes": len(served.labels[v.labels]),
+                # "full", or "d17" for a subnet keeping 17 of its family's blocks.
+                "depth": depth_tag(v.subnet),
+                "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),
                 "latency_ms": {
                     "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
