@@ -226,3 +226,12 @@ def test_json_over_its_cap_is_refused(server: Server, variant: dict) -> None:
     assert len(body) > MAX_JSON_BYTES
     response = httpx.post(f"{server.url}/v2/models/{variant['name']}/infer", content=body, timeout=30)
     assert response.status_code == 413 and "binary" in response.json()["error"]
+
+
+def test_openapi_documents_the_infer_body(server: Server) -> None:
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    body = document["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/InferRequest"}
+    schemas = document["components"]["schemas"]
+    assert {"InferRequest", "InputTensor", "RequestedOutput"} <= set(schemas)
+    assert schemas["InferRequest"]["required"] == ["inputs"]
