@@ -265,12 +265,12 @@ def _frontier_svg(variants: list[dict[str, Any]], recently_served: set[str]) -> 
     return "".join(parts)
 
 
-def _store_row(v: dict[str, Any]) -> str:
-    depth = "full" if not v.get("subnet") else f"d{len(v['subnet']['kept_blocks'])}"
+def _store_row(v: dict[str, Any], with_depth: bool) -> str:
     top1 = "unknown" if v["top1"] is None else f"{v['top1']:.4f}"
+    depth = f'<td class="depth">{_e(v["depth"])}</td>' if with_depth else ""
     return (
         f'<tr data-variant="{_e(v["name"])}"><td class="name">{_e(v["name"])}</td><td>{_e(v["family"])}</td>'
-        f"<td>{v['resolution']}</td><td>{_e(v['precision'])}</td><td>{depth}</td>"
+        f"<td>{v['resolution']}</td><td>{_e(v['precision'])}</td>{depth}"
         f'<td class="size">{_size(v["size_bytes"])}</td><td class="top1">{top1}</td>'
         f"<td>{_e(v['top1_source'] or '–')}</td></tr>"
     )
@@ -303,7 +303,9 @@ def render(plane: DataPlane, metrics: Metrics, history: History) -> str:
         if plane.ready
         else f'<span class="badge unready">not ready</span> <span id="why">{_e(plane.readiness)}</span>'
     )
-    store_rows = [_store_row(v) for v in variants]
+    # The depth column only when the store has subnets ("d17": 17 of the family's blocks kept).
+    with_depth = any(v["depth"] != "full" for v in variants)
+    store_rows = [_store_row(v, with_depth) for v in variants]
     latency_rows = []
     for v in sorted(variants, key=lambda v: v["latency_ms"]["profiled_p50"]):
         lat = v["latency_ms"]
@@ -389,7 +391,16 @@ dominated; orange ring: served in the last {minutes} min.{
 <h2>Store</h2>
 {
         _table(
-            ("variant", "family", "resolution", "precision", "depth", "size", "top-1", "source"),
+            (
+                "variant",
+                "family",
+                "resolution",
+                "precision",
+                *(("depth",) if with_depth else ()),
+                "size",
+                "top-1",
+                "source",
+            ),
             store_rows,
             "store",
         )

@@ -58,6 +58,8 @@ def test_status_page_shows_what_models_says_and_refreshes(
         assert row.locator(".size").inner_text() == f"{v['size_bytes'] / 1e6:.1f} MB"
         top1 = row.locator(".top1").inner_text()
         assert top1 == ("unknown" if v["top1"] is None else f"{v['top1']:.4f}")
+        if v["depth"] != "full":  # the column exists only when the store has subnets
+            assert row.locator(".depth").inner_text() == v["depth"]
         # The profiled figures do not move: they must be exactly the ones /models gives.
         latency = page.locator(f'#latency tr[data-variant="{name}"]')
         assert latency.locator(".profiled-p50").inner_text() == f"{v['latency_ms']['profiled_p50']:.2f}"
