@@ -295,6 +295,10 @@ def _tensor(spec: InputTensor, binary: memoryview, runner: VariantRunner) -> tup
     return values.astype(np.uint8).reshape(shape), 0
 
 
+def _json_too_large(size: int) -> str:
+    return f"the JSON part is {size} bytes; the limit is {MAX_JSON_BYTES}: send large tensors as binary data"
+
+
 def parse_infer_request(body: bytes, header_length: int | None, runner: VariantRunner) -> ParsedRequest:
     """The request's one input tensor and its wishes. Blocking (run off the event loop);
     raises ``ServiceError``."""
@@ -302,10 +306,7 @@ def parse_infer_request(body: bytes, header_length: int | None, runner: VariantR
     if json_length > len(body):
         raise errors.InvalidParameter(f"{HEADER_LENGTH} is {json_length}; the body has {len(body)} bytes")
     if json_length > MAX_JSON_BYTES:
-        raise errors.BodyTooLarge(
-            f"the JSON part is {json_length} bytes; the limit is {MAX_JSON_BYTES}: "
-            "send large tensors as binary data"
-        )
+        raise errors.BodyTooLarge(_json_too_large(json_length))
     try:
         request = InferRequest.model_validate_json(body[:json_length])
     except ValidationError as exc:
@@ -369,6 +370,10 @@ async def _infer(
         if encoding != "identity":
             raise errors.UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send identity")
         header_length = _header_length(request)
+        declared = request.headers.get("content-length", "")
+        if header_length is None and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            # All JSON: refused before reading it.
+            raise errors.BodyTooLarge(_json_too_large(int(declared)))
         plane.admit()
         body = await read_body(request, settings, started)
         parsed = await asyncio.to_thread(parse_infer_request, body, header_length, runner)
