@@ -15,6 +15,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from model_store.labels import (
+    IMAGENET,
+    imagenet_classes,
+    is_label_file_name,
+    label_file_name,
+    parse_label_file,
+)
 from model_store.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Variant
 
 _CHUNK = 1 << 20
@@ -85,6 +92,23 @@ class Store:
                 f"the manifest says {variant.sha256[:12]}…; refusing to serve it"
             )
         return data
+
+    def labels(self, variant: Variant) -> tuple[str, ...]:
+        """The label of each class index of ``variant``, its label file checked against its name."""
+        if variant.labels == IMAGENET:
+            return tuple(label for _, label in imagenet_classes())
+        if not is_label_file_name(variant.labels):
+            raise StoreError(f"variant {variant.name}: unknown label set {variant.labels!r}")
+        path = self.root / variant.labels
+        if not path.is_file():
+            raise StoreError(f"variant {variant.name}: label file {variant.labels} is missing")
+        data = path.read_bytes()
+        if label_file_name(data) != variant.labels:
+            raise StoreError(f"variant {variant.name}: {variant.labels} does not match its hash")
+        try:
+            return parse_label_file(data)
+        except ValueError as exc:
+            raise StoreError(f"variant {variant.name}: {variant.labels} {exc}") from None
 
     def write(self, manifest: Manifest) -> Store:
         """Atomically replace the manifest; return the store as it now is."""

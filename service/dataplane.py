@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.manifest import Variant
+from model_store.manifest import Variant, depth_tag
 from model_store.runner import top_k
 from model_store.store import StoreError
 from service import errors
@@ -423,6 +423,10 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
+                "classes": len(served.models.labels[v.labels]),
+                # "full", or "d17" for a subnet keeping 17 of its family's blocks.
+                "depth": depth_tag(v.subnet),
+                "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),
                 "latency_ms": {
                     "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),

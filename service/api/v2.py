@@ -62,7 +62,7 @@ async def model_metadata(name: str, plane: PlaneDep) -> JSONResponse:
             "versions": ["1"],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": model_input["name"], "datatype": "UINT8", "shape": model_input["shape"]}],
-            "outputs": [{"name": v["output_name"], "datatype": "FP32", "shape": [-1, 1000]}],
+            "outputs": [{"name": v["output_name"], "datatype": "FP32", "shape": [-1, v["classes"]]}],
         }
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from model_store.labels import labels
 from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
@@ -54,12 +53,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
-    names = {}
-    for v in variants.values():
-        try:
-            names[v.labels] = labels(v.labels)
-        except KeyError:
-            raise StoreError(f"variant {v.name}: unknown label set {v.labels!r}") from None
+    names = {v.labels: store.labels(v) for v in variants.values()}
     runners = {}
     for name, variant in variants.items():
         # The bytes that were hashed are the bytes loaded: no second open of the path.
