@@ -139,9 +139,22 @@ def main() -> None:
         if config["malloc_arena_max"]:
             env["MALLOC_ARENA_MAX"] = str(config["malloc_arena_max"])
         out = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(config), "--store", str(args.store),
-             "--inferences", str(args.inferences), "--reloads", str(args.reloads)],
-            env=env, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                json.dumps(config),
+                "--store",
+                str(args.store),
+                "--inferences",
+                str(args.inferences),
+                "--reloads",
+                str(args.reloads),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(result)
@@ -157,7 +170,9 @@ def main() -> None:
     target = REPO / "bench" / "results" / "memory.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    target.write_text(json.dumps({"loadavg": load, "args": vars(args), "results": results}, indent=1, default=str))
+    target.write_text(
+        json.dumps({"loadavg": load, "args": vars(args), "results": results}, indent=1, default=str)
+    )
     print(f"wrote {target} (load average {load[0]:.2f})")
 
 

@@ -163,7 +163,7 @@ def main() -> int:
         not run.errors
         and not failed
         and report["reloads"]["failed"] == 0
-        and max(rss.samples + [rss_end]) <= rss_limit
+        and max([*rss.samples, rss_end]) <= rss_limit
     )
     return 0 if ok else 1
 

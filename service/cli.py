@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.observability import configure_access_log
     from service.settings import Settings
 
     overrides = {
@@ -78,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
+    configure_access_log()
     app = create_app(settings)
     config = uvicorn.Config(
         app,

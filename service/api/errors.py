@@ -36,6 +36,8 @@ def render(request: Request, error: errors.ServiceError) -> JSONResponse:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ServiceError)  # noqa: S101 - registered for this type only
+    # For the per-endpoint metrics (service.api.middleware): a 503 is "shed" or "error".
+    request.scope.setdefault("state", {})["outcome"] = exc.outcome
     if exc.status >= 500:
         log.warning("%s %s: %s", exc.status, request.url.path, exc.detail)
     else:

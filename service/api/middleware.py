@@ -15,10 +15,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
 from service.api.errors import render
-from service.observability import log_access
+from service.observability import Metrics, log_access
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ENDPOINTS = (
+    ("classify", re.compile(r"^/classify$")),
+    ("v2_infer", re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")),
+)
+
+
+def _endpoint(method: str, path: str) -> str | None:
+    """The inference endpoint a request is for, if any (label of the per-endpoint metrics)."""
+    if method != "POST":
+        return None
+    return next((name for name, pattern in _ENDPOINTS if pattern.fullmatch(path)), None)
+
+
+def _outcome(state: dict[str, Any], status: int) -> str:
+    """What the error handler said (``ServiceError.outcome``), else what the status says."""
+    said: str | None = state.get("outcome")
+    if said is not None:
+        return said
+    return "ok" if status < 400 else "client_error" if status < 500 else "error"
 
 
 class RequestContext:
@@ -55,14 +74,21 @@ class RequestContext:
                 problem = errors.ServiceError("the server failed to handle this request; it has been logged")
                 await render(Request(scope), problem)(scope, receive, send_with_id)
         finally:
-            if scope["path"] not in ("/metrics", "/healthz", "/readyz"):
+            duration = time.perf_counter() - started
+            endpoint = _endpoint(scope["method"], scope["path"])
+            if endpoint is not None:
+                metrics: Metrics = scope["app"].state.metrics
+                metrics.endpoint_requests.labels(endpoint, _outcome(scope["state"], status)).inc()
+                metrics.endpoint_duration.labels(endpoint).observe(duration)
+            # Not the polled endpoints (scrapes, probes, the self-refreshing status page).
+            if scope["path"] not in ("/", "/metrics", "/healthz", "/readyz"):
                 log_access(
                     {
                         "request_id": request_id,
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
-                        "duration_ms": round(1000 * (time.perf_counter() - started), 3),
+                        "duration_ms": round(1000 * duration, 3),
                         **fields,
                     }
                 )

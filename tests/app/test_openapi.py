@@ -2,9 +2,7 @@
 a real uvicorn on loopback over a tiny store; not one server error.
 
 The schemathesis CLI (its pytest plugin does not run under pytest 9) with a time budget
-(``--max-time``), so the whole test stays well under two minutes. ``/v2`` is left out until
-its rewrite (issue 13: pydantic bodies, its own guards, its 500s fixed) is on main; include it
-then by deleting ``--exclude-path-regex``.
+(``--max-time``), so the whole test stays well under two minutes. ``/v2`` included.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ def test_no_server_errors_from_any_operation(tmp_path: Path) -> None:
                 "--max-examples=100",
                 f"--max-time={MAX_SECONDS}",
                 "--request-timeout=30",
-                "--exclude-path-regex=^/v2",
                 "--generation-deterministic",
                 "--no-color",
             ],
