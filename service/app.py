@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from model_store.store import StoreError
 from service.api import admin, classify, health, models, status, v2
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
@@ -22,31 +21,23 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+def create_app(settings: Settings | None = None, plane: DataPlane | None = None) -> FastAPI:
+    """The app. ``plane``: the data plane to serve (tests hand in their own, over tiny models);
+    by default one is built for ``settings``. Either way the app's lifespan loads and stops it."""
+    settings = settings or (plane.settings if plane is not None else Settings())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("service").setLevel(settings.log_level)
         logging.getLogger("edgefit.access").setLevel(settings.log_level)
-        metrics = Metrics()
-        plane = DataPlane(settings, metrics)
-        app.state.settings, app.state.metrics, app.state.plane = settings, metrics, plane
+        served = plane or DataPlane(settings, Metrics())
+        app.state.settings, app.state.metrics, app.state.plane = settings, served.metrics, served
         app.state.history = history = status.History()
-
-        async def load() -> None:
-            try:
-                await plane.load()
-            except StoreError as exc:
-                # Stay alive and unready: the operator sees why in the log, /readyz and /.
-                log.error("cannot serve: %s", exc)
-                plane.failure = str(exc)
-
         # Loading runs beside the server, so /healthz answers (and /readyz says 503) meanwhile.
         tasks = [
-            asyncio.create_task(load()),
-            asyncio.create_task(plane.keep_table_current()),
-            asyncio.create_task(history.keep(metrics)),
+            asyncio.create_task(served.load_until_served()),
+            asyncio.create_task(served.keep_table_current()),
+            asyncio.create_task(history.keep(served.metrics)),
         ]
         try:
             yield
@@ -54,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            plane.shutdown()
+            served.shutdown()
 
     app = FastAPI(
         title="edgefit",

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from model_store import imaging
 from model_store.manifest import Variant, depth_tag
 from model_store.runner import VariantRunner, top_k
+from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
@@ -45,6 +46,8 @@ LATENESS_QUANTILE = 0.95
 # new answers to correct it, so the outlier must age out by itself.
 LATENESS_HORIZON_SECONDS = 2.0
 REPROBE_PERIOD_SECONDS = 1.0
+LOAD_RETRY_FIRST_SECONDS = 1.0
+LOAD_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,6 @@ class _Served:
     models: ServedModels
     latency: LatencyModel
     decode: DecodeModel
-    labels: dict[str, tuple[str, ...]]
     selections: Counter[str] = field(default_factory=Counter)
 
 
@@ -95,8 +97,10 @@ class DataPlane:
             window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
         )
         self._last_request = 0.0
+        self._loading = asyncio.Lock()
         self.draining = False
-        # Why the store could not be served, when it could not (set by the app's start-up).
+        # Why the start-up load has not succeeded yet (in words for /readyz, /v2 and the status
+        # page); None while it runs.
         self.failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -119,22 +123,47 @@ class DataPlane:
     async def load(self) -> None:
         """Load (or reload) the store off the event loop, then swap it in atomically.
 
-        Raises ``StoreError``; the previously served store stays in place if it does.
+        Loads are serialised: a reload waits for the one in progress, then reads the store as it
+        is by then. Raises ``StoreError`` (or whatever else failed); the store being served stays
+        in place if it does.
         """
-        models = await asyncio.to_thread(load_models, self.settings)
-        window = self.settings.latency_window
-        self._served = _Served(
-            models=models,
-            latency=LatencyModel(models.profiles, window=window, fresh_seconds=self.settings.fresh_seconds),
-            decode=DecodeModel(
-                models.decode_seconds_per_pixel, window=window, fresh_seconds=self.settings.fresh_seconds
-            ),
-            labels={v.labels: models.store.labels(v) for v in models.variants.values()},
-        )
-        self.failure = None
-        self.metrics.serve(models.variants.values())
-        self._publish_predictions()
-        log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+        async with self._loading:
+            previous = self._served.models if self._served else None
+            log.info("loading the store at %s", self.settings.store_dir)
+            models = await asyncio.to_thread(load_models, self.settings, previous)
+            window = self.settings.latency_window
+            fresh = self.settings.fresh_seconds
+            self._served = _Served(
+                models=models,
+                latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
+                decode=DecodeModel(models.decode_seconds_per_pixel, window=window, fresh_seconds=fresh),
+            )
+            self.failure = None
+            self.metrics.serve(models.variants.values())
+            self._publish_predictions()
+            log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+
+    async def load_until_served(self) -> None:
+        """The start-up load, retried until it succeeds (see README, "Start-up").
+
+        Each failure is logged at once with its cause and shown in ``/readyz``'s detail; the
+        next attempt follows after ``delay``, doubling up to ``LOAD_RETRY_MAX_SECONDS``, so a
+        store that is being copied or mounted is picked up without a restart.
+        """
+        delay = LOAD_RETRY_FIRST_SECONDS
+        while self._served is None:
+            try:
+                await self.load()
+            except StoreError as exc:
+                self.failure = str(exc)
+                log.error("cannot serve: %s; retrying in %g s", exc, delay)
+            except Exception:
+                self.failure = "loading the store failed unexpectedly; the server log says why"
+                log.exception("cannot serve: loading the store failed; retrying in %g s", delay)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(LOAD_RETRY_MAX_SECONDS, 2 * delay)
 
     def _require(self) -> _Served:
         # Draining only turns readiness off: requests already accepted are still answered.
@@ -274,7 +303,7 @@ class DataPlane:
         served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
         self.metrics.inference_duration.labels(choice.name).observe(inference_s)
         self.metrics.decode_duration.observe(decode_s)
-        names = served.labels[variant.labels]
+        names = served.models.labels[variant.labels]
         return Classification(
             variant=variant,
             reason=choice.reason,
@@ -371,29 +400,41 @@ class DataPlane:
             gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
 
     async def keep_table_current(self) -> None:
-        """Forever: refresh the published table; when idle, re-probe the stalest variant."""
+        """Forever: refresh the published table; when idle, re-probe the stalest variant.
+
+        A failing round is logged and the next one runs as usual: the table must not silently
+        stop following the machine.
+        """
         while True:
             await asyncio.sleep(REPROBE_PERIOD_SECONDS)
-            served = self._served
-            if served is None:
-                continue
-            self._publish_predictions()
-            now = time.perf_counter()
-            idle = (
-                self.executor.queued == 0
-                and self.executor.running == 0
-                and now - self._last_request > REPROBE_PERIOD_SECONDS
-            )
-            if not idle:
-                continue
-            stale = [
-                (served.latency.last_run(n) or 0.0, n)
-                for n in served.models.variants
-                if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
-            ]
-            if stale:
-                _, name = min(stale)
-                await self._probe(served, name)
+            try:
+                await self._refresh_table()
+            except Exception:
+                log.exception(
+                    "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
+                )
+
+    async def _refresh_table(self) -> None:
+        served = self._served
+        if served is None:
+            return
+        self._publish_predictions()
+        now = time.perf_counter()
+        idle = (
+            self.executor.queued == 0
+            and self.executor.running == 0
+            and now - self._last_request > REPROBE_PERIOD_SECONDS
+        )
+        if not idle:
+            return
+        stale = [
+            (served.latency.last_run(n) or 0.0, n)
+            for n in served.models.variants
+            if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+        ]
+        if stale:
+            _, name = min(stale)
+            await self._probe(served, name)
 
     async def _probe(self, served: _Served, name: str) -> None:
         runner = served.models.runners[name]
@@ -422,7 +463,7 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
-                "classes": len(served.labels[v.labels]),
+                "classes": len(served.models.labels[v.labels]),
                 # "full", or "d17" for a subnet keeping 17 of its family's blocks.
                 "depth": depth_tag(v.subnet),
                 "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),

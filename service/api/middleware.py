@@ -1,5 +1,6 @@
 """Per-request context as a plain ASGI middleware (no per-request task or body copy):
-the start time every budget is measured from, the request id, and the access-log line."""
+the start time every budget is measured from, the request id, the access-log line, and the
+answer to any error nothing else handled."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import errors
+from service.api.errors import render
 from service.observability import Metrics, log_access
 
 log = logging.getLogger(__name__)
@@ -50,16 +54,25 @@ class RequestContext:
         fields: dict[str, Any] = {}
         scope.setdefault("state", {}).update(started=started, request_id=request_id, log=fields)
         status = 500
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # The one place an unexpected error is logged (once, with its traceback) and answered,
+            # inside this middleware so that the 500 carries X-Request-ID like every answer. Not
+            # re-raised: the server would log it a second time.
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if not started_response:
+                problem = errors.ServiceError("the server failed to handle this request; it has been logged")
+                await render(Request(scope), problem)(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
             endpoint = _endpoint(scope["method"], scope["path"])
