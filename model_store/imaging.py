@@ -105,7 +105,8 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
             side = preprocessing.resize_shorter
             image.draft("RGB", (side, side))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: an image without an orientation tag (most) is not copied.
+        ImageOps.exif_transpose(image, in_place=True)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             # Transparent pixels have arbitrary colour underneath: show them on white.
             rgba = image.convert("RGBA")

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from model_store.store import StoreError
 from service.api import admin, classify, health, models, v2
@@ -54,8 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="The most accurate image classifier that fits each request's latency budget.",
         lifespan=lifespan,
     )
-    for router in (classify.router, models.router, health.router, v2.router, admin.router):
+    for router in (models.router, health.router, v2.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
+    # RequestContext also dispatches /classify to its own ASGI endpoint, past FastAPI's routing.
     app.add_middleware(RequestContext)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            document["paths"] = {classify.PATH: classify.OPENAPI, **document["paths"]}
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,5 +1,9 @@
 """Per-request context as a plain ASGI middleware (no per-request task or body copy):
-the start time every budget is measured from, the request id, and the access-log line."""
+the start time every budget is measured from, the request id, and the access-log line.
+
+It is also the one dispatch of the hot path: ``/classify`` goes straight to its ASGI endpoint
+(``service.api.classify``); everything else goes through FastAPI.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.observability import log_access
+from service.api import classify
+from service.observability import access_log, log_access
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -39,10 +44,14 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        path = scope["path"]
         try:
-            await self.app(scope, receive, send_with_id)
+            if path == classify.PATH:
+                await classify.endpoint(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
-            if scope["path"] not in ("/metrics", "/healthz", "/readyz"):
+            if path not in ("/metrics", "/healthz", "/readyz") and access_log.isEnabledFor(logging.INFO):
                 log_access(
                     {
                         "request_id": request_id,
