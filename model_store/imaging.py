@@ -22,6 +22,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from model_store.manifest import Preprocessing
 
 FORMATS = ("JPEG", "PNG", "WEBP")
+# Pillow opens a multi-picture JPEG (what many phone and stereo cameras write) as "MPO": it is a
+# JPEG whose first picture is the photo, decoded (and draft-scaled) by the JPEG decoder.
+_SAME_FORMAT = {"MPO": "JPEG"}
 # The JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding (``Image.draft``).
 JPEG_DRAFT_SCALES = (8, 4, 2, 1)
 
@@ -72,13 +75,19 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def _format(image: Image.Image) -> str:
+    """The served format ``image`` is decoded as, one of ``FORMATS``."""
+    name = str(image.format)
+    return _SAME_FORMAT.get(name, name)
+
+
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Read format and size without decoding pixels.
 
     Raises ``InvalidImage`` or ``ImageTooLarge``.
     """
     image = _open(data, max_pixels)
-    return ImageHeader(format=str(image.format), width=image.width, height=image.height)
+    return ImageHeader(format=_format(image), width=image.width, height=image.height)
 
 
 def draft_scale(header: ImageHeader, preprocessing: Preprocessing) -> int:
@@ -101,11 +110,11 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
     """
     image = _open(data, max_pixels)
     try:
-        if image.format == "JPEG":
+        if _format(image) == "JPEG":
             side = preprocessing.resize_shorter
             image.draft("RGB", (side, side))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        image = _upright(image)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             # Transparent pixels have arbitrary colour underneath: show them on white.
             rgba = image.convert("RGBA")
@@ -116,6 +125,18 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImage("the image is truncated or corrupt") from exc
     return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; as stored when its EXIF cannot be read.
+
+    The orientation is a hint about pixels that decoded fine: a corrupt EXIF block (Pillow's
+    parser raises struct, value, key and type errors on one) must not cost the answer.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect
 
 from model_store import imaging
 from service import errors
@@ -87,6 +88,8 @@ async def read_body(request: Request, settings: Settings, started: float) -> byt
         raise errors.BodyTimeout(
             f"the body did not arrive within {settings.body_timeout_seconds:g} s"
         ) from None
+    except ClientDisconnect:
+        raise errors.ClientClosed("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -202,9 +205,73 @@ def _record(metrics: Metrics, result: Classification, budget: float | None, tota
         metrics.slack.observe(budget - total)
 
 
+def _query(name: str, schema: dict[str, Any], description: str, example: object) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+        "example": example,
+    }
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The route reads its query string and body itself (limits while reading, its own messages), so
+# FastAPI cannot infer them: the OpenAPI document describes them here, for users and fuzzers.
+OPENAPI = {
+    "parameters": [
+        _query(
+            "budget",
+            {"type": "string"},
+            "Server-side latency budget: 20ms, 0.02s, 20000us; a bare number is ms; 0 < budget <= 60 s.",
+            "20ms",
+        ),
+        _query(
+            "max_size",
+            {"type": "string"},
+            "Largest model file: 6MB, 800KB, 5MiB; a bare number is bytes.",
+            "6MB",
+        ),
+        _query("min_accuracy", {"type": "string"}, "Lowest ImageNet top-1: 0.75 or 75%.", "0.75"),
+        _query(
+            "top_k",
+            {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
+            "Number of predictions.",
+            3,
+        ),
+        _query("model", {"type": "string"}, "Pin a variant named by GET /models.", "lite0-224-int8"),
+        _query(
+            "strict",
+            {"type": "boolean", "default": False},
+            "Refuse (422/503) rather than answer late.",
+            False,
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "The image (JPEG, PNG or WebP), as the body or as the form field 'file'.",
+        "content": {
+            **{
+                media: _BINARY
+                for media in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    },
+}
+
+
 @router.post(
     "/classify",
     summary="Classify an image with the most accurate variant that fits the budget",
+    openapi_extra=OPENAPI,
     responses={
         400: {"description": "not a decodable image"},
         408: {"description": "body too slow"},

@@ -27,7 +27,8 @@ def test_add_copies_hashes_and_describes(tmp_path: Path, tiny_onnx: Path) -> Non
     assert variant.params == 3 * 8 * 9 + 8 + 8 * 1000 + 1000
     assert variant.macs == 16 * 16 * 8 * 27 + 8 * 1000
     assert (variant.input, variant.output_name) == (ModelInput(name="input", shape=(-1, 32, 32, 3)), "output")
-    assert store.verify(variant).name == variant.file
+    assert store.path_of(variant).name == variant.file
+    assert store.verify(variant) == store.path_of(variant).read_bytes()
 
 
 def test_add_without_top1_is_unknown_not_invented(tmp_path: Path, tiny_onnx: Path) -> None:
