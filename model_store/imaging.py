@@ -12,6 +12,7 @@ checked from the header before anything is decoded, and truncated files are erro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from model_store.manifest import Preprocessing
 
 FORMATS = ("JPEG", "PNG", "WEBP")
+# Pillow opens a multi-picture JPEG (what many phone and stereo cameras write) as "MPO": it is a
+# JPEG whose first picture is the photo, decoded (and draft-scaled) by the JPEG decoder.
+_SAME_FORMAT = {"MPO": "JPEG"}
 # The JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding (``Image.draft``).
 JPEG_DRAFT_SCALES = (8, 4, 2, 1)
 
@@ -101,6 +105,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _format(image: Image.Image) -> str:
+    """The served format ``image`` is decoded as, one of ``FORMATS``."""
+    name = str(image.format)
+    return _SAME_FORMAT.get(name, name)
+
+
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Read format and size without decoding pixels.
 
@@ -111,7 +121,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     size = _jpeg_size(data)
     if size is None:
         image = _open(data, max_pixels)
-        return ImageHeader(format=str(image.format), width=image.width, height=image.height)
+        return ImageHeader(format=_format(image), width=image.width, height=image.height)
     header = ImageHeader(format="JPEG", width=size[0], height=size[1])
     if header.pixels > max_pixels:
         raise ImageTooLarge(
@@ -140,12 +150,11 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
     """
     image = _open(data, max_pixels)
     try:
-        if image.format == "JPEG":
+        if _format(image) == "JPEG":
             side = preprocessing.resize_shorter
             image.draft("RGB", (side, side))
         image.load()
-        # In place: an image without an orientation tag (most) is not copied.
-        ImageOps.exif_transpose(image, in_place=True)
+        image = _upright(image)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             # Transparent pixels have arbitrary colour underneath: show them on white.
             rgba = image.convert("RGBA")
@@ -155,6 +164,18 @@ def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.
             image = image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImage("the image is truncated or corrupt") from exc
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; as stored when its EXIF cannot be read.
+
+    The orientation is a hint about pixels that decoded fine: a corrupt EXIF block (Pillow's
+    parser raises struct, value, key and type errors on one) must not cost the answer.
+    """
+    # In place: an image without an orientation tag (most) is not copied.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
     return image
 
 

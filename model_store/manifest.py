@@ -86,6 +86,11 @@ class Subnet(BaseModel):
         return self
 
 
+def depth_tag(subnet: Subnet | None) -> str:
+    """``d17`` for a subnet keeping 17 blocks, ``full`` for a full-depth variant."""
+    return "full" if subnet is None else f"d{len(subnet.kept_blocks)}"
+
+
 class Variant(BaseModel):
     """One servable model: an architecture at one input resolution and precision."""
 
@@ -131,6 +136,10 @@ class Variant(BaseModel):
             raise ValueError(f"{self.name}: preprocessing.crop must equal resolution")
         if self.input.shape != (-1, self.resolution, self.resolution, 3):
             raise ValueError(f"{self.name}: input.shape must be [-1, resolution, resolution, 3]")
+        if self.subnet is not None and f"-{depth_tag(self.subnet)}-" not in self.name:
+            raise ValueError(
+                f"{self.name}: a subnet's name carries its depth tag, -{depth_tag(self.subnet)}-"
+            )
         return self
 
 

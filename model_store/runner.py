@@ -7,7 +7,6 @@ recorded accuracy and a served answer come from the same code.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -29,10 +28,11 @@ def session_options(threads: int) -> ort.SessionOptions:
 class VariantRunner:
     """A loaded variant. ``infer`` is thread-safe (onnxruntime sessions are)."""
 
-    def __init__(self, path: Path, variant: Variant, threads: int = 1) -> None:
+    def __init__(self, model: bytes, variant: Variant, threads: int = 1) -> None:
+        """``model``: the ONNX file's bytes, as ``Store.verify`` checked them."""
         self.variant = variant
         self.session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            model, session_options(threads), providers=["CPUExecutionProvider"]
         )
 
     def infer(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:

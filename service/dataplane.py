@@ -10,28 +10,29 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.labels import labels
-from model_store.manifest import Preprocessing, Variant
+from model_store.manifest import Preprocessing, Variant, depth_tag
 from model_store.runner import VariantRunner, top_k
+from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
 from service.core.latency import DecodeModel, LatencyModel, Recent
 from service.observability import Metrics, VariantMetrics
-from service.runtime.executor import InferenceExecutor
+from service.runtime.executor import Finished, InferenceExecutor
 from service.runtime.models import ServedModels, load_models
 from service.runtime.profiler import decoded_pixels
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Each predicted part (decode, inference) is taken at this quantile...
 FIT_QUANTILE = 0.95
@@ -45,6 +46,8 @@ LATENESS_QUANTILE = 0.95
 # new answers to correct it, so the outlier must age out by itself.
 LATENESS_HORIZON_SECONDS = 2.0
 REPROBE_PERIOD_SECONDS = 1.0
+LOAD_RETRY_FIRST_SECONDS = 1.0
+LOAD_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,11 @@ class DataPlane:
             window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
         )
         self._last_request = 0.0
+        self._loading = asyncio.Lock()
         self.draining = False
+        # Why the start-up load has not succeeded yet (in words for /readyz, /v2 and the status
+        # page); None while it runs.
+        self.failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,35 +138,72 @@ class DataPlane:
     def ready(self) -> bool:
         return self._served is not None and not self.draining
 
+    @property
+    def readiness(self) -> str:
+        """Readiness in words, for /readyz, /v2 and the status page."""
+        if self.draining:
+            return "draining: the server is shutting down"
+        if self._served is not None:
+            return "ready"
+        if self.failure is not None:
+            return f"the store cannot be served: {self.failure}"
+        return "loading, verifying and profiling the store"
+
     async def load(self) -> None:
         """Load (or reload) the store off the event loop, then swap it in atomically.
 
-        Raises ``StoreError``; the previously served store stays in place if it does.
+        Loads are serialised: a reload waits for the one in progress, then reads the store as it
+        is by then. Raises ``StoreError`` (or whatever else failed); the store being served stays
+        in place if it does.
         """
-        models = await asyncio.to_thread(load_models, self.settings)
-        window = self.settings.latency_window
-        self.metrics.serve(models.variants.values())
-        names = {v.labels: labels(v.labels) for v in models.variants.values()}
-        self._served = _Served(
-            models=models,
-            latency=LatencyModel(models.profiles, window=window, fresh_seconds=self.settings.fresh_seconds),
-            decode=DecodeModel(
-                models.decode_seconds_per_pixel, window=window, fresh_seconds=self.settings.fresh_seconds
-            ),
-            static={
-                name: _Static(
-                    variant=v,
-                    runner=models.runners[name],
-                    labels=names[v.labels],
-                    model=_model_doc(v),
-                    header=name.encode(),
-                    metrics=self.metrics.variants[name],
-                )
-                for name, v in models.variants.items()
-            },
-        )
-        self._publish_predictions()
-        log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+        async with self._loading:
+            previous = self._served.models if self._served else None
+            log.info("loading the store at %s", self.settings.store_dir)
+            models = await asyncio.to_thread(load_models, self.settings, previous)
+            window = self.settings.latency_window
+            fresh = self.settings.fresh_seconds
+            self.metrics.serve(models.variants.values())
+            self._served = _Served(
+                models=models,
+                latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
+                decode=DecodeModel(models.decode_seconds_per_pixel, window=window, fresh_seconds=fresh),
+                static={
+                    name: _Static(
+                        variant=v,
+                        runner=models.runners[name],
+                        labels=models.labels[v.labels],
+                        model=_model_doc(v),
+                        header=name.encode(),
+                        metrics=self.metrics.variants[name],
+                    )
+                    for name, v in models.variants.items()
+                },
+            )
+            self.failure = None
+            self._publish_predictions()
+            log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+
+    async def load_until_served(self) -> None:
+        """The start-up load, retried until it succeeds (see README, "Start-up").
+
+        Each failure is logged at once with its cause and shown in ``/readyz``'s detail; the
+        next attempt follows after ``delay``, doubling up to ``LOAD_RETRY_MAX_SECONDS``, so a
+        store that is being copied or mounted is picked up without a restart.
+        """
+        delay = LOAD_RETRY_FIRST_SECONDS
+        while self._served is None:
+            try:
+                await self.load()
+            except StoreError as exc:
+                self.failure = str(exc)
+                log.error("cannot serve: %s; retrying in %g s", exc, delay)
+            except Exception:
+                self.failure = "loading the store failed unexpectedly; the server log says why"
+                log.exception("cannot serve: loading the store failed; retrying in %g s", delay)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(LOAD_RETRY_MAX_SECONDS, 2 * delay)
 
     def _require(self) -> _Served:
         # Draining only turns readiness off: requests already accepted are still answered.
@@ -248,8 +292,8 @@ class DataPlane:
             schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
         )
         # A pinned request needs only its variant's prediction.
-        names = served.static if constraints.pinned is None else (constraints.pinned,)
-        candidates = self._candidates(served, tuple(names), header, now, margin, place)
+        names = tuple(served.static) if constraints.pinned is None else (constraints.pinned,)
+        candidates = self._candidates(served, names, header, now, margin, place)
         self._mix.add(now, budget, min(c.predicted_seconds for c in candidates))
         try:
             choice = selector.select(candidates, constraints, elapsed_seconds=now - started)
@@ -274,7 +318,7 @@ class DataPlane:
     ) -> Classification:
         """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
         served = self._require()
-        if constraints.pinned is not None and constraints.pinned not in served.static:
+        if constraints.pinned is not None and constraints.pinned not in served.models.variants:
             raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
@@ -294,34 +338,18 @@ class DataPlane:
             t2 = time.perf_counter()
             return t1 - t0, t2 - t1, top_k(logits, top)
 
-        future = self.executor.submit(job, scheduled)
-        self.metrics.queue_depth.set(self.executor.queued)
         try:
-            async with asyncio.timeout(self.settings.inference_timeout_seconds):
-                # Shielded: a timed-out job still runs to its (terminated) end on its worker.
-                finished = await asyncio.shield(future)
-        except TimeoutError:
-            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
-            run_options.terminate = True
-            raise errors.InferenceTimeout(
-                f"inference on {choice.name} ran past "
-                f"{self.settings.inference_timeout_seconds:g} s and was aborted"
-            ) from None
+            finished = await self._run(job, scheduled, run_options, choice.name, constraints.budget_seconds)
         except imaging.ImageTooLarge as exc:
             raise errors.ImageTooLarge(str(exc)) from None
         except imaging.ImageError as exc:
             raise errors.InvalidImage(str(exc)) from None
-        finally:
-            self.metrics.queue_depth.set(self.executor.queued)
         decode_s, inference_s, best = finished.value
         now = time.perf_counter()
         served.latency.observe(choice.name, inference_s, now)
         served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
         static.metrics.inference_duration.observe(inference_s)
         self.metrics.decode_duration.observe(decode_s)
-        self.metrics.queue_wait.observe(finished.queue_seconds)
-        tier = schedule.tier_name(constraints.budget_seconds)
-        self.metrics.queue_wait_in_tier[tier].observe(finished.queue_seconds)
         names = static.labels
         return Classification(
             variant=variant,
@@ -353,24 +381,67 @@ class DataPlane:
             (metrics.budget_met if total_seconds <= budget_seconds else metrics.budget_missed).inc()
             self.metrics.slack.observe(budget_seconds - total_seconds)
 
-    async def infer_tensor(self, name: str, tensor: np.ndarray) -> np.ndarray:
-        """Raw logits for cropped images, ``uint8 [N, H, W, 3]`` (the Open Inference Protocol path)."""
-        self.admit()
+    async def _run(
+        self,
+        work: Callable[[], T],
+        scheduled: schedule.Job,
+        run_options: ort.RunOptions,
+        name: str,
+        budget: float | None,
+    ) -> Finished[T]:
+        """``work`` on a worker, within the hard inference timeout; counts its queue wait."""
+        future = self.executor.submit(work, scheduled)
+        self.metrics.queue_depth.set(self.executor.queued)
+        try:
+            async with asyncio.timeout(self.settings.inference_timeout_seconds):
+                # Shielded: a timed-out job still runs to its (terminated) end on its worker.
+                finished = await asyncio.shield(future)
+        except TimeoutError:
+            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
+            run_options.terminate = True
+            raise errors.InferenceTimeout(
+                f"inference on {name} ran past {self.settings.inference_timeout_seconds:g} s and was aborted"
+            ) from None
+        finally:
+            self.metrics.queue_depth.set(self.executor.queued)
+        self.metrics.queue_wait.observe(finished.queue_seconds)
+        tier = schedule.tier_name(budget)
+        self.metrics.queue_wait_in_tier[tier].observe(finished.queue_seconds)
+        return finished
+
+    def runner(self, name: str) -> VariantRunner | None:
+        """The served variant called ``name``, or None (also while not ready)."""
+        served = self._served
+        return None if served is None else served.models.runners.get(name)
+
+    async def infer_tensor(self, name: str, tensor: np.ndarray) -> Finished[np.ndarray]:
+        """The raw output for cropped images, ``uint8 [N, H, W, 3]`` (the Open Inference Protocol
+        path), from the store served now. Raises ``ServiceError`` (404 when a reload removed it)."""
         served = self._require()
-        runner = served.models.runners[name]
+        runner = served.models.runners.get(name)
+        if runner is None:
+            raise errors.NotFound(f"model {name!r} is not served")
         variant = runner.variant
-        now = time.perf_counter()
+        if tensor.shape[1:] != variant.input.shape[1:]:
+            raise errors.InvalidParameter(
+                f"model {name!r} was reloaded and now takes {list(variant.input.shape)}; "
+                "read its metadata again"
+            )
+        self.admit()
+        self._last_request = now = time.perf_counter()
         # No budget: it queues after budgeted work and keeps the capacity their tiers need.
         scheduled = schedule.Job(
             schedule.dispatch_key(now, None),
-            served.latency.predict(name, FIT_QUANTILE, now),
+            len(tensor) * served.latency.predict(name, FIT_QUANTILE, now),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
         )
-        finished = await self.executor.run(
-            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input.name: tensor})[0]),
-            scheduled,
-        )
-        return finished.value
+        run_options = ort.RunOptions()
+
+        def job() -> np.ndarray:
+            outputs = runner.session.run([variant.output_name], {variant.input.name: tensor}, run_options)
+            return np.asarray(outputs[0])
+
+        return await self._run(job, scheduled, run_options, name, None)
 
     # -- the live table ------------------------------------------------------------------------
 
@@ -386,29 +457,41 @@ class DataPlane:
             gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
 
     async def keep_table_current(self) -> None:
-        """Forever: refresh the published table; when idle, re-probe the stalest variant."""
+        """Forever: refresh the published table; when idle, re-probe the stalest variant.
+
+        A failing round is logged and the next one runs as usual: the table must not silently
+        stop following the machine.
+        """
         while True:
             await asyncio.sleep(REPROBE_PERIOD_SECONDS)
-            served = self._served
-            if served is None:
-                continue
-            self._publish_predictions()
-            now = time.perf_counter()
-            idle = (
-                self.executor.queued == 0
-                and self.executor.running == 0
-                and now - self._last_request > REPROBE_PERIOD_SECONDS
-            )
-            if not idle:
-                continue
-            stale = [
-                (served.latency.last_run(n) or 0.0, n)
-                for n in served.models.variants
-                if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
-            ]
-            if stale:
-                _, name = min(stale)
-                await self._probe(served, name)
+            try:
+                await self._refresh_table()
+            except Exception:
+                log.exception(
+                    "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
+                )
+
+    async def _refresh_table(self) -> None:
+        served = self._served
+        if served is None:
+            return
+        self._publish_predictions()
+        now = time.perf_counter()
+        idle = (
+            self.executor.queued == 0
+            and self.executor.running == 0
+            and now - self._last_request > REPROBE_PERIOD_SECONDS
+        )
+        if not idle:
+            return
+        stale = [
+            (served.latency.last_run(n) or 0.0, n)
+            for n in served.models.variants
+            if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+        ]
+        if stale:
+            _, name = min(stale)
+            await self._probe(served, name)
 
     async def _probe(self, served: _Served, name: str) -> None:
         runner = served.models.runners[name]
@@ -437,6 +520,10 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
+                "classes": len(served.models.labels[v.labels]),
+                # "full", or "d17" for a subnet keeping 17 of its family's blocks.
+                "depth": depth_tag(v.subnet),
+                "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),
                 "latency_ms": {
                     "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
                     "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
@@ -448,6 +535,11 @@ class DataPlane:
             }
             for n, v in served.models.variants.items()
         ]
+
+    def slowdown(self) -> float:
+        """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""
+        served = self._served
+        return 1.0 if served is None else served.latency.slowdown(time.perf_counter())
 
     def shutdown(self) -> None:
         self.draining = True

@@ -7,6 +7,7 @@ manifest and fixed enums; everything a request could make up is folded into ``no
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ SLACK_BUCKETS = (
 OUTCOMES = ("ok", "client_error", "shed", "error")
 REASONS = ("best_fit", "pinned", "fallback", "no_budget", "contention")
 NO_VARIANT = "none"
+# The inference endpoints, as the ``endpoint`` label of the per-endpoint series.
+ENDPOINTS = ("classify", "v2_infer")
 
 access_log = logging.getLogger("edgefit.access")
 
@@ -154,8 +157,28 @@ class Metrics:
             "edgefit_inflight_requests", "Classification requests being handled.", registry=r
         )
         self.queue_depth = Gauge("edgefit_queue_depth", "Jobs waiting for an inference worker.", registry=r)
+        self.ready = Gauge("edgefit_ready", "1 when ready to serve (as /readyz), else 0.", registry=r)
+        # Beside the contract's per-variant series, whose label sets stay as they are: which
+        # endpoint the inference requests came through (a fixed set).
+        self.endpoint_requests = Counter(
+            "edgefit_endpoint_requests",
+            "Inference requests by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.endpoint_duration = Histogram(
+            "edgefit_endpoint_request_duration_seconds",
+            "Server-side request time by endpoint, first byte to answer.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Children are resolved once, here and in ``serve``: ``labels()`` takes a lock and builds
         # a key on every call, which the hot path need not pay.
+        self.endpoint_durations = {e: self.endpoint_duration.labels(e) for e in ENDPOINTS}
+        self.endpoint_outcomes = {
+            (e, outcome): self.endpoint_requests.labels(e, outcome) for e in ENDPOINTS for outcome in OUTCOMES
+        }
         self._outcomes = {
             (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
             for outcome in ("client_error", "shed", "error")
@@ -181,6 +204,17 @@ class Metrics:
             )
             top1 = "" if v.top1 is None else f"{v.top1:.4f}"
             self.variant_info.labels(v.name, v.family, str(v.resolution), v.precision, top1).set(1)
+
+
+def configure_access_log() -> None:
+    """Access lines go to stdout as bare JSON objects, one a line (nothing before the ``{``), so
+    log shippers parse them whole; every other log line goes to stderr with its level."""
+    if access_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.propagate = False
 
 
 def log_access(fields: dict[str, Any]) -> None:

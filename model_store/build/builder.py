@@ -12,16 +12,12 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
-from model_store.build.quantize import quantize_int8
 from model_store.build.recipes import (
     CALIBRATION_IMAGES,
-    INT8_MIN_AGREEMENT,
     LADDER,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
@@ -29,11 +25,13 @@ from model_store.build.recipes import (
     lite_preprocessing,
     variant_name,
 )
+from model_store.build.subnets import SubnetModule
 from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_images, record
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
-from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Variant
+from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
 from model_store.onnx_facts import read_facts
+from model_store.quantize import passes_agreement_gate, quantize_int8
 from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def _every_nth(images: list[LabelledImage], count: int) -> list[LabelledImage]:
+def every_nth(images: list[LabelledImage], count: int) -> list[LabelledImage]:
     step = max(1, len(images) // count)
     return images[::step][:count]
 
@@ -54,24 +52,31 @@ def _place(staged: Path, store_root: Path, name: str) -> tuple[str, str]:
     return file_name, digest
 
 
-def _build_resolution(
+def build_pair(
     recipe: Recipe,
     resolution: int,
     staging: Path,
     images: list[LabelledImage],
+    subnet: Subnet | None = None,
 ) -> list[Variant]:
-    """Export, check and quantise one architecture at one resolution (fp32 and int8 entries)."""
+    """Export, check and quantise one network at one resolution: its fp32 and int8 entries.
+
+    ``subnet`` cuts a subnet from the checkpoint (``model_store.build.subnets``); it is exported and
+    checked against its own PyTorch module exactly as a full-depth network is.
+    """
     preprocessing = lite_preprocessing(resolution)
-    fp32_name = variant_name(recipe.arch, resolution, "fp32")
-    int8_name = variant_name(recipe.arch, resolution, "int8")
+    fp32_name = variant_name(recipe.arch, resolution, "fp32", subnet)
+    int8_name = variant_name(recipe.arch, resolution, "int8", subnet)
 
     model = load_pretrained(recipe, resolution)
+    if subnet is not None:
+        model = SubnetModule(model, subnet)
     fp32_path = staging / f"{fp32_name}.onnx"
     export_onnx(model, resolution, fp32_path)
     # Params and MACs are properties of the architecture: count them on the exported graph.
     facts = read_facts(fp32_path)
     wrap_file(fp32_path, fp32_path, preprocessing, resolution)
-    parity_images = _every_nth(images, PARITY_IMAGES)
+    parity_images = every_nth(images, PARITY_IMAGES)
     tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
     error = parity_error(model, fp32_path, tensors, preprocessing)
     if error > PARITY_TOLERANCE:
@@ -83,7 +88,7 @@ def _build_resolution(
 
     calibration = [
         load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
-        for i in _every_nth(images, CALIBRATION_IMAGES)
+        for i in every_nth(images, CALIBRATION_IMAGES)
     ]
     int8_path = staging / f"{int8_name}.onnx"
     quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
@@ -95,7 +100,7 @@ def _build_resolution(
     )
     for name, precision, path in pairs:
         file_name, digest = _place(path, staging, name)
-        published = precision == "fp32" and resolution == recipe.native_resolution
+        published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None
         variants.append(
             Variant(
                 name=name,
@@ -110,6 +115,7 @@ def _build_resolution(
                 input=image_input(INPUT_NAME, resolution),
                 output_name=OUTPUT_NAME,
                 preprocessing=preprocessing,
+                subnet=subnet,
                 top1=recipe.published_top1 if published else None,
                 top1_source="published" if published else None,
                 top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
@@ -134,7 +140,7 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         for recipe in LADDER:
             for resolution in recipe.resolutions:
                 progress("export + quantize", len(variants) // 2, steps)
-                variants += _build_resolution(recipe, resolution, staging, images)
+                variants += build_pair(recipe, resolution, staging, images)
         progress("export + quantize", steps, steps)
 
         staged = Store(staging, Manifest(variants=tuple(variants)))
@@ -148,35 +154,38 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
 
         results = evaluate(staged, variants, images, progress=advance)
         manifest = record(staged.manifest, dataset, results)
-        manifest = _drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+        manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
 
-        # Commit: move files in, swap the manifest, then forget what nothing names any more.
-        for variant in manifest.variants:
-            (staging / variant.file).replace(store_root / variant.file)
-        kept = [v for v in previous.manifest.variants if v.name not in {x.name for x in variants}]
-        store = previous.write(Manifest(variants=(*kept, *manifest.variants)))
-        _remove_unreferenced(store)
-        return store
+        return commit(previous, staging, manifest.variants, {v.name for v in variants})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, ...]]) -> Manifest:
+def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacing: Iterable[str]) -> Store:
+    """Move ``variants``' staged files in and swap the manifest: ``variants`` replace same-named
+    entries and the entries named in ``replacing`` go. Then files nothing names any more go.
+
+    A variant already in the store (its file not in ``staging``) may be passed to update its entry.
+    """
+    for variant in variants:
+        if (staging / variant.file).exists():
+            (staging / variant.file).replace(previous.root / variant.file)
+    gone = set(replacing) | {v.name for v in variants}
+    kept = [v for v in previous.manifest.variants if v.name not in gone]
+    store = previous.write(Manifest(variants=(*kept, *variants)))
+    _remove_unreferenced(store)
+    return store
+
+
+def drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, ...]]) -> Manifest:
+    """``manifest`` without the int8 variants whose top-1 agrees with their fp32 twin's on fewer
+    than ``INT8_MIN_AGREEMENT`` of the images (``predictions`` holds both, image by image)."""
     kept = []
     for variant in manifest.variants:
         if variant.precision == "int8":
             twin = variant.name.removesuffix("-int8") + "-fp32"
-            agreement = float(np.mean(np.array(predictions[variant.name]) == np.array(predictions[twin])))
-            if agreement < INT8_MIN_AGREEMENT:
-                log.warning(
-                    "%s: top-1 agrees with %s on %.1f%% of images (< %.0f%%); not written",
-                    variant.name,
-                    twin,
-                    100 * agreement,
-                    100 * INT8_MIN_AGREEMENT,
-                )
+            if not passes_agreement_gate(variant.name, twin, predictions[variant.name], predictions[twin]):
                 continue
-            log.info("%s: top-1 agrees with %s on %.1f%%", variant.name, twin, 100 * agreement)
         kept.append(variant)
     return Manifest(variants=tuple(kept))
 

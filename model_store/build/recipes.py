@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_store.manifest import Preprocessing
+from model_store.manifest import Preprocessing, Subnet, depth_tag
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ CROP_PADDING = 32
 CALIBRATION_IMAGES = 100
 PARITY_IMAGES = 8
 PARITY_TOLERANCE = 1e-3
-INT8_MIN_AGREEMENT = 0.95
 
 
-def variant_name(arch: str, resolution: int, precision: str) -> str:
-    return f"{arch}-{resolution}-{precision}"
+def variant_name(arch: str, resolution: int, precision: str, subnet: Subnet | None = None) -> str:
+    """``lite0-224-int8``; a subnet adds its depth tag: ``lite2-224-d17-int8`` (17 blocks kept)."""
+    if subnet is None:
+        return f"{arch}-{resolution}-{precision}"
+    return f"{arch}-{resolution}-{depth_tag(subnet)}-{precision}"
 
 
 def lite_preprocessing(resolution: int) -> Preprocessing:

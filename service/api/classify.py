@@ -28,8 +28,6 @@ from service.dataplane import Classification, DataPlane
 from service.observability import NO_VARIANT, Metrics, access_log
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
-
 PATH = "/classify"
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
 KNOWN_PARAMS = ("budget", "max_size", "min_accuracy", "top_k", "model", "strict")
@@ -40,10 +38,6 @@ T = TypeVar("T")
 class ClassifyParams:
     constraints: Constraints
     top_k: int
-
-
-class _Disconnected(Exception):
-    """The client went away before its body arrived: there is nobody to answer."""
 
 
 def _param(query: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T | None:
@@ -75,8 +69,11 @@ def parse_params(query: Mapping[str, str]) -> ClassifyParams:
     )
 
 
-async def read_body(receive: Receive, declared: bytes | None, settings: Settings, started: float) -> bytes:
-    """The whole body, refused as soon as it is known to be too large or too slow."""
+async def read_body(receive: Receive, declared: str | None, settings: Settings, started: float) -> bytes:
+    """The whole body, refused as soon as it is known to be too large or too slow.
+
+    ``declared``: the request's Content-Length, if it sent one.
+    """
     limit = settings.max_body_bytes
     if declared is not None:
         if not declared.isdigit():
@@ -91,7 +88,7 @@ async def read_body(receive: Receive, declared: bytes | None, settings: Settings
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    raise _Disconnected
+                    raise errors.ClientClosed("the client disconnected before sending the whole body")
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
@@ -242,7 +239,9 @@ async def _classify(
             declared = value
         elif name == b"content-type":
             content_type = value
-    body = await read_body(receive, declared, settings, started)
+    body = await read_body(
+        receive, None if declared is None else declared.decode("latin-1"), settings, started
+    )
     image = _image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
     header = _header(image, settings)
     result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
@@ -272,7 +271,8 @@ async def _classify(
 
 
 async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """``/classify``, every method: answers, or a problem document."""
+    """``/classify``, every method: answers, or a problem document (unexpected errors: the
+    middleware's)."""
     app_state = scope["app"].state
     plane: DataPlane = app_state.plane
     settings: Settings = app_state.settings
@@ -285,17 +285,14 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         variant = await _classify(scope, receive, send, plane, settings, metrics)
     except errors.ServiceError as exc:
         outcome = exc.outcome
-        scope["state"]["log"]["error"] = exc.type
+        state = scope["state"]
+        state["log"]["error"] = exc.type
+        state["outcome"] = exc.outcome  # for the per-endpoint metrics (service.api.middleware)
         log_error(PATH, exc)
         await _send_problem(send, exc, scope)
-    except _Disconnected:
-        outcome = "client_error"
     except Exception:
         outcome = "error"
-        log.exception("unhandled error on %s", PATH)
-        await _send_problem(
-            send, errors.ServiceError("the server failed to handle this request; it has been logged"), scope
-        )
+        raise  # logged once and answered by service.api.middleware
     finally:
         metrics.outcome(variant, outcome).inc()
         metrics.inflight.dec()
@@ -307,52 +304,85 @@ async def _send_problem(send: Send, error: errors.ServiceError, scope: Scope) ->
     await _send(send, error.status, body, PROBLEM_TYPE.encode(), headers)
 
 
-_ERRORS = {
-    400: "not a decodable image",
-    405: "a method other than POST",
-    408: "body too slow",
-    413: "body or image too large",
-    415: "unsupported type",
-    422: "bad parameter, or constraints no variant meets",
-    503: "not ready or shedding load (Retry-After)",
-    504: "inference timed out",
+def _query(name: str, schema: dict[str, Any], description: str, example: object) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+        "example": example,
+    }
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The endpoint reads its query string and body itself (limits while reading, its own messages):
+# the OpenAPI document describes them here, for users and fuzzers.
+OPENAPI: dict[str, Any] = {
+    "parameters": [
+        _query(
+            "budget",
+            {"type": "string"},
+            "Server-side latency budget: 20ms, 0.02s, 20000us; a bare number is ms; 0 < budget <= 60 s.",
+            "20ms",
+        ),
+        _query(
+            "max_size",
+            {"type": "string"},
+            "Largest model file: 6MB, 800KB, 5MiB; a bare number is bytes.",
+            "6MB",
+        ),
+        _query("min_accuracy", {"type": "string"}, "Lowest ImageNet top-1: 0.75 or 75%.", "0.75"),
+        _query(
+            "top_k",
+            {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
+            "Number of predictions.",
+            3,
+        ),
+        _query("model", {"type": "string"}, "Pin a variant named by GET /models.", "lite0-224-int8"),
+        _query(
+            "strict",
+            {"type": "boolean", "default": False},
+            "Refuse (422/503) rather than answer late.",
+            False,
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "The image (JPEG, PNG or WebP), as the body or as the form field 'file'.",
+        "content": {
+            **{
+                media: _BINARY
+                for media in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    },
 }
 
-# The OpenAPI description of the endpoint (merged into FastAPI's document by service.app).
-OPENAPI: dict[str, Any] = {
+_RESPONSES = {
+    "200": {"description": "the predictions, the variant that made them and the timing"},
+    "400": {"description": "not a decodable image"},
+    "405": {"description": "a method other than POST"},
+    "408": {"description": "body too slow"},
+    "413": {"description": "body or image too large"},
+    "415": {"description": "unsupported type"},
+    "422": {"description": "bad parameter, or constraints no variant meets"},
+    "503": {"description": "not ready or shedding load (Retry-After)"},
+    "504": {"description": "inference timed out"},
+}
+# The path item merged into FastAPI's document (service.app): the endpoint is not a FastAPI route.
+PATH_ITEM: dict[str, Any] = {
     "post": {
         "summary": "Classify an image with the most accurate variant that fits the budget",
         "operationId": "classify",
-        "parameters": [
-            {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
-            for name, schema, text in (
-                ("budget", {"type": "string"}, "latency budget: 20ms, 0.02s, 20000us; bare number = ms"),
-                ("max_size", {"type": "string"}, "largest model file: 6MB, 800KB, 5MiB; bare = bytes"),
-                ("min_accuracy", {"type": "string"}, "lowest top-1: 0.75 or 75%"),
-                ("top_k", {"type": "integer", "minimum": 1, "maximum": 20, "default": 5}, "predictions"),
-                ("model", {"type": "string"}, "pin a variant (GET /models)"),
-                ("strict", {"type": "boolean", "default": False}, "refuse rather than answer late"),
-            )
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                **{
-                    media: {"schema": {"type": "string", "format": "binary"}}
-                    for media in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
-                },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                        "required": ["file"],
-                    }
-                },
-            },
-        },
-        "responses": {
-            "200": {"description": "the predictions, the variant that made them and the timing"},
-            **{str(status): {"description": text} for status, text in _ERRORS.items()},
-        },
+        **OPENAPI,
+        "responses": _RESPONSES,
     }
 }

@@ -1,5 +1,6 @@
 """One place that turns errors into responses: RFC 9457 problem documents, or the Open
-Inference Protocol's ``{"error": ...}`` under ``/v2``. Tracebacks go to the log, never out."""
+Inference Protocol's ``{"error": ...}`` under ``/v2``. Tracebacks go to the log, never out:
+unexpected errors are caught, logged once and answered by ``service.api.middleware``."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def render(request: Request, error: errors.ServiceError) -> Response:
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.ServiceError)  # noqa: S101 - registered for this type only
+    # For the per-endpoint metrics (service.api.middleware): a 503 is "shed" or "error".
+    request.scope.setdefault("state", {})["outcome"] = exc.outcome
     log_error(request.url.path, exc)
     return render(request, exc)
 
@@ -63,7 +66,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
     kinds: dict[int, type[errors.ServiceError]] = {404: errors.NotFound, 405: errors.MethodNotAllowed}
     kind = kinds.get(exc.status_code, errors.InvalidParameter)
-    return render(request, kind(str(exc.detail)))
+    # Starlette's 405 carries the Allow header: keep it.
+    return render(request, kind(str(exc.detail), headers=dict(exc.headers or {})))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -73,15 +77,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return render(request, errors.InvalidParameter(f"{where or 'request'}: {first.get('msg', 'invalid')}"))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return render(
-        request, errors.ServiceError("the server failed to handle this request; it has been logged")
-    )
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_store.build.builder import _drop_disagreeing_int8
+from model_store.build.builder import drop_disagreeing_int8
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, parity_error
 from model_store.evaluate import Evaluation, record
 from model_store.image_input import wrap_file
@@ -62,7 +62,7 @@ def _pair(agreeing: int) -> tuple[Manifest, dict[str, tuple[int, ...]]]:
 @pytest.mark.parametrize(("agreeing", "kept"), [(100, 2), (95, 2), (94, 1)])
 def test_int8_below_95_percent_agreement_is_not_written(agreeing: int, kept: int) -> None:
     manifest, predictions = _pair(agreeing)
-    assert len(_drop_disagreeing_int8(manifest, predictions).variants) == kept
+    assert len(drop_disagreeing_int8(manifest, predictions).variants) == kept
 
 
 def test_record_derives_from_the_published_base_and_keeps_published() -> None:

@@ -29,7 +29,7 @@ def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
     assert manifest.schema_version == 2
-    subnet = variant(name="lite2-224-d17-int8", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
+    subnet = variant(name="lite0-224-d3-fp32", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
     assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
 
@@ -48,6 +48,7 @@ def test_round_trip() -> None:
         {"input": {"name": "image", "layout": "NCHW", "shape": [-1, 224, 224, 3]}},
         {"subnet": {"kept_blocks": [3, 1], "total_blocks": 4}},
         {"subnet": {"kept_blocks": [0, 4], "total_blocks": 4}},
+        {"subnet": {"kept_blocks": [0, 1, 3], "total_blocks": 4}},  # the name lacks "-d3-"
         {"subnet": {"kept_blocks": [], "total_blocks": 4}},
         {"precision": "fp16"},
         {"unexpected": 1},

@@ -1,0 +1,101 @@
+"""Subnets cut from the pretrained EfficientNet-Lite weights: export, names, fast scoring."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_store.build.export import export_onnx, load_pretrained, parity_error
+from model_store.build.recipes import LADDER, PARITY_TOLERANCE, lite_preprocessing, variant_name
+from model_store.build.search import (
+    Candidate,
+    PrefixCachedAccuracy,
+    held_out_half,
+    pareto_front,
+    search_half,
+    spread_picks,
+)
+from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
+from model_store.evaluate import MAX_PIXELS, labelled_images
+from model_store.image_input import wrap_file
+from model_store.imaging import load_tensor
+from model_store.manifest import Subnet, depth_tag
+
+LITE0, LITE2 = LADDER[0], LADDER[2]
+RESOLUTION = 128  # the cheapest lite0 resolution of the ladder
+
+
+@pytest.fixture(scope="module")
+def lite0() -> torch.nn.Module:
+    return load_pretrained(LITE0, RESOLUTION)
+
+
+def test_the_skippable_blocks_are_the_identity_shortcut_ones(lite0: torch.nn.Module) -> None:
+    # lite0: stages of 1, 2, 2, 3, 3, 4, 1 blocks; every block after a stage's first may go.
+    assert skippable_blocks(lite0) == (2, 4, 6, 7, 9, 10, 12, 13, 14)
+    assert len(skippable_blocks(load_pretrained(LITE2, 224))) == 14
+    with pytest.raises(ValueError, match="cannot be skipped"):
+        subnet_of(lite0, [3])
+    with pytest.raises(ValueError, match="must be kept"):
+        SubnetModule(lite0, Subnet(kept_blocks=(0, 1, 2), total_blocks=16))
+
+
+def test_a_subnet_onnx_matches_its_pytorch_subnet(
+    lite0: torch.nn.Module, tmp_path: Path, sample_dir: Path
+) -> None:
+    subnet = subnet_of(lite0, [2, 7, 13])
+    module = SubnetModule(lite0, subnet)
+    preprocessing = lite_preprocessing(RESOLUTION)
+    path = tmp_path / "subnet.onnx"
+    export_onnx(module, RESOLUTION, path)
+    wrap_file(path, path, preprocessing, RESOLUTION)
+    images = [
+        load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in labelled_images(sample_dir)[:4]
+    ]
+    assert parity_error(module, path, images, preprocessing) < PARITY_TOLERANCE
+    # It is a different network from the full one: the check would see a full-depth export.
+    assert parity_error(lite0, path, images, preprocessing) > 100 * PARITY_TOLERANCE
+
+
+def test_names_carry_the_depth_tag_and_full_depth_names_are_unchanged() -> None:
+    subnet = Subnet(kept_blocks=tuple(i for i in range(21) if i not in (3, 9, 14, 19)), total_blocks=21)
+    assert variant_name("lite2", 224, "int8", subnet) == "lite2-224-d17-int8"
+    assert depth_tag(subnet) == "d17" and depth_tag(None) == "full"
+    assert variant_name("lite2", 224, "int8") == "lite2-224-int8"
+
+
+def test_the_halves_split_the_sample(sample_dir: Path) -> None:
+    images = labelled_images(sample_dir)
+    search, held_out = search_half(images), held_out_half(images)
+    assert not {i.path for i in search} & {i.path for i in held_out}
+    assert len(search) + len(held_out) == len(images)
+
+
+def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Module, sample_dir: Path) -> None:
+    images = search_half(labelled_images(sample_dir))[:30]
+    preprocessing = lite_preprocessing(RESOLUTION)
+    scorer = PrefixCachedAccuracy(lite0, images, preprocessing)
+    pixels = np.concatenate([load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in images])
+    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+    labels = torch.tensor([i.class_id for i in images])
+    # Sharing prefixes in this order: each scores from the cache of the one before.
+    for skipped in ([], [13, 14], [12, 13, 14], [2, 13], [2, 4, 6, 7, 9, 10, 12, 13, 14]):
+        subnet = subnet_of(lite0, skipped)
+        with torch.no_grad():
+            expected = float((SubnetModule(lite0, subnet)(x).argmax(1) == labels).float().mean())
+        assert scorer.top1(subnet.kept_blocks) == pytest.approx(expected)
+
+
+def _candidate(ms: float, top1: float, full: bool = False) -> Candidate:
+    return Candidate(224, "int8", (0,), ms, top1, full)
+
+
+def test_front_and_picks_span_the_latency_range() -> None:
+    points = [_candidate(ms, top1) for ms, top1 in [(10, 0.7), (12, 0.69), (14, 0.75), (20, 0.8), (30, 0.82)]]
+    points.append(_candidate(40, 0.9, full=True))
+    front = pareto_front(points)
+    assert [c.predicted_ms for c in front] == [10, 14, 20, 30, 40]
+    picks = spread_picks(front, 2)
+    assert [c.predicted_ms for c in picks] == [10, 30]  # the ends of the subnets' range
+    assert all(not c.full_depth for c in spread_picks(front, 10))
