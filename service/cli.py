@@ -17,7 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from model_store.quantize import DEFAULT_MIN_AGREEMENT
 from model_store.store import StoreError, open_store
 
 DEFAULT_STORE = Path("model_store/artifacts")
@@ -167,7 +166,8 @@ def cmd_add(args: argparse.Namespace) -> None:
         calibration_dir=Path(args.calibration) if args.calibration else None,
         evaluate_dir=Path(args.evaluate) if args.evaluate else None,
         dataset=args.dataset,
-        min_agreement=args.min_agreement,
+        # Absent: AddRequest's default, the builder's gate (0.95).
+        **({} if args.min_agreement is None else {"min_agreement": args.min_agreement}),
         top1=args.top1,
     )
     before = {v.name for v in open_store(_store_dir(args), missing_ok=True).manifest.variants}
@@ -307,7 +307,8 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--min-agreement",
         type=float,
-        default=DEFAULT_MIN_AGREEMENT,
+        # Not imported here: `edgefit serve` must not load the quantiser (onnx is not installed
+        # in the serving image).
         help="share of images on which int8 must give fp32's top-1 class (default 0.95)",
     )
     add.add_argument(
