@@ -27,6 +27,7 @@ from service.core.admission import predicted_wait, retry_after
 from service.core.latency import DecodeModel, LatencyModel, Recent
 from service.observability import Metrics, VariantMetrics
 from service.runtime.executor import Finished, InferenceExecutor
+from service.runtime.memory import release_free_memory
 from service.runtime.models import ServedModels, load_models
 from service.runtime.profiler import decoded_pixels
 from service.settings import Settings
@@ -182,6 +183,10 @@ class DataPlane:
             self.failure = None
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+            # The previous set's sessions (once no request holds them) and the load's garbage
+            # are free now: give the memory back, still under the lock so loads cannot overlap.
+            del previous
+            await asyncio.to_thread(release_free_memory)
 
     async def load_until_served(self) -> None:
         """The start-up load, retried until it succeeds (see README, "Start-up").
