@@ -1,7 +1,8 @@
 """Where a server's memory goes, and what each onnxruntime / allocator choice costs in latency.
 
 For each configuration, a fresh process loads every variant of the store as the server does
-(``Store.verify`` bytes, the runner's session options plus the choice under test), then runs
+(``Store.verify`` bytes, ``open_session``, the runner's session options plus the choice under
+test, ``release_free_memory`` after each load), then runs
 mixed traffic on 2 threads (random variants, each inference timed), then rebuilds every session
 ``RELOADS`` times as a reload does. It reports RSS after loading, after the traffic, its peak,
 RSS growth per reload, and the median inference time over all variants.
@@ -15,8 +16,6 @@ memory patterns on/off, and glibc's arena count (``MALLOC_ARENA_MAX``).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import random
@@ -33,8 +32,9 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model_store.runner import session_options  # noqa: E402
+from model_store.runner import open_session, session_options  # noqa: E402
 from model_store.store import open_store  # noqa: E402
+from service.runtime.memory import release_free_memory  # noqa: E402
 
 CONFIGS = [
     {"arena": True, "mem_pattern": True, "malloc_arena_max": None},
@@ -55,11 +55,6 @@ def rss_mb() -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def trim() -> None:
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: int) -> dict[str, object]:
     store = open_store(store_dir)
     variants = list(store.manifest.variants)
@@ -69,10 +64,9 @@ def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: 
         options = session_options(1)
         options.enable_cpu_mem_arena = bool(config["arena"])
         options.enable_mem_pattern = bool(config["mem_pattern"])
-        return {
-            v.name: ort.InferenceSession(store.verify(v), options, providers=["CPUExecutionProvider"])
-            for v in variants
-        }
+        loaded = {v.name: open_session(store.verify(v), options) for v in variants}
+        release_free_memory()
+        return loaded
 
     served = sessions()
     loaded, _ = rss_mb()
@@ -101,20 +95,18 @@ def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: 
     for _ in range(reloads):
         # As a reload does: the new set is built while the old one serves, then swapped.
         served = sessions()
+        release_free_memory()  # the old set is gone now
         for v in variants:  # a probe per variant, as the re-probe loop does
             size = v.resolution
             served[v.name].run([v.output_name], {v.input.name: np.zeros((1, size, size, 3), np.uint8)})
         after_reload.append(rss_mb()[0])
-    after_reloads = after_reload[-1]
-    trim()
-    trimmed, peak = rss_mb()
+    after_reloads, peak = rss_mb()
     medians = {n: statistics.median(t) for n, t in timings.items() if t}
     return {
         **config,
         "rss_loaded_mb": round(loaded, 1),
         "rss_after_traffic_mb": round(after_traffic, 1),
         "rss_after_reloads_mb": round(after_reloads, 1),
-        "rss_after_trim_mb": round(trimmed, 1),
         "rss_peak_mb": round(peak, 1),
         # From the first reload on: the first one may settle the allocator's pools.
         "reload_growth_mb_each": round((after_reload[-1] - after_reload[0]) / max(1, reloads - 1), 2),
@@ -163,7 +155,7 @@ def main() -> None:
             f"MALLOC_ARENA_MAX={config['malloc_arena_max'] or '-':2} "
             f"loaded {result['rss_loaded_mb']:6.1f} MB  traffic {result['rss_after_traffic_mb']:6.1f}  "
             f"reloads {result['rss_after_reloads_mb']:6.1f} (+{result['reload_growth_mb_each']} each)  "
-            f"trimmed {result['rss_after_trim_mb']:6.1f}  peak {result['rss_peak_mb']:6.1f}  "
+            f"peak {result['rss_peak_mb']:6.1f}  "
             f"median inference {result['median_inference_ms']:.3f} ms",
             flush=True,
         )
