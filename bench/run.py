@@ -3,7 +3,8 @@
 One run on one machine measures, in order: the floor (raw onnxruntime loops), edgefit's overhead
 with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential requests),
 mixed budgets (closed loop at 3 and 6 clients, bench/mixed.py), edgefit under overload (open
-loop at 2x the most accurate variant's floor), then the BentoML
+loop at 2x the most accurate variant's floor), delivered accuracy of the specialised store
+against its resolution ladder (bench/delivered.py), then the BentoML
 peer (throughput and overload), one server at a time. Every figure is the median over repeats.
 Results: bench/results/bench.{json,md,png}.
 
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, service
 
 import client
+import delivered
 import floor
 import mixed
 import numpy as np
@@ -317,7 +319,12 @@ def main() -> int:
                 f"at {rate:.1f}/s offered"
             )
 
-    # 6. The peer, one server at a time.
+    # 6. Delivered accuracy: the specialised store against the same server on its ladder only.
+    results["delivered"] = delivered.measure(
+        store_dir, sample_dir, workers, threads, out_dir, QUICK, progress
+    )
+
+    # 7. The peer, one server at a time.
     progress("peer: BentoML " + servers.peer_version())
     results["peer"] = {"server": "BentoML " + servers.peer_version(), "variant": peer_variant}
     with servers.peer(store_dir, peer_variant, threads, out_dir) as port:

@@ -11,13 +11,11 @@ from model_store.build.recipes import LADDER, PARITY_TOLERANCE, lite_preprocessi
 from model_store.build.search import (
     Candidate,
     PrefixCachedAccuracy,
-    held_out_half,
     pareto_front,
-    search_half,
     spread_picks,
 )
 from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
-from model_store.evaluate import MAX_PIXELS, labelled_images
+from model_store.evaluate import MAX_PIXELS, held_out_half, labelled_images, search_half
 from model_store.image_input import wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import Subnet, depth_tag
