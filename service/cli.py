@@ -135,19 +135,19 @@ def cmd_specialize(args: argparse.Namespace) -> None:
         budget_seconds=args.budget,
         say=say,
     )
-    print(f"frontier of {recipe.arch} on this device ({result.scored} subnets scored, search-half top-1):")
-    print(f"  {'res':>4} {'prec':5} {'blocks':>6} {'predicted':>9} {'search':>7}")
+    print(
+        f"frontier on this device with {recipe.arch}'s subnets ({result.scored} scored; "
+        "est. top-1 = store top1 of the full network + the subnet's difference on the search half):"
+    )
     for c in result.front:
-        tag = "full" if c.full_depth else f"d{len(c.kept_blocks)}"
-        print(
-            f"  {c.resolution:4} {c.precision:5} {tag:>6} {c.predicted_ms:7.2f}ms {100 * c.search_top1:6.1f}%"
-        )
+        search = "  (store)" if c.search_top1 is None else f"{100 * c.search_top1:8.1f}%"
+        print(f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  search {search}")
     print("written (top1 derived from the held-out half):")
     for pick in result.picks:
         v = pick.variant
         print(
             f"  {v.name:22} predicted {pick.candidate.predicted_ms:6.2f} ms, "
-            f"measured {pick.measured_ms:6.2f} ms, search {100 * pick.candidate.search_top1:5.1f}%, "
+            f"measured {pick.measured_ms:6.2f} ms, est. {100 * pick.candidate.estimated_top1:5.1f}%, "
             f"top1 {100 * (v.top1 or 0):5.1f}% ({v.top1_dataset})"
         )
     if result.checks:

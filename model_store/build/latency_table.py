@@ -72,9 +72,11 @@ def _timed(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int
     return timings
 
 
-def measure_table(path: Path, resolution: int, total_blocks: int, runs: int = 20) -> BlockTable:
-    """The block table of the full-depth network at ``path`` (a store variant's file)."""
-    whole_ms = whole_network_ms(path, resolution, runs)
+def measure_table(
+    path: Path, resolution: int, total_blocks: int, whole_ms: float, runs: int = 20
+) -> BlockTable:
+    """The block table of the full-depth network at ``path`` (a store variant's file), whose
+    plain latency (:func:`whole_network_ms`) is ``whole_ms``."""
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(1)
         options.enable_profiling = True

@@ -14,21 +14,28 @@ blocks after it.
 from __future__ import annotations
 
 import math
+import os
 import random
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
+from model_store.build.export import OPSET
 from model_store.build.latency_table import BlockTable
+from model_store.build.recipes import variant_name
 from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
 from model_store.evaluate import MAX_PIXELS, LabelledImage
 from model_store.imaging import load_tensor
-from model_store.manifest import Precision, Preprocessing
+from model_store.manifest import Precision, Preprocessing, Subnet
+from model_store.runner import session_options
 
 Progress = Callable[[str], None]
 CHUNK = 25  # images per forward pass: bounds the memory of the expanded activations
@@ -36,28 +43,32 @@ CHUNK = 25  # images per forward pass: bounds the memory of the expanded activat
 
 @dataclass(frozen=True)
 class Candidate:
+    name: str
     resolution: int
     precision: Precision
     kept_blocks: tuple[int, ...]
     predicted_ms: float
-    # Top-1 on the search half (int8: the fp32 figure less the full network's measured int8 loss).
-    search_top1: float
+    # Top-1 on the search half; None for a variant already in the store (not searched).
+    search_top1: float | None
+    # On the store's scale: the full network's recorded top1 at this resolution and precision,
+    # plus (this subnet - the full network) on the search half. A store variant's own top1.
+    estimated_top1: float
     full_depth: bool
 
 
 def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates no other beats on both latency and search accuracy, fastest first."""
-    ordered = sorted(candidates, key=lambda c: (c.predicted_ms, -c.search_top1))
+    """The candidates no other beats on both latency and estimated top-1, fastest first."""
+    ordered = sorted(candidates, key=lambda c: (c.predicted_ms, -c.estimated_top1))
     front: list[Candidate] = []
     for candidate in ordered:
-        if not front or candidate.search_top1 > front[-1].search_top1:
+        if not front or candidate.estimated_top1 > front[-1].estimated_top1:
             front.append(candidate)
     return front
 
 
 def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
-    """At most ``k`` subnets of ``front`` spanning its subnets' latency range (log-spaced)."""
-    subnets = [c for c in front if not c.full_depth]
+    """At most ``k`` searched subnets of ``front`` spanning their latency range (log-spaced)."""
+    subnets = [c for c in front if not c.full_depth and c.search_top1 is not None]
     if len(subnets) <= k:
         return subnets
     low, high = math.log(subnets[0].predicted_ms), math.log(subnets[-1].predicted_ms)
@@ -81,43 +92,43 @@ class PrefixCachedAccuracy:
         model: nn.Module,
         images: Sequence[LabelledImage],
         preprocessing: Preprocessing,
+        resolution: int,
         cache_bytes: int = 400 << 20,
     ) -> None:
         self._skippable = skippable_blocks(model)
         self.total_blocks: int = len(model._blocks)  # type: ignore[arg-type]
-        self._module = SubnetModule(model, subnet_of(model, ()))
-        self._labels = torch.tensor([i.class_id for i in images])
-        self._cache: OrderedDict[tuple[bool, ...], list[torch.Tensor]] = OrderedDict()
+        self._labels = np.array([i.class_id for i in images])
+        self._cache: OrderedDict[tuple[bool, ...], list[np.ndarray]] = OrderedDict()
         self._cache_bytes = cache_bytes
-        mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-        std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(images), CHUNK):
-                pixels = np.concatenate(
-                    [
-                        load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
-                        for i in images[start : start + CHUNK]
-                    ]
-                )
-                x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - mean) / std
-                x = self._module.stem(x)
-                for index in range(self._skippable[0]):
-                    x = self._module.block(index, x)
-                chunks.append(x)
-        self._root = chunks
+        # Each piece (stem, every block, head) runs as its own onnxruntime session: several
+        # times faster than PyTorch's eager depthwise convolutions on a small CPU.
+        self._pieces = _export_pieces(
+            SubnetModule(model, subnet_of(model, ())), resolution, self.total_blocks
+        )
+        mean = np.asarray(preprocessing.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(preprocessing.std, np.float32).reshape(1, 3, 1, 1)
+        self._root = []
+        for start in range(0, len(images), CHUNK):
+            pixels = np.concatenate(
+                [
+                    load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
+                    for i in images[start : start + CHUNK]
+                ]
+            )
+            x = (pixels.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std
+            self._root.append(self._run(["stem", *range(self._skippable[0])], x))
         self.evaluations = 0
 
     @property
     def skippable(self) -> tuple[int, ...]:
         return self._skippable
 
-    def _remember(self, key: tuple[bool, ...], chunks: list[torch.Tensor]) -> None:
+    def _remember(self, key: tuple[bool, ...], chunks: list[np.ndarray]) -> None:
         self._cache[key] = chunks
-        used = sum(sum(t.numel() * t.element_size() for t in v) for v in self._cache.values())
+        used = sum(sum(t.nbytes for t in v) for v in self._cache.values())
         while used > self._cache_bytes and len(self._cache) > 1:
             _, dropped = self._cache.popitem(last=False)
-            used -= sum(t.numel() * t.element_size() for t in dropped)
+            used -= sum(t.nbytes for t in dropped)
 
     def top1(self, kept_blocks: Sequence[int]) -> float:
         kept = set(kept_blocks)
@@ -126,33 +137,74 @@ class PrefixCachedAccuracy:
         chunks = self._root if depth == 0 else self._cache[decisions[:depth]]
         if depth:
             self._cache.move_to_end(decisions[:depth])
-        with torch.no_grad():
-            for position in range(depth, len(decisions)):
-                block = self._skippable[position]
-                until = self._skippable[position + 1] if position + 1 < len(decisions) else self.total_blocks
-                indices = ([block] if decisions[position] else []) + list(range(block + 1, until))
-                chunks = [self._run(indices, x) for x in chunks]
-                if position + 1 < len(decisions):
-                    self._remember(decisions[: position + 1], chunks)
-            predictions = torch.cat([self._module.head(x).argmax(1) for x in chunks])
+        for position in range(depth, len(decisions)):
+            block = self._skippable[position]
+            until = self._skippable[position + 1] if position + 1 < len(decisions) else self.total_blocks
+            pieces = ([block] if decisions[position] else []) + list(range(block + 1, until))
+            chunks = [self._run(pieces, x) for x in chunks]
+            if position + 1 < len(decisions):
+                self._remember(decisions[: position + 1], chunks)
+        predictions = np.concatenate([self._run(["head"], x).argmax(1) for x in chunks])
         self.evaluations += 1
-        return float((predictions == self._labels).float().mean())
+        return float(np.mean(predictions == self._labels))
 
-    def _run(self, indices: Sequence[int], x: torch.Tensor) -> torch.Tensor:
-        for index in indices:
-            x = self._module.block(index, x)
+    def _run(self, pieces: Sequence[int | str], x: np.ndarray) -> np.ndarray:
+        for piece in pieces:
+            (x,) = self._pieces[piece].run(None, {"x": x})
         return x
+
+
+class _Piece(nn.Module):
+    """One piece of a network (``"stem"``, a block index, ``"head"``) as a module to export."""
+
+    def __init__(self, module: SubnetModule, part: int | str) -> None:
+        super().__init__()
+        self.module = module
+        self.part = part
+        self.eval()  # see SubnetModule: the exporter restores the mode it found
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "stem":
+            return self.module.stem(x)
+        if self.part == "head":
+            return self.module.head(x)
+        return self.module.block(int(self.part), x)
+
+
+def _export_pieces(
+    module: SubnetModule, resolution: int, total_blocks: int
+) -> dict[int | str, ort.InferenceSession]:
+    import warnings
+
+    options = session_options(os.cpu_count() or 1)
+    sessions: dict[int | str, ort.InferenceSession] = {}
+    x = torch.zeros(1, 3, resolution, resolution)
+    with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, as in export.py
+        for part in ["stem", *range(total_blocks), "head"]:
+            piece = _Piece(module, part)
+            path = Path(tmp) / f"{part}.onnx"
+            torch.onnx.export(
+                piece, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["x"],
+                output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            )  # fmt: skip
+            sessions[part] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            x = piece(x)
+    return sessions
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """What the search may combine for one family."""
 
+    arch: str
     accuracy: dict[int, PrefixCachedAccuracy]  # by resolution
-    tables: dict[tuple[int, Precision], BlockTable]  # (resolution, precision) -> table
-    # Top-1 points the full network loses at int8 at each resolution (measured on the store's
-    # evaluation set); int8 is searched only where the store has a full-depth int8 variant.
-    int8_loss: dict[int, float]
+    # (resolution, precision) -> table, where the store has the full network with a top1.
+    tables: dict[tuple[int, Precision], BlockTable]
+    full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
+    # The store's variants (every family), at their measured latency: a subnet is worth keeping
+    # only where none of them is both faster and more accurate.
+    competitors: list[Candidate]
 
 
 def evolve(
@@ -160,11 +212,12 @@ def evolve(
     budget_seconds: float,
     progress: Progress,
     seed: int = 0,
-    population: int = 8,
+    population: int = 4,
 ) -> tuple[list[Candidate], list[Candidate]]:
-    """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front).
+    """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
+    the scored and the store's competitors).
 
-    Each round takes the current front as parents, mutates (each skippable block flips with
+    Each round takes the family's current front as parents, mutates (each skippable block flips with
     probability 1/n, at least one flips) and sometimes crosses two parents of one resolution or
     moves a child to another resolution; children already scored are not scored again.
     """
@@ -176,13 +229,23 @@ def evolve(
     def candidates() -> list[Candidate]:
         result = []
         for (resolution, kept), top1 in scored.items():
-            full = len(kept) == space.accuracy[resolution].total_blocks
+            total = space.accuracy[resolution].total_blocks
+            full = scored[resolution, tuple(range(total))]
+            subnet = None if len(kept) == total else Subnet(kept_blocks=kept, total_blocks=total)
             for (table_resolution, precision), table in space.tables.items():
                 if table_resolution != resolution:
                     continue
-                loss = space.int8_loss.get(resolution, 0.0) if precision == "int8" else 0.0
                 result.append(
-                    Candidate(resolution, precision, kept, table.predict_ms(kept), top1 - loss, full)
+                    Candidate(
+                        variant_name(space.arch, resolution, precision, subnet),
+                        resolution,
+                        precision,
+                        kept,
+                        table.predict_ms(kept),
+                        top1,
+                        space.full_top1[resolution, precision] + top1 - full,
+                        subnet is None,
+                    )
                 )
         return result
 
@@ -193,7 +256,8 @@ def evolve(
     def random_subnet(resolution: int) -> tuple[int, ...]:
         evaluator = space.accuracy[resolution]
         skippable = evaluator.skippable
-        skips = set(rng.sample(skippable, rng.randint(1, len(skippable))))
+        # Few skips: a subnet missing most of its blocks is far below every frontier.
+        skips = set(rng.sample(skippable, rng.randint(1, max(1, len(skippable) // 3))))
         return tuple(i for i in range(evaluator.total_blocks) if i not in skips)
 
     def mutate(resolution: int, kept: tuple[int, ...]) -> tuple[int, ...]:
@@ -205,11 +269,15 @@ def evolve(
         total = space.accuracy[resolution].total_blocks
         return tuple(i for i in range(total) if (i in a if rng.random() < 0.5 else i in b))
 
-    for resolution in resolutions:
-        score(resolution, tuple(range(space.accuracy[resolution].total_blocks)))
-    for resolution in resolutions:
-        for _ in range(max(1, population // len(resolutions))):
-            score(resolution, random_subnet(resolution))
+    # The full networks first: scoring them caches every prefix of the keep-all path, which
+    # makes the children that skip one late block cheap.
+    seeds = [(r, tuple(range(space.accuracy[r].total_blocks))) for r in resolutions]
+    seeds += [
+        (r, random_subnet(r)) for r in resolutions for _ in range(max(1, population // len(resolutions)))
+    ]
+    for number, (resolution, kept) in enumerate(seeds, 1):
+        score(resolution, kept)
+        progress(f"initial population {number}/{len(seeds)} ({time.monotonic() - started:.0f} s)")
     rounds = repeats = 0
     # A small space can be exhausted before the budget is: stop after many children seen before.
     while time.monotonic() - started < budget_seconds and repeats < 200:
@@ -235,4 +303,4 @@ def evolve(
             f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
         )
     everything = candidates()
-    return everything, pareto_front(everything)
+    return everything, pareto_front([*everything, *space.competitors])

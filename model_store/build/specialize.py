@@ -119,36 +119,41 @@ def specialize(
             f"{recipe.arch}: the store has no published full-depth base; run `edgefit store build`"
         )
 
-    say(f"{recipe.arch}: device latency table at {', '.join(map(str, resolutions))} px")
+    say(
+        f"{recipe.arch}: this device's latency: the store's variants, and block tables at "
+        f"{', '.join(map(str, resolutions))} px"
+    )
+    competitors = _store_points(store, recipe.family)
+    measured_ms = {c.name: c.predicted_ms for c in competitors}
     tables: dict[tuple[int, Precision], BlockTable] = {}
-    int8_loss: dict[int, float] = {}
+    full_top1: dict[tuple[int, Precision], float] = {}
     total_blocks = 0
     for resolution in resolutions:
-        fp32 = _full_depth(store, recipe, resolution, "fp32")
-        if fp32 is None:
+        if _full_depth(store, recipe, resolution, "fp32") is None:
             raise StoreError(
                 f"{recipe.arch}: the store has no {variant_name(recipe.arch, resolution, 'fp32')}"
             )
-        int8 = _full_depth(store, recipe, resolution, "int8")
-        model = load_pretrained(recipe, resolution)
-        total_blocks = len(model._blocks)  # type: ignore[arg-type]
-        for variant in (fp32, int8):
-            if variant is not None:
-                tables[resolution, variant.precision] = measure_table(
-                    store.verify(variant), resolution, total_blocks, TABLE_RUNS
-                )
-        if int8 is not None and dataset in int8.evaluations and dataset in fp32.evaluations:
-            int8_loss[resolution] = fp32.evaluations[dataset] - int8.evaluations[dataset]
+        total_blocks = len(load_pretrained(recipe, resolution)._blocks)  # type: ignore[arg-type]
+        for precision in ("fp32", "int8"):
+            # int8 only where the full network passed the gate: its subnets rarely agree better.
+            variant = _full_depth(store, recipe, resolution, precision)
+            if variant is None or variant.top1 is None:
+                continue
+            tables[resolution, precision] = measure_table(
+                store.verify(variant), resolution, total_blocks, measured_ms[variant.name], TABLE_RUNS
+            )
+            full_top1[resolution, precision] = variant.top1
 
     searched = every_nth(search_half(images), search_images)
     say(f"{recipe.arch}: caching stem activations of {len(searched)} search-half images")
     accuracy = {
-        r: PrefixCachedAccuracy(load_pretrained(recipe, r), searched, lite_preprocessing(r))
+        r: PrefixCachedAccuracy(load_pretrained(recipe, r), searched, lite_preprocessing(r), r)
         for r in resolutions
     }
-    scored, front = evolve(SearchSpace(accuracy, tables, int8_loss), budget_seconds, say)
+    space = SearchSpace(recipe.arch, accuracy, tables, full_top1, competitors)
+    scored, front = evolve(space, budget_seconds, say)
     picks = spread_picks(front, k)
-    say(f"{recipe.arch}: picked {len(picks)} of the front's {sum(not c.full_depth for c in front)} subnets")
+    say(f"{recipe.arch}: picked {len(picks)} subnets of the front's {len(front)} points")
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store_root))
     try:
@@ -173,22 +178,33 @@ def specialize(
         for pick in picks:
             subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
             measured: dict[str, tuple[Variant, float]] = {}
-            for precision in ("fp32", "int8"):
+            precisions: tuple[Precision, ...] = ("fp32", "int8")
+            for precision in precisions:
                 name = variant_name(recipe.arch, pick.resolution, precision, subnet)
-                if name not in {v.name for v in manifest.variants}:
-                    continue  # an int8 that failed the agreement gate
+                # Not there: an int8 that failed the agreement gate. No table: an int8 where the
+                # full network failed it (not searched, not written).
+                if (
+                    name not in {v.name for v in manifest.variants}
+                    or (pick.resolution, precision) not in tables
+                ):
+                    continue
                 variant = manifest.variant(name)
                 ms = whole_network_ms(staging / variant.file, pick.resolution, CHECK_RUNS)
                 checks.append(
                     PredictionCheck(name, tables[pick.resolution, precision].predict_ms(pick.kept_blocks), ms)
                 )
                 measured[precision] = (variant, ms)
-            # An int8 pick that failed the gate leaves its fp32 twin, which passed parity: the
-            # subnet still fills its place between the ladder's steps, a little slower.
-            variant, ms = measured.get(pick.precision) or measured["fp32"]
-            if variant.precision != pick.precision:
-                say(f"{recipe.arch}: {variant.name} written instead of its int8 twin (agreement gate)")
-            written.append(Pick(variant, pick, ms))
+            # Written only where no store variant is both faster and more accurate, by the
+            # measured latency and the held-out figure; an int8 that failed the gate leaves its
+            # fp32 twin to try.
+            options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
+            kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
+            if kept is None:
+                say(f"{recipe.arch}: {pick.name} not written: a store variant is faster and more accurate")
+                continue
+            if kept[0].precision != pick.precision:
+                say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
+            written.append(Pick(kept[0], pick, kept[1]))
         checks += _sampled_checks(recipe, scored, picks, tables, total_blocks, staging, sampled_checks)
 
         replacing = {
@@ -206,6 +222,27 @@ def specialize(
         checks,
         len({(c.resolution, c.kept_blocks) for c in scored}),
         time.monotonic() - started,
+    )
+
+
+def _store_points(store: Store, family: str) -> list[Candidate]:
+    """The store's variants with a top1, at their latency measured now; not ``family``'s
+    subnets, which this run replaces."""
+    points = []
+    for v in store.manifest.variants:
+        if v.top1 is not None and (v.subnet is None or v.family != family):
+            ms = whole_network_ms(store.verify(v), v.resolution, TABLE_RUNS)
+            points.append(
+                Candidate(v.name, v.resolution, v.precision, (), ms, None, v.top1, v.subnet is None)
+            )
+    return points
+
+
+def _dominated(variant: Variant, ms: float, competitors: Sequence[Candidate]) -> bool:
+    top1 = variant.top1 or 0.0
+    return any(
+        c.predicted_ms <= ms and c.estimated_top1 >= top1 and (c.predicted_ms < ms or c.estimated_top1 > top1)
+        for c in competitors
     )
 
 

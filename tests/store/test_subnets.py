@@ -73,7 +73,7 @@ def test_the_halves_split_the_sample(sample_dir: Path) -> None:
 def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Module, sample_dir: Path) -> None:
     images = search_half(labelled_images(sample_dir))[:30]
     preprocessing = lite_preprocessing(RESOLUTION)
-    scorer = PrefixCachedAccuracy(lite0, images, preprocessing)
+    scorer = PrefixCachedAccuracy(lite0, images, preprocessing, RESOLUTION)
     pixels = np.concatenate([load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in images])
     x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     labels = torch.tensor([i.class_id for i in images])
@@ -86,7 +86,7 @@ def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Modul
 
 
 def _candidate(ms: float, top1: float, full: bool = False) -> Candidate:
-    return Candidate(224, "int8", (0,), ms, top1, full)
+    return Candidate(f"c{ms}", 224, "int8", (0,), ms, top1, top1, full)
 
 
 def test_front_and_picks_span_the_latency_range() -> None:
