@@ -48,10 +48,10 @@ class Candidate:
     precision: Precision
     kept_blocks: tuple[int, ...]
     predicted_ms: float
-    # Top-1 on the search half; None for a variant already in the store (not searched).
+    # Top-1 on the search half; None for a full-depth variant of the store (not searched).
     search_top1: float | None
     # On the store's scale: the full network's recorded top1 at this resolution and precision,
-    # plus (this subnet - the full network) on the search half. A store variant's own top1.
+    # plus (this subnet - the full network) on the search half; a store variant's own top1.
     estimated_top1: float
     full_depth: bool
 
@@ -67,8 +67,13 @@ def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
-    """At most ``k`` searched subnets of ``front`` spanning their latency range (log-spaced)."""
-    subnets = [c for c in front if not c.full_depth and c.search_top1 is not None]
+    """At most ``k`` searched subnets of ``front`` spanning their latency range (log-spaced);
+    a subnet on the front at both precisions counts once, at its faster one."""
+    subnets: list[Candidate] = []
+    for c in front:
+        seen = {(s.resolution, s.kept_blocks) for s in subnets}
+        if not c.full_depth and c.search_top1 is not None and (c.resolution, c.kept_blocks) not in seen:
+            subnets.append(c)
     if len(subnets) <= k:
         return subnets
     low, high = math.log(subnets[0].predicted_ms), math.log(subnets[-1].predicted_ms)
@@ -202,8 +207,8 @@ class SearchSpace:
     # (resolution, precision) -> table, where the store has the full network with a top1.
     tables: dict[tuple[int, Precision], BlockTable]
     full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
-    # The store's variants (every family), at their measured latency: a subnet is worth keeping
-    # only where none of them is both faster and more accurate.
+    # The family's full-depth variants in the store at their measured latency: a subnet is worth
+    # keeping only where none of them is both faster and more accurate.
     competitors: list[Candidate]
 
 
@@ -215,7 +220,7 @@ def evolve(
     population: int = 4,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
-    the scored and the store's competitors).
+    the scored and the family's full-depth variants).
 
     Each round takes the family's current front as parents, mutates (each skippable block flips with
     probability 1/n, at least one flips) and sometimes crosses two parents of one resolution or

@@ -120,10 +120,10 @@ def specialize(
         )
 
     say(
-        f"{recipe.arch}: this device's latency: the store's variants, and block tables at "
+        f"{recipe.arch}: this device's latency: its full-depth variants, block tables at "
         f"{', '.join(map(str, resolutions))} px"
     )
-    competitors = _store_points(store, recipe.family)
+    competitors = _ladder_points(store, recipe.family)
     measured_ms = {c.name: c.predicted_ms for c in competitors}
     tables: dict[tuple[int, Precision], BlockTable] = {}
     full_top1: dict[tuple[int, Precision], float] = {}
@@ -194,13 +194,13 @@ def specialize(
                     PredictionCheck(name, tables[pick.resolution, precision].predict_ms(pick.kept_blocks), ms)
                 )
                 measured[precision] = (variant, ms)
-            # Written only where no store variant is both faster and more accurate, by the
+            # Written only where no full-depth variant is both faster and more accurate, by the
             # measured latency and the held-out figure; an int8 that failed the gate leaves its
             # fp32 twin to try.
             options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
             kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
             if kept is None:
-                say(f"{recipe.arch}: {pick.name} not written: a store variant is faster and more accurate")
+                say(f"{recipe.arch}: {pick.name} not written: a full-depth one is faster and more accurate")
                 continue
             if kept[0].precision != pick.precision:
                 say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
@@ -225,12 +225,12 @@ def specialize(
     )
 
 
-def _store_points(store: Store, family: str) -> list[Candidate]:
-    """The store's variants with a top1, at their latency measured now; not ``family``'s
-    subnets, which this run replaces."""
+def _ladder_points(store: Store, family: str) -> list[Candidate]:
+    """``family``'s full-depth variants with a top1 (every resolution, not only the searched
+    ones), at their latency measured now."""
     points = []
     for v in store.manifest.variants:
-        if v.top1 is not None and (v.subnet is None or v.family != family):
+        if v.top1 is not None and v.subnet is None and v.family == family:
             ms = whole_network_ms(store.verify(v), v.resolution, TABLE_RUNS)
             points.append(
                 Candidate(v.name, v.resolution, v.precision, (), ms, None, v.top1, v.subnet is None)

@@ -86,7 +86,7 @@ def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Modul
 
 
 def _candidate(ms: float, top1: float, full: bool = False) -> Candidate:
-    return Candidate(f"c{ms}", 224, "int8", (0,), ms, top1, top1, full)
+    return Candidate(f"c{ms}", 224, "int8", (0, int(ms)), ms, top1, top1, full)
 
 
 def test_front_and_picks_span_the_latency_range() -> None:
@@ -97,3 +97,8 @@ def test_front_and_picks_span_the_latency_range() -> None:
     picks = spread_picks(front, 2)
     assert [c.predicted_ms for c in picks] == [10, 30]  # the ends of the subnets' range
     assert all(not c.full_depth for c in spread_picks(front, 10))
+    twins = [
+        Candidate("i", 224, "int8", (0, 2), 10, 0.7, 0.7, False),
+        Candidate("f", 224, "fp32", (0, 2), 12, 0.72, 0.72, False),
+    ]
+    assert [c.name for c in spread_picks(pareto_front(twins), 2)] == ["i"]
