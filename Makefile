@@ -9,7 +9,7 @@ SAMPLE := $(SHARED)/imagenet-sample
 STORE_DIR ?= model_store/artifacts
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit system-deps loadtest bench test-container test-arm64 clean-store
+.PHONY: setup run test lint typecheck unit system-deps loadtest bench soak test-container test-arm64 clean-store
 
 setup: $(INSTALLED) $(STORE_DIR)/manifest.json
 
@@ -56,3 +56,8 @@ test-arm64: setup
 
 clean-store:
 	rm -rf $(STORE_DIR)
+
+# The long reliability run (minutes; not CI): ~70 % of capacity, mixed budgets, 50 reloads under
+# load; errors, budget met per tier and RSS into bench/results/soak.{json,md}. SOAK_SECONDS=600.
+soak: setup
+	EDGEFIT_SAMPLE_DIR=$(SAMPLE) $(BIN)/python bench/soak.py

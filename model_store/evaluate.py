@@ -37,24 +37,35 @@ class Evaluation:
     predictions: tuple[int, ...]
 
 
-def labelled_images(directory: Path) -> list[LabelledImage]:
-    """The labelled images under ``directory``, sorted by path. Raises ``StoreError``."""
-    index = {wnid: i for i, (wnid, _) in enumerate(imagenet_classes())}
+def labelled_images(directory: Path, classes: Sequence[str] | None = None) -> list[LabelledImage]:
+    """The labelled images under ``directory``, sorted by path. Raises ``StoreError``.
+
+    With ``classes`` (a label file's labels) an image's class is the one its folder, or for a
+    file directly in ``directory`` the part of its name before the first ``_``, is named after;
+    without, the ImageNet wnid its folder or file name starts with.
+    """
     if not directory.is_dir():
         raise StoreError(f"{directory} is not a directory")
+    if classes is None:
+        index = {wnid: i for i, (wnid, _) in enumerate(imagenet_classes())}
+    else:
+        index = {label: i for i, label in enumerate(classes)}
     found: list[LabelledImage] = []
     for path in sorted(directory.rglob("*")):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             continue
         # ImageFolder: the class folder names the label; flat: the file name does.
         label = path.parent.name if path.parent != directory else path.name
-        match = _WNID.match(label)
-        if match and match.group() in index:
-            found.append(LabelledImage(path, index[match.group()]))
+        if classes is None:
+            match = _WNID.match(label)
+            key = match.group() if match else None
+        else:
+            key = label if path.parent != directory else label.split("_", 1)[0]
+        if key in index:
+            found.append(LabelledImage(path, index[key]))
     if not found:
-        raise StoreError(
-            f"no labelled images in {directory}: expected <wnid>_*.JPEG files or <wnid>/ folders"
-        )
+        expected = "<wnid>_*.JPEG files or <wnid>/ folders" if classes is None else "<label>/ folders"
+        raise StoreError(f"no labelled images in {directory}: expected {expected}")
     return found
 
 

@@ -15,6 +15,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from model_store.labels import (
+    IMAGENET,
+    imagenet_classes,
+    is_label_file_name,
+    label_file_name,
+    parse_label_file,
+)
 from model_store.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Variant
 
 _CHUNK = 1 << 20
@@ -65,18 +72,43 @@ class Store:
             raise StoreError(f"variant {variant.name}: file {variant.file!r} is outside the store")
         return path
 
-    def verify(self, variant: Variant) -> Path:
-        """Return the variant's file after checking it exists and matches its sha256."""
+    def verify(self, variant: Variant) -> bytes:
+        """The variant's file contents, read once and checked against its sha256.
+
+        What is returned is what was hashed: load these bytes, never the path again (the file
+        could change between a check and a second open). Raises ``StoreError``.
+        """
         path = self.path_of(variant)
         if not path.is_file():
             raise StoreError(f"variant {variant.name}: file {variant.file} is missing")
-        actual = sha256_file(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"variant {variant.name}: cannot read {variant.file}: {exc.strerror}") from exc
+        actual = hashlib.sha256(data).hexdigest()
         if actual != variant.sha256:
             raise StoreError(
                 f"variant {variant.name}: {variant.file} has sha256 {actual[:12]}…, "
                 f"the manifest says {variant.sha256[:12]}…; refusing to serve it"
             )
-        return path
+        return data
+
+    def labels(self, variant: Variant) -> tuple[str, ...]:
+        """The label of each class index of ``variant``, its label file checked against its name."""
+        if variant.labels == IMAGENET:
+            return tuple(label for _, label in imagenet_classes())
+        if not is_label_file_name(variant.labels):
+            raise StoreError(f"variant {variant.name}: unknown label set {variant.labels!r}")
+        path = self.root / variant.labels
+        if not path.is_file():
+            raise StoreError(f"variant {variant.name}: label file {variant.labels} is missing")
+        data = path.read_bytes()
+        if label_file_name(data) != variant.labels:
+            raise StoreError(f"variant {variant.name}: {variant.labels} does not match its hash")
+        try:
+            return parse_label_file(data)
+        except ValueError as exc:
+            raise StoreError(f"variant {variant.name}: {variant.labels} {exc}") from None
 
     def write(self, manifest: Manifest) -> Store:
         """Atomically replace the manifest; return the store as it now is."""
@@ -98,7 +130,10 @@ def open_store(root: Path | str, *, missing_ok: bool = False) -> Store:
         if missing_ok:
             return Store(root, Manifest())
         raise StoreError(f"no store at {root}: {MANIFEST_NAME} is missing (run `edgefit store build`)")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         version = json.loads(data).get("schema_version")
     except (ValueError, AttributeError):

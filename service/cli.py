@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.observability import configure_access_log
     from service.settings import Settings
 
     overrides = {
@@ -77,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
+    configure_access_log()
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -162,22 +164,78 @@ def cmd_specialize(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_add(args: argparse.Namespace) -> None:
-    from model_store.ingest import TORCHVISION_MEAN, TORCHVISION_STD, add
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, e.g. 160,192,224") from None
 
-    store = add(
-        _store_dir(args),
-        Path(args.file),
-        name=args.name,
+
+def _precisions(value: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in value.split(","))
+    if not parts or any(p not in ("fp32", "int8") for p in parts):
+        raise argparse.ArgumentTypeError("expected fp32, int8 or fp32,int8")
+    return parts
+
+
+def _preprocess_spec(args: argparse.Namespace) -> Any:
+    """The preset named by ``--preprocess`` with the explicit flags applied on top."""
+    from dataclasses import replace
+
+    from model_store.presets import PRESETS
+
+    spec = PRESETS[args.preprocess]
+    for flag in ("mean", "std", "interpolation"):
+        if getattr(args, flag) is not None:
+            spec = replace(spec, **{flag: getattr(args, flag)})
+    if args.crop is not None and args.resize is None:
+        raise StoreError("--crop goes with --resize: the shorter side is resized to R for every C cropped")
+    if args.resize is not None:
+        crop = args.crop
+        if crop is None:
+            if len(args.resolutions) != 1:
+                raise StoreError("with several resolutions give --resize R --crop C (e.g. 256 and 224)")
+            crop = args.resolutions[0]
+        spec = spec.with_crop_ratio(args.resize, crop)
+    return spec
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    from model_store.ingest import AddRequest, add
+
+    request = AddRequest(
+        prefix=args.name,
         family=args.family,
-        resolution=args.resolution,
-        precision=args.precision,
+        resolutions=args.resolutions,
+        precisions=args.precisions,
+        preprocess=_preprocess_spec(args),
+        labels_file=Path(args.labels) if args.labels else None,
+        calibration_dir=Path(args.calibration) if args.calibration else None,
+        evaluate_dir=Path(args.evaluate) if args.evaluate else None,
+        dataset=args.dataset,
+        # Absent: AddRequest's default, the builder's gate (0.95).
+        **({} if args.min_agreement is None else {"min_agreement": args.min_agreement}),
         top1=args.top1,
-        mean=args.mean or TORCHVISION_MEAN,
-        std=args.std or TORCHVISION_STD,
-        resize_shorter=args.resize_shorter,
     )
-    print(f"added {args.name}; the store now has {len(store.manifest.variants)} variants")
+    before = {v.name for v in open_store(_store_dir(args), missing_ok=True).manifest.variants}
+    store = add(_store_dir(args), Path(args.file), request, _progress_bars())
+    for v in store.manifest.variants:
+        if v.name in before:
+            continue
+        top1 = "unknown"
+        if v.top1 is not None:
+            on = f" on {v.top1_dataset}" if v.top1_dataset else ""
+            top1 = f"{100 * v.top1:.1f}% ({v.top1_source}{on})"
+        print(f"added {v.name:28} top1 {top1}")
+    skipped = [
+        request.name(r, p)
+        for r in request.resolutions
+        for p in request.precisions
+        if request.name(r, p) not in {v.name for v in store.manifest.variants}
+    ]
+    if skipped:
+        print(f"not added (int8 below the agreement gate): {', '.join(skipped)}")
+    print(f"the store now has {len(store.manifest.variants)} variants")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -294,16 +352,48 @@ def parser() -> argparse.ArgumentParser:
     special.add_argument("--search-images", type=int, default=200, help="search-half images to score with")
     special.add_argument("--budget", type=float, default=60.0, help="search time budget in seconds")
 
-    add = store_command("add", "add an ONNX model exported elsewhere", cmd_add)
-    add.add_argument("file")
-    add.add_argument("--name", required=True)
+    add = store_command("add", "build a ladder of variants from an ONNX model exported elsewhere", cmd_add)
+    add.add_argument("file", help="ONNX: float [N, 3, H, W] (H, W may be dynamic) or uint8 [N, H, W, 3]")
+    add.add_argument("--name", required=True, help="variant name prefix: {name}-{resolution}-{precision}")
     add.add_argument("--family", required=True)
-    add.add_argument("--resolution", type=int, required=True)
-    add.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    add.add_argument("--top1", type=float, help="published ImageNet top-1 as a fraction, e.g. 0.752")
-    add.add_argument("--mean", type=_triple, help="per-channel mean in 0..255 (default: torchvision's)")
-    add.add_argument("--std", type=_triple, help="per-channel std in 0..255 (default: torchvision's)")
-    add.add_argument("--resize-shorter", type=int, help="shorter side before the centre crop")
+    sizes = add.add_mutually_exclusive_group(required=True)
+    sizes.add_argument("--resolutions", type=_ints, help="one variant per resolution, e.g. 160,192,224")
+    sizes.add_argument("--resolution", dest="resolutions", type=_ints, help="one resolution")
+    kinds = add.add_mutually_exclusive_group()
+    kinds.add_argument("--precisions", type=_precisions, default=("fp32",), help="fp32, int8 or fp32,int8")
+    kinds.add_argument("--precision", dest="precisions", type=_precisions, help="one precision")
+    add.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 with")
+    add.add_argument(
+        "--min-agreement",
+        type=float,
+        # Not imported here: `edgefit serve` must not load the quantiser (onnx is not installed
+        # in the serving image).
+        help="share of images on which int8 must give fp32's top-1 class (default 0.95)",
+    )
+    add.add_argument(
+        "--evaluate",
+        metavar="DIR",
+        help="labelled images (class/xxx.jpg or wnid_*.JPEG): top1 measured on them",
+    )
+    add.add_argument("--dataset", help="name recorded for --evaluate (default: the folder's name)")
+    add.add_argument("--labels", metavar="FILE", help="one label per line; line number = class index")
+    add.add_argument("--top1", type=float, help="published top-1 of this checkpoint (fp32, one resolution)")
+    add.add_argument(
+        "--preprocess",
+        choices=("torchvision", "timm", "lite"),
+        default="torchvision",
+        help="preset normalisation and crop ratio; the flags below override it",
+    )
+    add.add_argument("--mean", type=_triple, help="per-channel mean in 0..255 (timm: pretrained_cfg x 255)")
+    add.add_argument("--std", type=_triple, help="per-channel std in 0..255")
+    add.add_argument("--interpolation", choices=("bilinear", "bicubic"))
+    add.add_argument(
+        "--resize",
+        "--resize-shorter",
+        type=int,
+        help="shorter side before the centre crop (for --crop pixels cropped)",
+    )
+    add.add_argument("--crop", type=int, help="with --resize: the crop that --resize is for (e.g. 224)")
 
     evaluate = store_command("evaluate", "measure top-1 on a labelled folder", cmd_evaluate)
     evaluate.add_argument("--images", required=True)

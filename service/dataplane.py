@@ -10,28 +10,30 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.labels import labels
-from model_store.manifest import Variant, depth_tag
-from model_store.runner import top_k
+from model_store.manifest import Preprocessing, Variant, depth_tag
+from model_store.runner import VariantRunner, top_k
+from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
 from service.core.latency import DecodeModel, LatencyModel, Recent
-from service.observability import Metrics
-from service.runtime.executor import InferenceExecutor
+from service.observability import Metrics, VariantMetrics
+from service.runtime.executor import Finished, InferenceExecutor
+from service.runtime.memory import release_free_memory
 from service.runtime.models import ServedModels, load_models
 from service.runtime.profiler import decoded_pixels
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Each predicted part (decode, inference) is taken at this quantile...
 FIT_QUANTILE = 0.95
@@ -45,6 +47,8 @@ LATENESS_QUANTILE = 0.95
 # new answers to correct it, so the outlier must age out by itself.
 LATENESS_HORIZON_SECONDS = 2.0
 REPROBE_PERIOD_SECONDS = 1.0
+LOAD_RETRY_FIRST_SECONDS = 1.0
+LOAD_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class Prediction:
 @dataclass(frozen=True)
 class Classification:
     variant: Variant
+    model: dict[str, Any]  # the answer's ``model`` object (shared, never modified)
+    variant_header: bytes  # the ``X-Model-Variant`` value
+    metrics: VariantMetrics
     reason: selector.Reason
     predicted_seconds: float
     margin_seconds: float  # the part of the prediction that corrects the predictor's recent error
@@ -66,6 +73,19 @@ class Classification:
     inference_seconds: float
 
 
+@dataclass(frozen=True)
+class _Static:
+    """What a request needs of a variant that never changes while it is served: worked out once
+    at load, not per request."""
+
+    variant: Variant
+    runner: VariantRunner
+    labels: tuple[str, ...]
+    model: dict[str, Any]
+    header: bytes
+    metrics: VariantMetrics
+
+
 @dataclass
 class _Served:
     """Everything that is swapped as one on reload."""
@@ -73,8 +93,20 @@ class _Served:
     models: ServedModels
     latency: LatencyModel
     decode: DecodeModel
-    labels: dict[str, tuple[str, ...]]
+    static: dict[str, _Static]
     selections: Counter[str] = field(default_factory=Counter)
+
+
+def _model_doc(v: Variant) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "family": v.family,
+        "resolution": v.resolution,
+        "precision": v.precision,
+        "top1": v.top1,
+        "top1_source": v.top1_source,
+        "size_bytes": v.size_bytes,
+    }
 
 
 class DataPlane:
@@ -95,7 +127,11 @@ class DataPlane:
             window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
         )
         self._last_request = 0.0
+        self._loading = asyncio.Lock()
         self.draining = False
+        # Why the start-up load has not succeeded yet (in words for /readyz, /v2 and the status
+        # page); None while it runs.
+        self.failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -103,24 +139,76 @@ class DataPlane:
     def ready(self) -> bool:
         return self._served is not None and not self.draining
 
+    @property
+    def readiness(self) -> str:
+        """Readiness in words, for /readyz, /v2 and the status page."""
+        if self.draining:
+            return "draining: the server is shutting down"
+        if self._served is not None:
+            return "ready"
+        if self.failure is not None:
+            return f"the store cannot be served: {self.failure}"
+        return "loading, verifying and profiling the store"
+
     async def load(self) -> None:
         """Load (or reload) the store off the event loop, then swap it in atomically.
 
-        Raises ``StoreError``; the previously served store stays in place if it does.
+        Loads are serialised: a reload waits for the one in progress, then reads the store as it
+        is by then. Raises ``StoreError`` (or whatever else failed); the store being served stays
+        in place if it does.
         """
-        models = await asyncio.to_thread(load_models, self.settings)
-        window = self.settings.latency_window
-        self._served = _Served(
-            models=models,
-            latency=LatencyModel(models.profiles, window=window, fresh_seconds=self.settings.fresh_seconds),
-            decode=DecodeModel(
-                models.decode_seconds_per_pixel, window=window, fresh_seconds=self.settings.fresh_seconds
-            ),
-            labels={v.labels: labels(v.labels) for v in models.variants.values()},
-        )
-        self.metrics.serve(models.variants.values())
-        self._publish_predictions()
-        log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+        async with self._loading:
+            previous = self._served.models if self._served else None
+            log.info("loading the store at %s", self.settings.store_dir)
+            models = await asyncio.to_thread(load_models, self.settings, previous)
+            window = self.settings.latency_window
+            fresh = self.settings.fresh_seconds
+            self.metrics.serve(models.variants.values())
+            self._served = _Served(
+                models=models,
+                latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
+                decode=DecodeModel(models.decode_seconds_per_pixel, window=window, fresh_seconds=fresh),
+                static={
+                    name: _Static(
+                        variant=v,
+                        runner=models.runners[name],
+                        labels=models.labels[v.labels],
+                        model=_model_doc(v),
+                        header=name.encode(),
+                        metrics=self.metrics.variants[name],
+                    )
+                    for name, v in models.variants.items()
+                },
+            )
+            self.failure = None
+            self._publish_predictions()
+            log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+            # The previous set's sessions (once no request holds them) and the load's garbage
+            # are free now: give the memory back, still under the lock so loads cannot overlap.
+            del previous
+            await asyncio.to_thread(release_free_memory)
+
+    async def load_until_served(self) -> None:
+        """The start-up load, retried until it succeeds (see README, "Start-up").
+
+        Each failure is logged at once with its cause and shown in ``/readyz``'s detail; the
+        next attempt follows after ``delay``, doubling up to ``LOAD_RETRY_MAX_SECONDS``, so a
+        store that is being copied or mounted is picked up without a restart.
+        """
+        delay = LOAD_RETRY_FIRST_SECONDS
+        while self._served is None:
+            try:
+                await self.load()
+            except StoreError as exc:
+                self.failure = str(exc)
+                log.error("cannot serve: %s; retrying in %g s", exc, delay)
+            except Exception:
+                self.failure = "loading the store failed unexpectedly; the server log says why"
+                log.exception("cannot serve: loading the store failed; retrying in %g s", delay)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(LOAD_RETRY_MAX_SECONDS, 2 * delay)
 
     def _require(self) -> _Served:
         # Draining only turns readiness off: requests already accepted are still answered.
@@ -158,21 +246,26 @@ class DataPlane:
     def _candidates(
         self,
         served: _Served,
+        names: Sequence[str],
         header: imaging.ImageHeader,
         now: float,
         margin: float,
         place: tuple[float, tuple[float, ...]],
     ) -> list[selector.Candidate]:
-        """Each variant's predicted decode + inference (+ margin) for this image, and its queue
-        wait at the request's ``place`` (deadline key, ladder) in the schedule."""
+        """Each named variant's predicted decode + inference (+ margin) for this image, and its
+        queue wait at the request's ``place`` (deadline key, ladder) in the schedule."""
         slowdown = served.latency.slowdown(now)
         per_pixel = served.decode.seconds_per_pixel(header.format, FIT_QUANTILE, now)
         idle_per_pixel = served.decode.profiled[header.format]
         queue, busy = self.executor.snapshot(now)
         key, limits = place
         candidates = []
-        for name, v in served.models.variants.items():
-            pixels = decoded_pixels(header, v.preprocessing)
+        pixels_for: dict[Preprocessing, int] = {}
+        for name in names:
+            v = served.static[name].variant
+            pixels = pixels_for.get(v.preprocessing)
+            if pixels is None:
+                pixels = pixels_for[v.preprocessing] = decoded_pixels(header, v.preprocessing)
             inference = served.latency.predict(name, FIT_QUANTILE, now, slowdown)
             job = schedule.Job(key, per_pixel * pixels + inference + margin, limits)
             candidates.append(
@@ -203,7 +296,9 @@ class DataPlane:
             schedule.dispatch_key(started, budget),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
         )
-        candidates = self._candidates(served, header, now, margin, place)
+        # A pinned request needs only its variant's prediction.
+        names = tuple(served.static) if constraints.pinned is None else (constraints.pinned,)
+        candidates = self._candidates(served, names, header, now, margin, place)
         self._mix.add(now, budget, min(c.predicted_seconds for c in candidates))
         try:
             choice = selector.select(candidates, constraints, elapsed_seconds=now - started)
@@ -233,10 +328,10 @@ class DataPlane:
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
         choice, scheduled = self._select(served, header, constraints, started, margin)
-        variant = served.models.variants[choice.name]
-        runner = served.models.runners[choice.name]
+        static = served.static[choice.name]
+        variant, runner = static.variant, static.runner
         served.selections[choice.name] += 1
-        self.metrics.selected.labels(choice.name, choice.reason).inc()
+        static.metrics.selected[choice.reason].inc()
         max_pixels = self.settings.max_image_pixels
         run_options = ort.RunOptions()
 
@@ -248,37 +343,24 @@ class DataPlane:
             t2 = time.perf_counter()
             return t1 - t0, t2 - t1, top_k(logits, top)
 
-        future = self.executor.submit(job, scheduled)
-        self.metrics.queue_depth.set(self.executor.queued)
         try:
-            async with asyncio.timeout(self.settings.inference_timeout_seconds):
-                # Shielded: a timed-out job still runs to its (terminated) end on its worker.
-                finished = await asyncio.shield(future)
-        except TimeoutError:
-            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
-            run_options.terminate = True
-            raise errors.InferenceTimeout(
-                f"inference on {choice.name} ran past "
-                f"{self.settings.inference_timeout_seconds:g} s and was aborted"
-            ) from None
+            finished = await self._run(job, scheduled, run_options, choice.name, constraints.budget_seconds)
         except imaging.ImageTooLarge as exc:
             raise errors.ImageTooLarge(str(exc)) from None
         except imaging.ImageError as exc:
             raise errors.InvalidImage(str(exc)) from None
-        finally:
-            self.metrics.queue_depth.set(self.executor.queued)
         decode_s, inference_s, best = finished.value
         now = time.perf_counter()
         served.latency.observe(choice.name, inference_s, now)
         served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
-        self.metrics.inference_duration.labels(choice.name).observe(inference_s)
+        static.metrics.inference_duration.observe(inference_s)
         self.metrics.decode_duration.observe(decode_s)
-        self.metrics.queue_wait.observe(finished.queue_seconds)
-        tier = schedule.tier_name(constraints.budget_seconds)
-        self.metrics.queue_wait_by_tier.labels(tier).observe(finished.queue_seconds)
-        names = served.labels[variant.labels]
+        names = static.labels
         return Classification(
             variant=variant,
+            model=static.model,
+            variant_header=static.header,
+            metrics=static.metrics,
             reason=choice.reason,
             predicted_seconds=choice.predicted_seconds,
             margin_seconds=margin,
@@ -292,29 +374,79 @@ class DataPlane:
         late = self._lateness.quantile(LATENESS_QUANTILE, now)
         return 0.0 if late is None else max(0.0, late)
 
-    def record_total(self, result: Classification, total_seconds: float) -> None:
+    def record_total(
+        self, result: Classification, total_seconds: float, budget_seconds: float | None
+    ) -> None:
         """The answer's server-side total as the HTTP layer measured it (first byte to answer)."""
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
         self._lateness.add(late, time.perf_counter())
+        metrics = result.metrics
+        metrics.request_duration.observe(total_seconds)
+        if budget_seconds is not None:
+            (metrics.budget_met if total_seconds <= budget_seconds else metrics.budget_missed).inc()
+            self.metrics.slack.observe(budget_seconds - total_seconds)
 
-    async def infer_tensor(self, name: str, tensor: np.ndarray) -> np.ndarray:
-        """Raw logits for cropped images, ``uint8 [N, H, W, 3]`` (the Open Inference Protocol path)."""
-        self.admit()
+    async def _run(
+        self,
+        work: Callable[[], T],
+        scheduled: schedule.Job,
+        run_options: ort.RunOptions,
+        name: str,
+        budget: float | None,
+    ) -> Finished[T]:
+        """``work`` on a worker, within the hard inference timeout; counts its queue wait."""
+        future = self.executor.submit(work, scheduled)
+        self.metrics.queue_depth.set(self.executor.queued)
+        try:
+            async with asyncio.timeout(self.settings.inference_timeout_seconds):
+                # Shielded: a timed-out job still runs to its (terminated) end on its worker.
+                finished = await asyncio.shield(future)
+        except TimeoutError:
+            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
+            run_options.terminate = True
+            raise errors.InferenceTimeout(
+                f"inference on {name} ran past {self.settings.inference_timeout_seconds:g} s and was aborted"
+            ) from None
+        finally:
+            self.metrics.queue_depth.set(self.executor.queued)
+        self.metrics.queue_wait.observe(finished.queue_seconds)
+        tier = schedule.tier_name(budget)
+        self.metrics.queue_wait_in_tier[tier].observe(finished.queue_seconds)
+        return finished
+
+    def runner(self, name: str) -> VariantRunner | None:
+        """The served variant called ``name``, or None (also while not ready)."""
+        served = self._served
+        return None if served is None else served.models.runners.get(name)
+
+    async def infer_tensor(self, name: str, tensor: np.ndarray) -> Finished[np.ndarray]:
+        """The raw output for cropped images, ``uint8 [N, H, W, 3]`` (the Open Inference Protocol
+        path), from the store served now. Raises ``ServiceError`` (404 when a reload removed it)."""
         served = self._require()
-        runner = served.models.runners[name]
+        runner = served.models.runners.get(name)
+        if runner is None:
+            raise errors.NotFound(f"model {name!r} is not served")
         variant = runner.variant
-        now = time.perf_counter()
+        if tensor.shape[1:] != variant.input.shape[1:]:
+            raise errors.InvalidParameter(
+                f"model {name!r} was reloaded and now takes {list(variant.input.shape)}; "
+                "read its metadata again"
+            )
+        self.admit()
+        self._last_request = now = time.perf_counter()
         # No budget: it queues after budgeted work and keeps the capacity their tiers need.
         scheduled = schedule.Job(
             schedule.dispatch_key(now, None),
-            served.latency.predict(name, FIT_QUANTILE, now),
+            len(tensor) * served.latency.predict(name, FIT_QUANTILE, now),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
         )
-        finished = await self.executor.run(
-            lambda: np.asarray(runner.session.run([variant.output_name], {variant.input.name: tensor})[0]),
-            scheduled,
-        )
-        return finished.value
+        run_options = ort.RunOptions()
+
+        def job() -> np.ndarray:
+            outputs = runner.session.run([variant.output_name], {variant.input.name: tensor}, run_options)
+            return np.asarray(outputs[0])
+
+        return await self._run(job, scheduled, run_options, name, None)
 
     # -- the live table ------------------------------------------------------------------------
 
@@ -330,29 +462,41 @@ class DataPlane:
             gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
 
     async def keep_table_current(self) -> None:
-        """Forever: refresh the published table; when idle, re-probe the stalest variant."""
+        """Forever: refresh the published table; when idle, re-probe the stalest variant.
+
+        A failing round is logged and the next one runs as usual: the table must not silently
+        stop following the machine.
+        """
         while True:
             await asyncio.sleep(REPROBE_PERIOD_SECONDS)
-            served = self._served
-            if served is None:
-                continue
-            self._publish_predictions()
-            now = time.perf_counter()
-            idle = (
-                self.executor.queued == 0
-                and self.executor.running == 0
-                and now - self._last_request > REPROBE_PERIOD_SECONDS
-            )
-            if not idle:
-                continue
-            stale = [
-                (served.latency.last_run(n) or 0.0, n)
-                for n in served.models.variants
-                if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
-            ]
-            if stale:
-                _, name = min(stale)
-                await self._probe(served, name)
+            try:
+                await self._refresh_table()
+            except Exception:
+                log.exception(
+                    "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
+                )
+
+    async def _refresh_table(self) -> None:
+        served = self._served
+        if served is None:
+            return
+        self._publish_predictions()
+        now = time.perf_counter()
+        idle = (
+            self.executor.queued == 0
+            and self.executor.running == 0
+            and now - self._last_request > REPROBE_PERIOD_SECONDS
+        )
+        if not idle:
+            return
+        stale = [
+            (served.latency.last_run(n) or 0.0, n)
+            for n in served.models.variants
+            if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+        ]
+        if stale:
+            _, name = min(stale)
+            await self._probe(served, name)
 
     async def _probe(self, served: _Served, name: str) -> None:
         runner = served.models.runners[name]
@@ -381,6 +525,7 @@ class DataPlane:
         return [
             {
                 **v.model_dump(mode="json", exclude={"file"}),
+                "classes": len(served.models.labels[v.labels]),
                 # "full", or "d17" for a subnet keeping 17 of its family's blocks.
                 "depth": depth_tag(v.subnet),
                 "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),
@@ -395,6 +540,11 @@ class DataPlane:
             }
             for n, v in served.models.variants.items()
         ]
+
+    def slowdown(self) -> float:
+        """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""
+        served = self._served
+        return 1.0 if served is None else served.latency.slowdown(time.perf_counter())
 
     def shutdown(self) -> None:
         self.draining = True

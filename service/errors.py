@@ -38,12 +38,22 @@ class Unauthorized(_ClientError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(_ClientError):
+    status, type, title = 403, "/errors/forbidden", "Forbidden"
+
+
 class NotFound(_ClientError):
     status, type, title = 404, "/errors/not-found", "Not found"
 
 
 class MethodNotAllowed(_ClientError):
     status, type, title = 405, "/errors/method-not-allowed", "Method not allowed"
+
+
+class ClientClosed(_ClientError):
+    """The client went away before its body arrived; the answer is for the log only."""
+
+    status, type, title = 400, "/errors/client-closed", "Client closed the request"
 
 
 class BodyTimeout(_ClientError):

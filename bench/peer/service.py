@@ -31,7 +31,7 @@ class Classifier:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("PEER_THREADS", "1"))
         self.session = ort.InferenceSession(
-            str(store.verify(self.variant)), options, providers=["CPUExecutionProvider"]
+            store.verify(self.variant), options, providers=["CPUExecutionProvider"]
         )
 
     @bentoml.api

@@ -415,6 +415,33 @@ def _process_row(ids: _Ids) -> _Row:
     return "Process", [cpu, memory]
 
 
+def _endpoints_row(ids: _Ids) -> _Row:
+    # Last, so the panels before it keep their ids.
+    endpoints = _timeseries(
+        ids,
+        "Inference requests by endpoint",
+        "Answers per second by the endpoint they came through (classify: /classify with its "
+        "budget; v2_infer: the Open Inference Protocol, batches of cropped images) and outcome.",
+        "reqps",
+        [
+            _query(
+                f"sum by (endpoint, outcome) "
+                f"(rate(edgefit_endpoint_requests_total{{{SEL}}}[$__rate_interval]))",
+                "{{endpoint}} {{outcome}}",
+            )
+        ],
+    )
+    ready = _timeseries(
+        ids,
+        "Ready",
+        "1 while the server is ready to serve (its /readyz), 0 while loading, verifying and "
+        "profiling, when its store cannot be served, or while draining.",
+        "short",
+        [_query(f"min by (instance) (edgefit_ready{{{SEL}}})", "{{instance}}")],
+    )
+    return "Endpoints and readiness", [endpoints, ready]
+
+
 def build() -> dict[str, object]:
     """Returns the dashboard as the JSON object Grafana's file provisioning reads."""
     ids = _Ids()
@@ -433,7 +460,8 @@ def build() -> dict[str, object]:
         .timezone("browser")
         .variables(_variables())  # type: ignore[arg-type]
     )
-    for make_row in (_traffic_row, _budget_row, _variants_row, _saturation_row, _process_row):
+    rows = (_traffic_row, _budget_row, _variants_row, _saturation_row, _process_row, _endpoints_row)
+    for make_row in rows:
         row_id = ids()
         title, panels = make_row(ids)
         builder = builder.with_row(dashboard.Row(title).id(row_id).collapsed(False))

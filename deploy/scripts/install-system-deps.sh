@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests run for real: `prometheus` (gives `prometheus` and
-# `promtool`). Idempotent, and a no-op (no apt at all) when both binaries are already there.
+# `promtool`) and `chromium` (the status page test drives it with Playwright; Playwright's own
+# browser download is never used). Idempotent, and a no-op (no apt at all) when all three
+# binaries are already there.
 set -euo pipefail
 
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+    && command -v chromium >/dev/null 2>&1; then
     exit 0
 fi
 
@@ -25,7 +28,9 @@ fi
 
 # Another apt run (a neighbour job, unattended-upgrades) may hold the lock: wait for it.
 "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus
+"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus \
+    chromium
 
 prometheus --version | head -n 1
 promtool --version | head -n 1
+chromium --version

@@ -47,9 +47,9 @@ def _block_of(node_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def whole_network_ms(path: Path, resolution: int, runs: int, warmup: int = 3) -> float:
-    """Median latency of one inference of the model at ``path`` with the serving settings."""
-    session = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+def whole_network_ms(model: bytes, resolution: int, runs: int, warmup: int = 3) -> float:
+    """Median latency of one inference of ``model`` (an ONNX file's bytes) with the serving settings."""
+    session = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: _noise(resolution)}
     return 1000 * statistics.median(_timed(session, feed, runs, warmup))
 
@@ -73,15 +73,15 @@ def _timed(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int
 
 
 def measure_table(
-    path: Path, resolution: int, total_blocks: int, whole_ms: float, runs: int = 20
+    model: bytes, resolution: int, total_blocks: int, whole_ms: float, runs: int = 20
 ) -> BlockTable:
-    """The block table of the full-depth network at ``path`` (a store variant's file), whose
-    plain latency (:func:`whole_network_ms`) is ``whole_ms``."""
+    """The block table of the full-depth network ``model`` (a store variant's verified bytes),
+    whose plain latency (:func:`whole_network_ms`) is ``whole_ms``."""
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(1)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: _noise(resolution)}
         _timed(session, feed, runs, warmup=3)
         events = json.loads(Path(session.end_profiling()).read_text())

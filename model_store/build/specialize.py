@@ -189,7 +189,7 @@ def specialize(
                 ):
                     continue
                 variant = manifest.variant(name)
-                ms = whole_network_ms(staging / variant.file, pick.resolution, CHECK_RUNS)
+                ms = whole_network_ms((staging / variant.file).read_bytes(), pick.resolution, CHECK_RUNS)
                 checks.append(
                     PredictionCheck(name, tables[pick.resolution, precision].predict_ms(pick.kept_blocks), ms)
                 )
@@ -268,6 +268,6 @@ def _sampled_checks(
         path = staging / f"check-{name}.onnx"
         export_onnx(SubnetModule(load_pretrained(recipe, resolution), subnet), resolution, path)
         wrap_file(path, path, lite_preprocessing(resolution), resolution)
-        measured = whole_network_ms(path, resolution, CHECK_RUNS)
+        measured = whole_network_ms(path.read_bytes(), resolution, CHECK_RUNS)
         checks.append(PredictionCheck(name, tables[resolution, "fp32"].predict_ms(kept), measured))
     return checks

@@ -20,11 +20,12 @@ async def healthz() -> JSONResponse:
 @router.get("/readyz", summary="Readiness: every served variant is loaded, verified and profiled")
 async def readyz(plane: PlaneDep) -> JSONResponse:
     if not plane.ready:
-        raise errors.NotReady("not ready: loading, verifying and profiling the store", retry_after_seconds=1)
+        raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
     return JSONResponse({"status": "ready", "variants": len(plane.variant_names)})
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(metrics: MetricsDep, plane: PlaneDep) -> Response:
     metrics.queue_depth.set(plane.executor.queued)
+    metrics.ready.set(1 if plane.ready else 0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner
@@ -23,13 +22,28 @@ class ServedModels:
     runners: dict[str, VariantRunner]
     profiles: dict[str, Profile]
     decode_seconds_per_pixel: dict[str, float]
+    labels: dict[str, tuple[str, ...]]
 
 
-def load_models(settings: Settings) -> ServedModels:
-    """Blocking: verify sha256, open sessions, profile (or reuse this machine's table).
+def _session(model: bytes, variant: Variant, threads: int) -> VariantRunner:
+    try:
+        return VariantRunner(model, variant, threads=threads)
+    except Exception as exc:  # onnxruntime's own error types are not part of its Python API
+        # The runtime's message names its internals; the log keeps it, the user gets our words.
+        log.error("onnxruntime refused %s (%s): %s", variant.name, variant.file, exc)
+        raise StoreError(
+            f"variant {variant.name}: onnxruntime cannot load {variant.file} (not a model it can run)"
+        ) from exc
 
-    Raises ``StoreError`` if the store is invalid, a requested variant is unknown or a file
-    does not match its hash — a server never serves a file it cannot vouch for.
+
+def load_models(settings: Settings, previous: ServedModels | None = None) -> ServedModels:
+    """Blocking: verify sha256, open sessions, profile (or reuse known figures).
+
+    ``previous`` is the set being served, if any: its figures are reused for unchanged files
+    (by sha256) and nothing profiled now is persisted, since traffic may be running meanwhile.
+    Raises ``StoreError`` for anything about the store that prevents serving it: an invalid
+    manifest, an unknown variant or label set, a file that does not match its hash or that
+    onnxruntime refuses — a server never serves a file it cannot vouch for.
     """
     store = open_store(settings.store_dir)
     wanted = settings.variants or tuple(v.name for v in store.manifest.variants)
@@ -39,20 +53,30 @@ def load_models(settings: Settings) -> ServedModels:
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
+    names = {v.labels: store.labels(v) for v in variants.values()}
     runners = {}
     for name, variant in variants.items():
-        path: Path = store.verify(variant)
-        runners[name] = VariantRunner(path, variant, threads=settings.threads)
+        # The bytes that were hashed are the bytes loaded: no second open of the path.
+        runners[name] = _session(store.verify(variant), variant, settings.threads)
     log.info("verified and loaded %d variants from %s", len(runners), store.root)
+    known = {}
+    if previous is not None:
+        known = {previous.variants[n].sha256: p for n, p in previous.profiles.items()}
     profiles = load_or_profile(
         runners,
         cache_dir=settings.cache_dir,
-        key=table_key(store.digest, settings.threads),
+        key=table_key(settings.threads),
         runs=settings.profile_runs,
         warmup=settings.profile_warmup,
+        known=known,
+        persist=previous is None,
     )
-    # Decode cost per pixel barely depends on the target size: measure it once, for a mid one.
-    reference: Preprocessing = max(
-        (v.preprocessing for v in variants.values()), key=lambda p: p.resize_shorter
-    )
-    return ServedModels(store, variants, runners, profiles, profile_decode(reference))
+    if previous is not None:
+        decode = previous.decode_seconds_per_pixel
+    else:
+        # Decode cost per pixel barely depends on the target size: measure it once, for a mid one.
+        reference: Preprocessing = max(
+            (v.preprocessing for v in variants.values()), key=lambda p: p.resize_shorter
+        )
+        decode = profile_decode(reference)
+    return ServedModels(store, variants, runners, profiles, decode, names)

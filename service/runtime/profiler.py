@@ -1,8 +1,8 @@
 """On-device profiling: each variant's inference latency on this machine, persisted.
 
-The table is keyed by everything that changes it (CPU model, usable cores, onnxruntime version,
-threads per inference, the store's contents), so a restart on the same machine reuses it and a
-different machine, runtime or store profiles afresh.
+The table is keyed by what changes it besides the file (CPU model, usable cores, onnxruntime
+version, threads per inference) and holds one entry per model file, by sha256: a restart or a
+reload reuses the figures of unchanged files and profiles only new ones.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def table_key(store_digest: str, threads: int) -> dict[str, str | int]:
+def table_key(threads: int) -> dict[str, str | int]:
+    """What the figures depend on besides the model file: this machine, runtime and threads."""
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "cpus": available_cpus(),
         "onnxruntime": ort.__version__,
         "threads": threads,
-        "store": store_digest,
     }
 
 
@@ -64,17 +64,33 @@ def load_or_profile(
     key: Mapping[str, str | int],
     runs: int,
     warmup: int,
+    known: Mapping[str, Profile],
+    persist: bool,
 ) -> dict[str, Profile]:
-    """Profiles of every runner: from the persisted table where it has them, else measured now."""
+    """Profiles of every runner, by variant name.
+
+    A file is matched by its sha256: a figure in ``known`` (the store served until now) or in this
+    machine's persisted table is reused; only files found in neither are profiled. With
+    ``persist`` false (a reload while the server takes traffic) new figures are used but not
+    saved: measured under load, they would mislead every later start.
+    """
     path = _table_path(cache_dir, key)
-    table: dict[str, Profile] = {}
+    saved: dict[str, Profile] = {}
     try:
-        saved = json.loads(path.read_text())
-        if saved.get("key") == dict(key):
-            table = {n: Profile(**p) for n, p in saved["variants"].items() if n in runners}
-    except (OSError, ValueError, TypeError, KeyError):
+        data = json.loads(path.read_text())
+        if data.get("key") == dict(key):
+            saved = {sha: Profile(**p) for sha, p in data["files"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
-    missing = [n for n in runners if n not in table]
+    by_file = {**saved, **known}
+    table: dict[str, Profile] = {}
+    missing = []
+    for name, runner in runners.items():
+        found = by_file.get(runner.variant.sha256)
+        if found is None:
+            missing.append(name)
+        else:
+            table[name] = found
     for i, name in enumerate(missing, 1):
         started = time.perf_counter()
         table[name] = Profile.of(time_inference(runners[name], runs, warmup))
@@ -87,15 +103,18 @@ def load_or_profile(
             1000 * table[name].p95,
             time.perf_counter() - started,
         )
-    if missing:
-        _save(path, key, table)
+    if missing and persist:
+        files = {**saved, **{runners[n].variant.sha256: p for n, p in table.items()}}
+        _save(path, key, files)
+    elif missing:
+        log.info("%d new files were profiled while serving: figures used, not persisted", len(missing))
     else:
-        log.info("latency table for this machine loaded from %s", path)
+        log.info("latency of every variant reused (by sha256) from memory or %s", path)
     return table
 
 
-def _save(path: Path, key: Mapping[str, str | int], table: Mapping[str, Profile]) -> None:
-    data = {"key": dict(key), "variants": {n: vars(p) for n, p in table.items()}}
+def _save(path: Path, key: Mapping[str, str | int], files: Mapping[str, Profile]) -> None:
+    data = {"key": dict(key), "files": {sha: vars(p) for sha, p in files.items()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -378,7 +378,7 @@ def test_alert_states_match_the_traffic(server: str, prometheus: Prometheus, tra
     quiet = {"EdgefitNotReady", "EdgefitLoadShedding", "EdgefitScrapeFailing"}
     quiet |= {"EdgefitTargetMissing"}
     assert not quiet & set(alerts), alerts
-    (unready,) = prometheus.query(f'instance:edgefit_variants_unready:count{{instance="{server}"}}')
+    (unready,) = prometheus.query(f'instance:edgefit_not_ready:bool{{instance="{server}"}}')
     assert float(unready["value"][1]) == 0
     missed = traffic.budgeted - traffic.met
     (ratio,) = prometheus.query(f'instance:edgefit_budget_missed:ratio_rate5m{{instance="{server}"}}')

@@ -20,10 +20,16 @@ CONTRACT = {
     "edgefit_variant_info": ("gauge", {"variant", "family", "resolution", "precision", "top1"}),
     "edgefit_inflight_requests": ("gauge", set()),
     "edgefit_queue_depth": ("gauge", set()),
+    "edgefit_ready": ("gauge", set()),
 }
-# Added beside the contract (extensions, never renames): queue wait by budget tier, and the
-# selection reason `contention` (a downgrade caused by other traffic).
-EXTENSIONS = {"edgefit_queue_wait_by_tier_seconds": ("histogram", {"tier"})}
+# Added beside the contract (extensions, never renames): queue wait by budget tier, the
+# selection reason `contention` (a downgrade caused by other traffic), and requests by endpoint.
+EXTENSIONS = {
+    "edgefit_queue_wait_by_tier_seconds": ("histogram", {"tier"}),
+    "edgefit_endpoint_requests": ("counter", {"endpoint", "outcome"}),
+    "edgefit_endpoint_request_duration_seconds": ("histogram", {"endpoint"}),
+}
+ENDPOINTS = {"classify", "v2_infer"}
 TIERS = {"10ms", "20ms", "50ms", "100ms", "1s", "60s", "none"}
 REASONS = {"best_fit", "pinned", "fallback", "no_budget", "contention"}
 BUDGET_TIERS = {0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0}
@@ -65,6 +71,9 @@ def test_names_types_labels_and_buckets(server: Server) -> None:
     assert tiers == TIERS
     reasons = {s.labels["reason"] for s in families["edgefit_variant_selected"].samples}
     assert reasons == REASONS
+    endpoints = {s.labels["endpoint"] for s in families["edgefit_endpoint_requests"].samples}
+    assert endpoints == ENDPOINTS
+    assert families["edgefit_ready"].samples[0].value == 1
     assert "process_resident_memory_bytes" in families or "process_resident_memory" in families
 
 

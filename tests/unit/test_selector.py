@@ -143,3 +143,13 @@ def test_yields_to_tighter_deadlines_within_its_own_budget(table, budget) -> Non
         assert chosen.top1 >= max(c.top1 for c in alone)
     if choice.reason == "contention":
         assert chosen.top1 < max(c.top1 for c in alone)
+
+
+def test_unknown_accuracy_only_when_pinned_or_nothing_known_fits() -> None:
+    # "mystery" (random weights, top1 null) is the fastest and smallest of the table.
+    assert select(_table(), Constraints(budget_seconds=0.005), elapsed_seconds=0).name == "tiny"
+    assert select(_table(), Constraints(max_size_bytes=4_500_000), elapsed_seconds=0).name == "tiny"
+    alone = select(_table(), Constraints(budget_seconds=0.002), elapsed_seconds=0)
+    assert (alone.name, alone.reason) == ("mystery", "best_fit")
+    pinned = select(_table(), Constraints(budget_seconds=1, pinned="mystery"), elapsed_seconds=0)
+    assert (pinned.name, pinned.reason) == ("mystery", "pinned")

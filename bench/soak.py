@@ -1,0 +1,172 @@
+"""``make soak``: a long run at ~70 % of capacity with mixed budgets and reloads under load.
+
+Starts one ``edgefit serve`` on the store, measures its capacity (closed loop, mixed budgets),
+then offers 70 % of it as an open loop for ``SOAK_SECONDS`` (default 600) with budgets drawn
+from 10 / 20 / 50 ms / none, while ``SOAK_RELOADS`` (default 50) ``POST /admin/reload`` calls are
+spread over the run. The server's RSS is sampled every second from ``/proc``.
+
+Reports errors (transport errors, 5xx), 503s shed, budget met per tier (the server's own
+``budget_met``), RSS at ready / at the end / its maximum, and the reloads (failed, duration).
+Writes ``bench/results/soak.json`` and ``bench/results/soak.md``. Exit status 1 if any request
+failed, any reload failed or the RSS limit (``SOAK_RSS_LIMIT_MB``, default 400) was passed.
+
+Environment: SOAK_SECONDS, SOAK_RELOADS, SOAK_LOAD (fraction of capacity, default 0.7),
+EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR, BENCH_WORKERS, BENCH_THREADS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import client
+import mixed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop = pid, [rss_mb(pid)], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.samples.append(rss_mb(self.pid))
+
+
+def reload_under_load(port: int, count: int, seconds: float, results: list[dict[str, Any]]) -> None:
+    """``count`` reloads spread over ``seconds`` (back to back if a reload takes longer)."""
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + (i + 0.5) * seconds / count - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.perf_counter()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            status = 0
+            print(f"reload {i}: {exc}", file=sys.stderr)
+        results.append({"status": status, "seconds": round(time.perf_counter() - began, 3)})
+
+
+def main() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import servers
+
+    from service.settings import Settings
+
+    seconds = float(os.environ.get("SOAK_SECONDS", "600"))
+    reloads = int(os.environ.get("SOAK_RELOADS", "50"))
+    load = float(os.environ.get("SOAK_LOAD", "0.7"))
+    rss_limit = float(os.environ.get("SOAK_RSS_LIMIT_MB", "400"))
+    store = Path(os.environ.get("EDGEFIT_STORE_DIR", servers.REPO / "model_store" / "artifacts"))
+    sample = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", servers.REPO.parent / "shared" / "imagenet-sample"))
+    files = sorted(p for p in sample.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[::20]
+    drawn = mixed.payloads([p.read_bytes() for p in files])
+    defaults = Settings()
+    workers = int(os.environ.get("BENCH_WORKERS", defaults.workers))
+    threads = int(os.environ.get("BENCH_THREADS", defaults.threads))
+    out_dir = servers.REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with servers.edgefit(store, workers, threads, out_dir) as server:
+        rss = RssSampler(server.pid)
+        rss_ready = rss.samples[0]
+        rss.start()
+        probe = client.closed_loop("127.0.0.1", server.port, drawn, 2 * workers, 15.0)
+        capacity = sum(1 for s in probe.samples if s.status == 200) / probe.wall_s
+        rate = load * capacity
+        print(f"capacity {capacity:.1f}/s; offering {rate:.1f}/s for {seconds:.0f} s with {reloads} reloads")
+        reload_results: list[dict[str, Any]] = []
+        reloader = threading.Thread(
+            target=reload_under_load, args=(server.port, reloads, seconds, reload_results)
+        )
+        reloader.start()
+        run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds)
+        reloader.join()
+        time.sleep(2)  # what is left after the load, not in the middle of the last request
+        rss.stop.set()
+        rss.join()
+        rss_end = rss_mb(server.pid)
+    served = mixed.summary(run)
+    failed = [s for s in run.samples if s.status >= 500 and s.status != 503]
+    reload_seconds = [r["seconds"] for r in reload_results]
+    report: dict[str, Any] = {
+        "seconds": seconds,
+        "capacity_per_s": round(capacity, 2),
+        "offered_per_s": round(rate, 2),
+        "requests": len(run.samples) + len(run.errors),
+        "transport_errors": len(run.errors),
+        "transport_error_examples": run.errors[:5],
+        "server_errors_5xx": len(failed),
+        "shed_503": sum(1 for s in run.samples if s.status == 503),
+        "late_sends_p95_ms": statistics.quantiles([s.late_ms for s in run.samples], n=20)[-1]
+        if len(run.samples) > 1
+        else None,
+        "tiers": {tier: served[tier] for tier in mixed.TIERS},
+        "rss_mb": {
+            "ready": round(rss_ready, 1),
+            "end": round(rss_end, 1),
+            "max": round(max(rss.samples), 1),
+        },
+        "reloads": {
+            "done": len(reload_results),
+            "failed": sum(1 for r in reload_results if r["status"] != 200),
+            "seconds_median": statistics.median(reload_seconds) if reload_seconds else None,
+            "seconds_max": max(reload_seconds) if reload_seconds else None,
+        },
+        "workers": workers,
+        "threads": threads,
+        "load_average_at_end": os.getloadavg(),
+    }
+    (out_dir / "soak.json").write_text(json.dumps(report, indent=1))
+    lines = [
+        f"# Soak: {seconds:.0f} s at {load:.0%} of capacity ({rate:.1f}/s of {capacity:.1f}/s), "
+        f"{len(reload_results)} reloads",
+        "",
+        f"- requests {report['requests']}, transport errors {report['transport_errors']}, "
+        f"5xx {report['server_errors_5xx']}, 503 shed {report['shed_503']}",
+        f"- RSS MB: ready {report['rss_mb']['ready']}, end {report['rss_mb']['end']}, "
+        f"max {report['rss_mb']['max']} (limit {rss_limit:g})",
+        f"- reloads: {report['reloads']['done']} done, {report['reloads']['failed']} failed, "
+        f"median {report['reloads']['seconds_median']} s, max {report['reloads']['seconds_max']} s",
+        f"- load average at the end: {', '.join(f'{x:.2f}' for x in report['load_average_at_end'])}",
+        "",
+        "| tier | requests | answered | 503 | budget met (server) | total p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for tier in mixed.TIERS:
+        t = served[tier]
+        met = "–" if t["budget_met"] is None else f"{t['budget_met']:.1%}"
+        p99 = "–" if t["total_p99_ms"] is None else f"{t['total_p99_ms']:.1f}"
+        lines.append(f"| {tier} | {t['requests']} | {t['answered']} | {t['shed_503']} | {met} | {p99} |")
+    (out_dir / "soak.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    ok = (
+        not run.errors
+        and not failed
+        and report["reloads"]["failed"] == 0
+        and max([*rss.samples, rss_end]) <= rss_limit
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""``/admin/reload``: who may call it, one reload at a time, profiles kept for unchanged files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from service.app import create_app
+from service.settings import Settings
+from tests.app.conftest import (
+    LOOPBACK,
+    REMOTE,
+    assert_problem,
+    default_models,
+    image_bytes,
+    serve,
+    settings_for,
+    tiny_model,
+    write_store,
+)
+
+
+def test_without_a_key_only_loopback_clients_may_reload(settings: Settings) -> None:
+    with serve(settings, client=REMOTE) as remote:
+        assert_problem(remote.post("/admin/reload"), 403, "forbidden")
+    with serve(settings, client=("::1", 1)) as local:
+        assert local.post("/admin/reload").status_code == 200
+
+
+def test_with_a_key_anyone_holding_it_may_reload(store: Path, tmp_path: Path) -> None:
+    keyed = settings_for(store, tmp_path / "cache", api_key=SecretStr("s3cret"))
+    with serve(keyed, client=REMOTE) as remote:
+        assert_problem(remote.post("/admin/reload"), 401, "unauthorized")
+        wrong = remote.post("/admin/reload", headers={"authorization": "Bearer nope"})
+        assert_problem(wrong, 401, "unauthorized")
+        ok = remote.post("/admin/reload", headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["variants"] == ["tiny-16-fp32", "tiny-32-fp32"]
+    with serve(keyed, client=LOOPBACK) as local:
+        assert_problem(local.post("/admin/reload"), 401, "unauthorized")
+
+
+def test_concurrent_reloads_run_one_at_a_time(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Three reloads at once: each starts only after the previous one swapped its store in."""
+    app = create_app(settings)
+
+    async def main() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, client=LOOPBACK)
+            async with httpx.AsyncClient(transport=transport, base_url="http://edgefit") as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.01)
+                caplog.clear()
+                responses = await asyncio.gather(*(client.post("/admin/reload") for _ in range(3)))
+                return [r.status_code for r in responses]
+
+    with caplog.at_level(logging.INFO, logger="service.dataplane"):
+        assert asyncio.run(main()) == [200, 200, 200]
+    steps = [
+        "start" if m.startswith("loading the store") else "end"
+        for r in caplog.records
+        if (m := r.getMessage()).startswith(("loading the store", "ready: serving"))
+    ]
+    assert steps == ["start", "end"] * 3
+
+
+def persisted_files(cache: Path) -> set[str]:
+    (table,) = cache.glob("latency-*.json")
+    return set(json.loads(table.read_text())["files"])
+
+
+def test_reload_profiles_only_new_files_and_persists_nothing_measured_while_serving(
+    store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    settings = settings_for(store, cache)
+    with caplog.at_level(logging.INFO), serve(settings) as client:
+        profiled_at_start = persisted_files(cache)
+        before = {v["name"]: v for v in client.get("/models").json()["variants"]}
+        models = default_models()
+        models["tiny-32-fp32"] = (32, tiny_model(32, seed=7))  # new weights: a new file
+        write_store(store, models)
+        caplog.clear()
+        assert client.post("/admin/reload").status_code == 200
+        profiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("profiled ")]
+        after = {v["name"]: v for v in client.get("/models").json()["variants"]}
+    assert len(profiled) == 1 and profiled[0].startswith("profiled tiny-32-fp32")
+    unchanged = "tiny-16-fp32"
+    assert after[unchanged]["latency_ms"]["profiled_p50"] == before[unchanged]["latency_ms"]["profiled_p50"]
+    # Measured while serving: used, not written for the next start.
+    assert persisted_files(cache) == profiled_at_start
+    assert after["tiny-32-fp32"]["sha256"] not in profiled_at_start
+
+
+def test_failed_reload_keeps_serving_the_previous_store(settings: Settings, store: Path) -> None:
+    with serve(settings) as client:
+        (store / "tiny-16-fp32.onnx").write_bytes(b"tampered")
+        problem = assert_problem(client.post("/admin/reload"), 409, "reload-failed")
+        assert "refusing to serve" in str(problem["detail"])
+        assert client.get("/readyz").status_code == 200
+        response = client.post("/classify", params={"model": "tiny-16-fp32"}, content=image_bytes("PNG"))
+        assert response.status_code == 200
