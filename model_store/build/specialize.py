@@ -175,6 +175,9 @@ def specialize(
 
         written: list[Pick] = []
         checks: list[PredictionCheck] = []
+        # Measured again beside the picks, so that a change of the machine's load since the
+        # search cannot decide which side of the front a pick falls.
+        competitors = _ladder_points(store, recipe.family)
         for pick in picks:
             subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
             measured: dict[str, tuple[Variant, float]] = {}
