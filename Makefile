@@ -25,7 +25,6 @@ SPECIALIZE := $(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SA
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(SPECIALIZE) --family lite2 --resolutions 260,224 --k 4
-	$(SPECIALIZE) --family lite1 --resolutions 240 --k 3
 	$(SPECIALIZE) --family lite0 --resolutions 224,192 --k 4
 
 run: setup
