@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import delivered
 import mixed
 
 # At 4 and 12 clients, for the headline variant.
@@ -176,6 +177,10 @@ def markdown(r: dict[str, Any]) -> str:
         "top-1 of the variants that answered; queue p95 from the server's `timing.queue_ms`.",
         "",
         *mixed.markdown(r["mixed_budgets"]),
+        "",
+        "## Delivered accuracy: the specialised store against its resolution-only ladder",
+        "",
+        *delivered.markdown(r["delivered"]),
     ]
     p = r["peer"]
     lines += [

@@ -6,7 +6,8 @@ accurate that meets the overload budget when idle); the BentoML peer (throughput
 clients; its capacity on the overload variant, then 2x that capacity offered); then edgefit:
 overhead with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential
 requests), mixed budgets (closed loop at 3 and 6 clients, bench/mixed.py), and overload at the
-peer's offered rate, with selection. One server at a time. Every figure is the median over
+peer's offered rate, with selection; then delivered accuracy of the specialised store against
+its resolution ladder (bench/delivered.py). One server at a time. Every figure is the median over
 repeats. Results: bench/results/bench.{json,md,png}; the headlines are printed at the end.
 
 Environment: BENCH_QUICK=1 (a fast smoke run), BENCH_PROFILE=1 (also profile the server
@@ -32,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, service
 
 import client
+import delivered
 import floor
 import mixed
 import numpy as np
@@ -387,6 +389,11 @@ def main() -> int:
                 f"{results['overload']['systems'][system]['goodput_per_s']:.1f}/s "
                 f"at {rate:.1f}/s offered"
             )
+
+    # 8. Delivered accuracy: the specialised store against the same server on its ladder only.
+    results["delivered"] = delivered.measure(
+        store_dir, sample_dir, workers, threads, out_dir, QUICK, progress
+    )
 
     results["elapsed_s"] = time.monotonic() - T0
     (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
