@@ -102,7 +102,8 @@ def main() -> int:
         reloader.start()
         run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds)
         reloader.join()
-        time.sleep(2)  # what is left after the load, not in the middle of the last request
+        # What is left once the load is over: the last requests done, the old sessions released.
+        time.sleep(10)
         rss.stop.set()
         rss.join()
         rss_end = rss_mb(server.pid)
