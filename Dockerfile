@@ -11,6 +11,11 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# binutils (strip, readelf) for slim-venv.sh. Unpinned on purpose: this stage is thrown away,
+# and the base's own bookworm point release decides which binutils is there.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils >/dev/null
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 # Only what the wheel needs: the serving code and model_store's schema/runtime (its build/
@@ -18,11 +23,12 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 COPY service ./service
 COPY model_store ./model_store
+COPY deploy/container/slim-venv.sh ./
 # `.` with no extras: the serving dependencies only; constraints pin them as CI tested them.
-# pip itself and the packages' own test suites are not needed to serve.
+# Then out with everything serving never loads (installers, tools, stubs, debug symbols: see
+# slim-venv.sh), which takes the image from 359 MB to under 250 MB.
 RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
-    && /opt/venv/bin/pip uninstall --yes pip \
-    && find /opt/venv -type d -path '*/site-packages/*/tests' -prune -exec rm -rf {} +
+    && sh slim-venv.sh /opt/venv
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

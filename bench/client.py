@@ -24,6 +24,7 @@ class Payload:
     path: str
     body: bytes
     content_type: str
+    label: int | None = None  # the image's true class, where delivered accuracy is measured
 
 
 def raw_payloads(path: str, images: Sequence[bytes]) -> list[Payload]:
@@ -54,6 +55,8 @@ class Sample:
     late_ms: float = 0.0  # open loop only: how long after its scheduled time it was sent
     variant: str | None = None
     top1: float | None = None
+    label: int | None = None  # the payload's true class
+    class_id: int | None = None  # the top prediction
     budget_met: bool | None = None
     total_ms: float | None = None
     queue_ms: float | None = None
@@ -89,6 +92,8 @@ def _parse(status: int, body: bytes, sample: Sample) -> None:
         sample.variant = model.get("name")
         sample.top1 = model.get("top1")
         sample.budget_met = doc.get("budget_met")
+        predictions = doc.get("predictions") or []
+        sample.class_id = predictions[0].get("class_id") if predictions else None
         timing = doc.get("timing") or {}
         sample.total_ms = timing.get("total_ms")
         sample.queue_ms = timing.get("queue_ms")
@@ -124,7 +129,10 @@ class _Connection:
                 if attempt:
                     raise
         sample = Sample(
-            status=response.status, client_ms=(time.perf_counter() - start) * 1e3, path=payload.path
+            status=response.status,
+            client_ms=(time.perf_counter() - start) * 1e3,
+            path=payload.path,
+            label=payload.label,
         )
         _parse(response.status, body, sample)
         if response.will_close:

@@ -113,3 +113,23 @@ def measure(
             if p.is_alive():
                 p.kill()
     return runs
+
+
+def idle_p95_ms(store_dir: Path, variant_name: str, threads: int, images: list[bytes], runs: int) -> float:
+    """One image at a time, in this process, nothing else running: the p95 of decode + preprocess
+    + inference + top-k, in ms — whether the variant itself meets a budget on an idle machine."""
+    from model_store.imaging import load_tensor
+    from model_store.runner import VariantRunner, top_k
+    from model_store.store import open_store
+
+    store = open_store(store_dir)
+    variant = store.manifest.variant(variant_name)
+    runner = VariantRunner(store.verify(variant), variant, threads)
+    prep = variant.preprocessing
+    latencies = []
+    for i in range(WARMUP + runs):
+        start = time.perf_counter()
+        top_k(runner.infer(load_tensor(images[i % len(images)], prep, MAX_PIXELS)), 5)
+        if i >= WARMUP:
+            latencies.append((time.perf_counter() - start) * 1e3)
+    return statistics.quantiles(latencies, n=20)[-1]

@@ -1,6 +1,6 @@
-"""bench.json -> a markdown table and a plot.
+"""bench.json -> a markdown report (headlines first) and a plot.
 
-The targets are issue 5's; they are reported, never tuned to.
+The targets are issue 10's; they are reported, never tuned to.
 """
 
 from __future__ import annotations
@@ -9,12 +9,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import delivered
 import mixed
 
-TARGET_VS_FLOOR = 0.85
-TARGET_OVERHEAD_P50_MS = 1.0
-TARGET_GOODPUT_VS_PEER = 3.0
-TARGET_BUDGET_MET = 0.95
+# At 4 and 12 clients, for the headline variant.
+TARGET_VS_FLOOR = 0.90
+TARGET_VS_INFERENCE = 0.60
+TARGET_VS_PEER = 2.5
+# At 1 client.
+TARGET_OVERHEAD_P50_MS = 0.5
+TARGET_DECODE_P50_MS = 1.8
+# Sequential requests, idle server; and answers at 2x overload (selection).
+TARGET_TIER_MET = {"10": 0.995, "20": 1.0}
+TARGET_OVERLOAD_MET = 0.99
 
 
 def _f(value: Any, fmt: str = "{:.1f}") -> str:
@@ -29,6 +36,85 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _at_least(value: float | None, target: float) -> bool:
+    return value is not None and value >= target
+
+
+def headlines(r: dict[str, Any]) -> list[str]:
+    name = r["config"]["headline"]
+    rows, peer = r["overhead"][name], r["peer"]
+    floor = r["floor"][name]
+    lines = [
+        f"## Headlines: {name} pinned, closed-loop keep-alive clients",
+        "",
+        f"Floor {_f(floor['full']['per_s'])} req/s (decode + preprocess + inference in-process), "
+        f"inference alone {_f(floor['infer_only']['per_s'])} req/s; BentoML serves the same file "
+        "with the same preprocessing. Targets: at 4 and 12 clients ≥ "
+        f"{TARGET_VS_FLOOR:.0%} of the floor, ≥ {TARGET_VS_INFERENCE:.0%} of inference alone, ≥ "
+        f"{TARGET_VS_PEER}x BentoML; at 1 client server overhead p50 ≤ {TARGET_OVERHEAD_P50_MS} ms "
+        f"and decode + preprocess p50 ≤ {TARGET_DECODE_P50_MS} ms (the server's own timing).",
+        "",
+        "| clients | req/s | of floor | of inference alone | BentoML req/s | vs BentoML "
+        "| overhead p50 ms | overhead p99 ms | decode + preprocess p50 ms | targets |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for conc, row in rows.items():
+        if conc == "1":
+            ok = (row["overhead_p50_ms"] or math.inf) <= TARGET_OVERHEAD_P50_MS and (
+                row["decode_p50_ms"] or math.inf
+            ) <= TARGET_DECODE_P50_MS
+        else:
+            ok = (
+                _at_least(row["vs_floor"], TARGET_VS_FLOOR)
+                and _at_least(row["vs_inference"], TARGET_VS_INFERENCE)
+                and _at_least(row["vs_peer"], TARGET_VS_PEER)
+            )
+        lines.append(
+            f"| {conc} | {_f(row['per_s'])} | {_pct(row['vs_floor'])} | {_pct(row['vs_inference'])} | "
+            f"{_f(peer[conc]['per_s'])} | {_f(row['vs_peer'], '{:.2f}x')} | "
+            f"{_f(row['overhead_p50_ms'], '{:.3f}')} | {_f(row['overhead_p99_ms'], '{:.3f}')} | "
+            f"{_f(row['decode_p50_ms'], '{:.2f}')} | {_mark(ok)} |"
+        )
+    tiers = r["budget_tiers"]
+    met = ", ".join(
+        f"{t} ms {_pct(tiers[t]['budget_met'])} ({_mark(_at_least(tiers[t]['budget_met'], goal))})"
+        for t, goal in TARGET_TIER_MET.items()
+        if t in tiers
+    )
+    o = r["overload"]
+    lines += [
+        "",
+        f"Budget met, sequential requests on an idle server (targets 10 ms ≥ "
+        f"{TARGET_TIER_MET['10']:.1%}, 20 ms {TARGET_TIER_MET['20']:.0%}): {met}.",
+        "",
+        f"### Overload: {o['budget_ms']} ms budget, {o['rate_per_s']:.1f} req/s offered = 2x "
+        f"BentoML's capacity ({o['peer_capacity_per_s']:.1f} req/s) on {o['variant']}",
+        "",
+        f"{o['variant']} is the most accurate variant whose in-process decode + inference p95 "
+        f"alone on this machine meets the budget; BentoML's idle p95 on it over HTTP: "
+        f"{_f(o['peer_idle_p95_ms'])} ms. Goodput = answers within budget per second (edgefit: "
+        "server clock; BentoML: client clock); accuracy-weighted goodput = the sum of those "
+        f"answers' variant top-1, per second. Target: edgefit (selection) ≥ {TARGET_OVERLOAD_MET:.0%} "
+        "of answers within budget.",
+        "",
+        "| system | answered /s | 503 | goodput /s | accuracy-weighted goodput /s | budget met "
+        "| served top-1 | targets |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    wall = r["config"]["open_loop_s"]
+    for system, row in o["systems"].items():
+        met_rate = (
+            row["budget_met_server"] if row["budget_met_server"] is not None else row["budget_met_client"]
+        )
+        target = _mark(_at_least(met_rate, TARGET_OVERLOAD_MET)) if system == "edgefit (selection)" else ""
+        lines.append(
+            f"| {system} | {_f(row['answered'] / wall)} | {_f(row['shed_503'], '{:.0f}')} | "
+            f"{_f(row['goodput_per_s'])} | {_f(row['weighted_goodput_per_s'])} | {_pct(met_rate)} | "
+            f"{_f(row['served_top1'], '{:.3f}')} | {target} |"
+        )
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     m, c = r["machine"], r["config"]
     load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])
@@ -40,6 +126,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Server and floor: {c['workers']} workers x {c['threads']} intra-op threads. "
         f"Medians over {c['repeats']} repeats. Images: {r['images']['count']} real JPEGs "
         f"({r['images']['subset']}, mean {r['images']['mean_bytes'] / 1000:.0f} KB), raw bodies.",
+        "",
+        *headlines(r),
         "",
         "## Floor: in-process onnxruntime (decode + preprocess + infer + top-k), one loop per worker",
         "",
@@ -53,28 +141,20 @@ def markdown(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Overhead: edgefit, pinned variant (`model=`), closed-loop keep-alive clients",
+        "## Every pinned variant (`model=`), closed-loop keep-alive clients",
         "",
-        f"Targets: ≥ {TARGET_VS_FLOOR:.0%} of the floor's req/s; server overhead "
-        f"(total − decode − inference − queue) p50 ≤ {TARGET_OVERHEAD_P50_MS} ms. "
-        f"The floor runs {c['workers']} loops in parallel, which one client cannot match, so the "
-        "targets are judged at 4 and 12 clients.",
-        "",
-        "| variant | clients | req/s | of floor | client p50 ms | client p99 ms | overhead p50 ms "
-        "| overhead p99 ms | client CPU (cores) | targets |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | clients | req/s | of floor | of inference alone | client p50 ms | client p99 ms "
+        "| overhead p50 ms | overhead p99 ms | decode p50 ms | client CPU (cores) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rows in r["overhead"].items():
         for conc, row in rows.items():
-            ok = (
-                row["vs_floor"] >= TARGET_VS_FLOOR and (row["overhead_p50_ms"] or 0) <= TARGET_OVERHEAD_P50_MS
-            )
             lines.append(
                 f"| {name} | {conc} | {_f(row['per_s'])} | {_pct(row['vs_floor'])} | "
+                f"{_pct(row['vs_inference'])} | "
                 f"{_f(row['client_p50_ms'], '{:.2f}')} | {_f(row['client_p99_ms'], '{:.2f}')} | "
-                f"{_f(row['overhead_p50_ms'], '{:.3f}')} | "
-                f"{_f(row['overhead_p99_ms'], '{:.3f}')} | "
-                f"{_f(row['client_cores'], '{:.2f}')} | {_mark(ok) if conc != '1' else ''} |"
+                f"{_f(row['overhead_p50_ms'], '{:.3f}')} | {_f(row['overhead_p99_ms'], '{:.3f}')} | "
+                f"{_f(row['decode_p50_ms'], '{:.2f}')} | {_f(row['client_cores'], '{:.2f}')} |"
             )
     lines += [
         "",
@@ -97,6 +177,10 @@ def markdown(r: dict[str, Any]) -> str:
         "top-1 of the variants that answered; queue p95 from the server's `timing.queue_ms`.",
         "",
         *mixed.markdown(r["mixed_budgets"]),
+        "",
+        "## Delivered accuracy: the specialised store against its resolution-only ladder",
+        "",
+        *delivered.markdown(r["delivered"]),
     ]
     p = r["peer"]
     lines += [
@@ -110,51 +194,36 @@ def markdown(r: dict[str, Any]) -> str:
         "| edgefit raw / peer | edgefit multipart / peer |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    raw = r["overhead"].get(p["variant"], {})
     for conc in ("1", "4", "12"):
         row, mp = p[conc], r["edgefit_multipart"][conc]
         lines.append(
             f"| {conc} | {_f(row['per_s'])} | {_f(row['client_p50_ms'], '{:.2f}')} | "
             f"{_f(row['client_p99_ms'], '{:.2f}')} | {_f(mp['per_s'])} | "
-            f"{_f(row['edgefit_raw_over_peer'], '{:.2f}x')} | "
-            f"{_f(row['edgefit_multipart_over_peer'], '{:.2f}x')} |"
+            f"{_f(raw.get(conc, {}).get('vs_peer'), '{:.2f}x')} | {_f(mp['vs_peer'], '{:.2f}x')} |"
         )
     o = r["overload"]
-    systems = o["systems"]
-    peer_name = next(k for k in systems if k.startswith("BentoML"))
-    peer_goodput = systems[peer_name]["goodput_per_s"]
     lines += [
         "",
-        f"## Overload: open loop at {o['rate_per_s']:.1f} req/s = 2x the floor of "
-        f"{o['capacity_variant']}, budget {o['budget_ms']} ms",
+        f"## Overload in detail: open loop at {o['rate_per_s']:.1f} req/s, budget {o['budget_ms']} ms",
         "",
-        f"Targets: edgefit's goodput ≥ {TARGET_GOODPUT_VS_PEER:.0f}x the peer's and budget met ≥ "
-        f"{TARGET_BUDGET_MET:.0%}. Budget met is by the server's clock over answered requests "
-        "where the server reports one (edgefit); the peer has none, so its figures use the "
-        "client's clock (edgefit's client-clock rate is shown too). 503s are counted apart.",
+        "Idle in-process p95 (decode + inference) of the variants tried, most accurate first: "
+        + ", ".join(f"{n} {ms:.1f} ms" for n, ms in o["idle_p95_ms_in_process"].items())
+        + ". Budget met is by the server's clock where the server reports one (edgefit), and by "
+        "the client's for both; 503s are counted apart.",
         "",
-        "| system | offered | answered | 503 | goodput /s | goodput vs peer | budget met (server) "
-        "| budget met (client) | served top-1 | client p50 ms | client p99 ms | targets |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| system | offered | answered | 503 | goodput /s | weighted goodput /s | budget met (server) "
+        "| budget met (client) | served top-1 | client p50 ms | client p99 ms | client CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, s in systems.items():
-        # A peer with no answer within budget makes any goodput of ours an infinite ratio.
-        ratio = s["goodput_per_s"] / peer_goodput if peer_goodput else math.inf
-        shown = (
-            "∞"
-            if math.isinf(ratio) and s["goodput_per_s"]
-            else _f(None if math.isinf(ratio) else ratio, "{:.2f}x")
-        )
-        target = ""
-        if name == "edgefit (selection)":
-            ok = ratio >= TARGET_GOODPUT_VS_PEER and (s["budget_met_server"] or 0) >= TARGET_BUDGET_MET
-            target = _mark(ok)
+    for name, s in o["systems"].items():
         lines.append(
             f"| {name} | {_f(s['offered'], '{:.0f}')} | {_f(s['answered'], '{:.0f}')} | "
             f"{_f(s['shed_503'], '{:.0f}')} | {_f(s['goodput_per_s'])} | "
-            f"{shown} | "
+            f"{_f(s['weighted_goodput_per_s'])} | "
             f"{_pct(s['budget_met_server'])} | {_pct(s['budget_met_client'])} | "
             f"{_f(s['served_top1'], '{:.3f}')} | {_f(s['client_p50_ms'])} | "
-            f"{_f(s['client_p99_ms'])} | {target} |"
+            f"{_f(s['client_p99_ms'])} | {_f(s['client_cores'], '{:.2f}')} |"
         )
     if "profile" in r:
         lines += _profile(r["profile"])

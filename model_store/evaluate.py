@@ -69,6 +69,16 @@ def labelled_images(directory: Path, classes: Sequence[str] | None = None) -> li
     return found
 
 
+def search_half(images: Sequence[LabelledImage]) -> list[LabelledImage]:
+    """The images a search may look at: even positions (``edgefit store specialize``)."""
+    return list(images[0::2])
+
+
+def held_out_half(images: Sequence[LabelledImage]) -> list[LabelledImage]:
+    """The images recorded accuracy comes from after a search: odd positions, never searched on."""
+    return list(images[1::2])
+
+
 def evaluate(
     store: Store,
     variants: Sequence[Variant],

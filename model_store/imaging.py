@@ -12,6 +12,7 @@ checked from the header before anything is decoded, and truncated files are erro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -75,6 +76,35 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless...; not DHT C4, JPG C8, DAC CC).
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a JPEG's frame header, skipping the segments before it; None when
+    the markers do not lead there plainly (then Pillow, the stricter reader, decides)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF_MARKERS:
+            if i + 9 > end:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (width, height) if width and height else None
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def _format(image: Image.Image) -> str:
     """The served format ``image`` is decoded as, one of ``FORMATS``."""
     name = str(image.format)
@@ -84,10 +114,20 @@ def _format(image: Image.Image) -> str:
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Read format and size without decoding pixels.
 
-    Raises ``InvalidImage`` or ``ImageTooLarge``.
+    Runs on the event loop for every request, so a JPEG's size is read from its frame header
+    directly (Pillow's parser walks every segment in Python); other formats, and JPEGs whose
+    markers are unusual, go through Pillow. Raises ``InvalidImage`` or ``ImageTooLarge``.
     """
-    image = _open(data, max_pixels)
-    return ImageHeader(format=_format(image), width=image.width, height=image.height)
+    size = _jpeg_size(data)
+    if size is None:
+        image = _open(data, max_pixels)
+        return ImageHeader(format=_format(image), width=image.width, height=image.height)
+    header = ImageHeader(format="JPEG", width=size[0], height=size[1])
+    if header.pixels > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {header.width}x{header.height} = {header.pixels} pixels; the limit is {max_pixels}"
+        )
+    return header
 
 
 def draft_scale(header: ImageHeader, preprocessing: Preprocessing) -> int:
@@ -133,10 +173,10 @@ def _upright(image: Image.Image) -> Image.Image:
     The orientation is a hint about pixels that decoded fine: a corrupt EXIF block (Pillow's
     parser raises struct, value, key and type errors on one) must not cost the answer.
     """
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:
-        return image
+    # In place: an image without an orientation tag (most) is not copied.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:

@@ -12,6 +12,11 @@ class Point:
     latency_ms: float
     top1: float
     precision: str
+    subnet: bool  # cut from its family's network with blocks skipped; else the resolution ladder
+
+
+_LADDER = "tab:blue"
+_SUBNET = "tab:red"
 
 
 def frontier(points: list[Point]) -> set[str]:
@@ -29,7 +34,8 @@ def frontier(points: list[Point]) -> set[str]:
 
 
 def plot_frontier(points: list[Point], title: str, out: Path) -> None:
-    """Write a PNG or SVG (by ``out``'s suffix): frontier variants joined, dominated ones grey."""
+    """Write a PNG or SVG (by ``out``'s suffix): the resolution ladder and the subnets in two
+    colours, fp32 round and int8 square; the frontier joined, dominated points faded."""
     import matplotlib
     import matplotlib.ticker
 
@@ -44,8 +50,9 @@ def plot_frontier(points: list[Point], title: str, out: Path) -> None:
             p.latency_ms,
             100 * p.top1,
             marker="o" if p.precision == "fp32" else "s",
-            color=("tab:blue" if p.precision == "fp32" else "tab:orange") if on else "lightgrey",
-            edgecolors="black" if on else "grey",
+            color=_SUBNET if p.subnet else _LADDER,
+            alpha=1.0 if on else 0.3,
+            edgecolors="black" if on else "none",
             zorder=3,
         )
         ax.annotate(
@@ -64,9 +71,11 @@ def plot_frontier(points: list[Point], title: str, out: Path) -> None:
         color="tab:green",
         label="frontier (not dominated)",
     )
-    ax.scatter([], [], marker="o", color="tab:blue", label="fp32")
-    ax.scatter([], [], marker="s", color="tab:orange", label="int8")
-    ax.scatter([], [], marker="o", color="lightgrey", label="dominated")
+    ax.scatter([], [], marker="o", color=_LADDER, label="resolution ladder (full depth)")
+    ax.scatter([], [], marker="o", color=_SUBNET, label="specialised subnets (blocks skipped)")
+    ax.scatter([], [], marker="o", color="grey", label="fp32")
+    ax.scatter([], [], marker="s", color="grey", label="int8")
+    ax.scatter([], [], marker="o", color="grey", alpha=0.3, label="dominated")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))

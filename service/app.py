@@ -53,16 +53,19 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
         summary="The most accurate image classifier that fits each request's latency budget.",
         lifespan=lifespan,
     )
-    for router in (status.router, classify.router, models.router, health.router, v2.router, admin.router):
+    for router in (status.router, models.router, health.router, v2.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
+    # RequestContext also dispatches POST /classify to its own ASGI endpoint, past FastAPI.
     app.add_middleware(RequestContext)
 
     def openapi() -> dict[str, Any]:
         # /v2's infer reads its body by hand (for the binary extension): add its schemas.
+        # /classify is no FastAPI route (service.api.classify): add its path item.
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(v2.OPENAPI_SCHEMAS)
+            schema["paths"] = {classify.PATH: classify.PATH_ITEM, **schema["paths"]}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,4 +1,4 @@
-"""The ``edgefit`` console script: ``serve`` and ``store build|add|evaluate|list|plot``.
+"""The ``edgefit`` console script: ``serve`` and ``store build|specialize|add|evaluate|list|plot``.
 
 Store maintenance imports its heavy dependencies (onnx, torch, matplotlib) only inside the
 command that needs them, so ``edgefit serve`` in the slim image never touches them.
@@ -114,6 +114,53 @@ def cmd_build(args: argparse.Namespace) -> None:
     store = build(_store_dir(args), Path(args.images), _progress_bars())
     print(
         f"built {len(store.manifest.variants)} variants in {store.root} in {time.monotonic() - started:.0f} s"
+    )
+
+
+def cmd_specialize(args: argparse.Namespace) -> None:
+    from model_store.build.latency_table import error_summary
+    from model_store.build.specialize import recipe_for, specialize
+
+    recipe = recipe_for(args.family)
+    resolutions = tuple(int(r) for r in _names(args.resolutions) or ()) or recipe.resolutions
+
+    def say(line: str) -> None:
+        print(f"[specialize] {line}", flush=True)
+
+    result = specialize(
+        _store_dir(args),
+        Path(args.images),
+        recipe,
+        resolutions,
+        k=args.k,
+        search_images=args.search_images,
+        budget_seconds=args.budget,
+        say=say,
+    )
+    print(
+        f"frontier on this device with {recipe.arch}'s subnets ({result.scored} scored; "
+        "est. top-1 = store top1 of the full network + the subnet's difference on the search half):"
+    )
+    for c in result.front:
+        search = "  (store)" if c.search_top1 is None else f"{100 * c.search_top1:8.1f}%"
+        print(f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  search {search}")
+    print("written (top1 derived from the held-out half):")
+    for pick in result.picks:
+        v = pick.variant
+        print(
+            f"  {v.name:22} predicted {pick.candidate.predicted_ms:6.2f} ms, "
+            f"measured {pick.measured_ms:6.2f} ms, est. {100 * pick.candidate.estimated_top1:5.1f}%, "
+            f"top1 {100 * (v.top1 or 0):5.1f}% ({v.top1_dataset})"
+        )
+    if result.checks:
+        median, p90 = error_summary(result.checks)
+        print(
+            f"latency table vs whole-network measurement, {len(result.checks)} subnets: "
+            f"median error {100 * median:.1f} %, p90 {100 * p90:.1f} %"
+        )
+    print(
+        f"specialized {recipe.arch} in {result.seconds:.0f} s; "
+        f"the store has {len(result.store.manifest.variants)} variants"
     )
 
 
@@ -253,7 +300,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
         if v.top1 is None:
             continue
         timings = sorted(time_inference(VariantRunner(store.verify(v), v, args.threads), args.runs, 3))
-        points.append(Point(v.name, 1000 * timings[len(timings) // 2], v.top1, v.precision))
+        points.append(
+            Point(v.name, 1000 * timings[len(timings) // 2], v.top1, v.precision, subnet=v.subnet is not None)
+        )
     cpu = cpu_model()
     title = (
         f"edgefit store {store.root} — {cpu}, {os.cpu_count()} cores, {args.threads} thread(s), "
@@ -292,6 +341,16 @@ def parser() -> argparse.ArgumentParser:
 
     build = store_command("build", "build the default EfficientNet-Lite ladder", cmd_build)
     build.add_argument("--images", required=True, help="labelled images for calibration and evaluation")
+
+    special = store_command(
+        "specialize", "search a family's subnets on this device and keep its frontier", cmd_specialize
+    )
+    special.add_argument("--family", required=True, help="lite0, lite1 or lite2")
+    special.add_argument("--images", required=True, help="labelled images: even positions search, odd score")
+    special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
+    special.add_argument("--k", type=int, default=4, help="most subnets to keep")
+    special.add_argument("--search-images", type=int, default=200, help="search-half images to score with")
+    special.add_argument("--budget", type=float, default=60.0, help="search time budget in seconds")
 
     add = store_command("add", "build a ladder of variants from an ONNX model exported elsewhere", cmd_add)
     add.add_argument("file", help="ONNX: float [N, 3, H, W] (H, W may be dynamic) or uint8 [N, H, W, 3]")

@@ -20,14 +20,14 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.manifest import Variant, depth_tag
+from model_store.manifest import Preprocessing, Variant, depth_tag
 from model_store.runner import VariantRunner, top_k
 from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
 from service.core.latency import DecodeModel, LatencyModel, Recent
-from service.observability import Metrics
+from service.observability import Metrics, VariantMetrics
 from service.runtime.executor import Finished, InferenceExecutor
 from service.runtime.memory import release_free_memory
 from service.runtime.models import ServedModels, load_models
@@ -63,6 +63,9 @@ class Prediction:
 @dataclass(frozen=True)
 class Classification:
     variant: Variant
+    model: dict[str, Any]  # the answer's ``model`` object (shared, never modified)
+    variant_header: bytes  # the ``X-Model-Variant`` value
+    metrics: VariantMetrics
     reason: selector.Reason
     predicted_seconds: float
     margin_seconds: float  # the part of the prediction that corrects the predictor's recent error
@@ -70,6 +73,24 @@ class Classification:
     queue_seconds: float
     decode_seconds: float
     inference_seconds: float
+    # For ``DataPlane.record``, after the answer is sent: the store that answered it, and what
+    # its decode cost is predicted from.
+    served: _Served
+    image_format: str
+    decoded_pixels: int
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What a request needs of a variant that never changes while it is served: worked out once
+    at load, not per request."""
+
+    variant: Variant
+    runner: VariantRunner
+    labels: tuple[str, ...]
+    model: dict[str, Any]
+    header: bytes
+    metrics: VariantMetrics
 
 
 @dataclass
@@ -79,7 +100,20 @@ class _Served:
     models: ServedModels
     latency: LatencyModel
     decode: DecodeModel
+    static: dict[str, _Static]
     selections: Counter[str] = field(default_factory=Counter)
+
+
+def _model_doc(v: Variant) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "family": v.family,
+        "resolution": v.resolution,
+        "precision": v.precision,
+        "top1": v.top1,
+        "top1_source": v.top1_source,
+        "size_bytes": v.size_bytes,
+    }
 
 
 class DataPlane:
@@ -136,13 +170,24 @@ class DataPlane:
             models = await asyncio.to_thread(load_models, self.settings, previous)
             window = self.settings.latency_window
             fresh = self.settings.fresh_seconds
+            self.metrics.serve(models.variants.values())
             self._served = _Served(
                 models=models,
                 latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
                 decode=DecodeModel(models.decode_seconds_per_pixel, window=window, fresh_seconds=fresh),
+                static={
+                    name: _Static(
+                        variant=v,
+                        runner=models.runners[name],
+                        labels=models.labels[v.labels],
+                        model=_model_doc(v),
+                        header=name.encode(),
+                        metrics=self.metrics.variants[name],
+                    )
+                    for name, v in models.variants.items()
+                },
             )
             self.failure = None
-            self.metrics.serve(models.variants.values())
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
             if previous is not None:
@@ -227,21 +272,26 @@ class DataPlane:
     def _candidates(
         self,
         served: _Served,
+        names: Sequence[str],
         header: imaging.ImageHeader,
         now: float,
         margin: float,
         place: tuple[float, tuple[float, ...]],
     ) -> list[selector.Candidate]:
-        """Each variant's predicted decode + inference (+ margin) for this image, and its queue
-        wait at the request's ``place`` (deadline key, ladder) in the schedule."""
+        """Each named variant's predicted decode + inference (+ margin) for this image, and its
+        queue wait at the request's ``place`` (deadline key, ladder) in the schedule."""
         slowdown = served.latency.slowdown(now)
         per_pixel = served.decode.seconds_per_pixel(header.format, FIT_QUANTILE, now)
         idle_per_pixel = served.decode.profiled[header.format]
         queue, busy = self.executor.snapshot(now)
         key, limits = place
         candidates = []
-        for name, v in served.models.variants.items():
-            pixels = decoded_pixels(header, v.preprocessing)
+        pixels_for: dict[Preprocessing, int] = {}
+        for name in names:
+            v = served.static[name].variant
+            pixels = pixels_for.get(v.preprocessing)
+            if pixels is None:
+                pixels = pixels_for[v.preprocessing] = decoded_pixels(header, v.preprocessing)
             inference = served.latency.predict(name, FIT_QUANTILE, now, slowdown)
             job = schedule.Job(key, per_pixel * pixels + inference + margin, limits)
             candidates.append(
@@ -272,7 +322,9 @@ class DataPlane:
             schedule.dispatch_key(started, budget),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
         )
-        candidates = self._candidates(served, header, now, margin, place)
+        # A pinned request needs only its variant's prediction.
+        names = tuple(served.static) if constraints.pinned is None else (constraints.pinned,)
+        candidates = self._candidates(served, names, header, now, margin, place)
         self._mix.add(now, budget, min(c.predicted_seconds for c in candidates))
         try:
             choice = selector.select(candidates, constraints, elapsed_seconds=now - started)
@@ -302,10 +354,10 @@ class DataPlane:
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
         choice, scheduled = self._select(served, header, constraints, started, margin)
-        variant = served.models.variants[choice.name]
-        runner = served.models.runners[choice.name]
+        static = served.static[choice.name]
+        variant, runner = static.variant, static.runner
         served.selections[choice.name] += 1
-        self.metrics.selected.labels(choice.name, choice.reason).inc()
+        static.metrics.selected[choice.reason].inc()
         max_pixels = self.settings.max_image_pixels
         run_options = ort.RunOptions()
 
@@ -324,14 +376,12 @@ class DataPlane:
         except imaging.ImageError as exc:
             raise errors.InvalidImage(str(exc)) from None
         decode_s, inference_s, best = finished.value
-        now = time.perf_counter()
-        served.latency.observe(choice.name, inference_s, now)
-        served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
-        self.metrics.inference_duration.labels(choice.name).observe(inference_s)
-        self.metrics.decode_duration.observe(decode_s)
-        names = served.models.labels[variant.labels]
+        names = static.labels
         return Classification(
             variant=variant,
+            model=static.model,
+            variant_header=static.header,
+            metrics=static.metrics,
             reason=choice.reason,
             predicted_seconds=choice.predicted_seconds,
             margin_seconds=margin,
@@ -339,16 +389,31 @@ class DataPlane:
             queue_seconds=finished.queue_seconds,
             decode_seconds=decode_s,
             inference_seconds=inference_s,
+            served=served,
+            image_format=header.format,
+            decoded_pixels=decoded_pixels(header, variant.preprocessing),
         )
 
     def _margin(self, now: float) -> float:
         late = self._lateness.quantile(LATENESS_QUANTILE, now)
         return 0.0 if late is None else max(0.0, late)
 
-    def record_total(self, result: Classification, total_seconds: float) -> None:
-        """The answer's server-side total as the HTTP layer measured it (first byte to answer)."""
+    def record(self, result: Classification, total_seconds: float, budget_seconds: float | None) -> None:
+        """What an answer teaches the latency table and the metrics; ``total_seconds`` as the HTTP
+        layer measured it (first byte to answer). Called once the answer is sent: none of this
+        delays it."""
+        now = time.perf_counter()
+        result.served.latency.observe(result.variant.name, result.inference_seconds, now)
+        result.served.decode.observe(result.image_format, result.decoded_pixels, result.decode_seconds, now)
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        self._lateness.add(late, time.perf_counter())
+        self._lateness.add(late, now)
+        metrics = result.metrics
+        metrics.inference_duration.observe(result.inference_seconds)
+        self.metrics.decode_duration.observe(result.decode_seconds)
+        metrics.request_duration.observe(total_seconds)
+        if budget_seconds is not None:
+            (metrics.budget_met if total_seconds <= budget_seconds else metrics.budget_missed).inc()
+            self.metrics.slack.observe(budget_seconds - total_seconds)
 
     async def _run(
         self,
@@ -375,7 +440,7 @@ class DataPlane:
             self.metrics.queue_depth.set(self.executor.queued)
         self.metrics.queue_wait.observe(finished.queue_seconds)
         tier = schedule.tier_name(budget)
-        self.metrics.queue_wait_by_tier.labels(tier).observe(finished.queue_seconds)
+        self.metrics.queue_wait_in_tier[tier].observe(finished.queue_seconds)
         return finished
 
     def runner(self, name: str) -> VariantRunner | None:

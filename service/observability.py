@@ -6,13 +6,14 @@ manifest and fixed enums; everything a request could make up is folded into ``no
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
@@ -65,6 +66,17 @@ ENDPOINTS = ("classify", "v2_infer")
 access_log = logging.getLogger("edgefit.access")
 
 
+@dataclass(frozen=True)
+class VariantMetrics:
+    """One variant's metric children."""
+
+    request_duration: Histogram
+    inference_duration: Histogram
+    budget_met: Counter
+    budget_missed: Counter
+    selected: dict[str, Counter]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -110,8 +122,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for tier in TIER_NAMES:
-            self.queue_wait_by_tier.labels(tier)
+        self.queue_wait_in_tier = {tier: self.queue_wait_by_tier.labels(tier) for tier in TIER_NAMES}
         self.budget = Counter(
             "edgefit_budget",
             "Answered requests that carried a budget, by whether it was met.",
@@ -162,26 +173,35 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for endpoint in ENDPOINTS:
-            self.endpoint_duration.labels(endpoint)
-            for outcome in OUTCOMES:
-                self.endpoint_requests.labels(endpoint, outcome)
-        self.requests.labels(NO_VARIANT, "client_error")
-        self.requests.labels(NO_VARIANT, "shed")
-        self.requests.labels(NO_VARIANT, "error")
+        # Children are resolved once, here and in ``serve``: ``labels()`` takes a lock and builds
+        # a key on every call, which the hot path need not pay.
+        self.endpoint_durations = {e: self.endpoint_duration.labels(e) for e in ENDPOINTS}
+        self.endpoint_outcomes = {
+            (e, outcome): self.endpoint_requests.labels(e, outcome) for e in ENDPOINTS for outcome in OUTCOMES
+        }
+        self._outcomes = {
+            (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
+            for outcome in ("client_error", "shed", "error")
+        }
+        self.variants: dict[str, VariantMetrics] = {}
+
+    def outcome(self, variant: str, outcome: str) -> Counter:
+        """The ``edgefit_requests_total`` child of this variant and outcome."""
+        return self._outcomes[(variant, outcome)]
 
     def serve(self, variants: Iterable[Variant]) -> None:
         """Pre-initialise every label set of these variants, and describe them."""
         self.variant_info.clear()
         for v in variants:
             for outcome in OUTCOMES:
-                self.requests.labels(v.name, outcome)
-            for result in ("met", "missed"):
-                self.budget.labels(v.name, result)
-            for reason in REASONS:
-                self.selected.labels(v.name, reason)
-            self.request_duration.labels(v.name)
-            self.inference_duration.labels(v.name)
+                self._outcomes[(v.name, outcome)] = self.requests.labels(v.name, outcome)
+            self.variants[v.name] = VariantMetrics(
+                request_duration=self.request_duration.labels(v.name),
+                inference_duration=self.inference_duration.labels(v.name),
+                budget_met=self.budget.labels(v.name, "met"),
+                budget_missed=self.budget.labels(v.name, "missed"),
+                selected={reason: self.selected.labels(v.name, reason) for reason in REASONS},
+            )
             top1 = "" if v.top1 is None else f"{v.top1:.4f}"
             self.variant_info.labels(v.name, v.family, str(v.resolution), v.precision, top1).set(1)
 
@@ -198,6 +218,6 @@ def configure_access_log() -> None:
 
 
 def log_access(fields: dict[str, Any]) -> None:
-    """One JSON line per request on the ``edgefit.access`` logger."""
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))
+    """One JSON line per request on the ``edgefit.access`` logger (callers check that it is enabled
+    before gathering the fields)."""
+    access_log.info(orjson.dumps({"ts": round(time.time(), 3), **fields}).decode())

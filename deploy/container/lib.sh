@@ -52,9 +52,14 @@ container_tools() {
 
 # make_base ARCH: a local image localhost/edgefit-base:bookworm-ARCH (debootstrap minbase with
 # Python 3.11), made from a cached rootfs tarball when there is one.
+# No python3-pip: the image needs venv's own bootstrap wheels only (pip, setuptools and wheel are
+# 21 MB). The include list's hash names the tarball and the tag, so a changed list rebuilds them.
+BASE_PACKAGES=python3,python3-venv,ca-certificates
 make_base() {
-    local arch=$1 tag=localhost/edgefit-base:bookworm-$1
-    local tarball=$CACHE/bookworm-$arch.tar
+    local arch=$1 key
+    key=$(printf %s "$BASE_PACKAGES" | sha256sum | cut -c1-8)
+    local tag=localhost/edgefit-base:bookworm-$arch-$key
+    local tarball=$CACHE/bookworm-$arch-$key.tar
     if buildah "${STORAGE[@]}" inspect --type image "$tag" >/dev/null 2>&1; then
         log "base $tag present"
         BASE_TAG=$tag
@@ -64,7 +69,7 @@ make_base() {
     if [ ! -s "$tarball" ]; then
         local root
         root=$(mktemp -d "$CACHE/rootfs-$arch.XXXX")
-        local inc=python3,python3-venv,python3-pip,ca-certificates
+        local inc=$BASE_PACKAGES
         if [ "$arch" = "$(dpkg --print-architecture)" ]; then
             debootstrap --variant=minbase --include=$inc bookworm "$root" \
                 http://deb.debian.org/debian >"$CACHE/debootstrap-$arch.log" 2>&1 \
@@ -200,6 +205,17 @@ get_json() {
 
 image_size_mb() {
     podman "${STORAGE[@]}" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f", $1/1e6}'
+}
+
+# check_size IMAGE LIMIT_MB: reports the total and each layer that has a size (the base, then the
+# app's one layer), and fails above the limit (a gateway pulls it over a thin link).
+check_size() {
+    local size
+    size=$(image_size_mb "$1")
+    log "image size: $size MB ($1 on $BASE_TAG); layers:"
+    podman "${STORAGE[@]}" image history --format '{{.Size}}\t{{.CreatedBy}}' "$1" \
+        | awk -F'\t' '$1 != "0B" && $1 != "0 B" {printf "  %8s  %.70s\n", $1, $2}' >&2
+    [ "$size" -le "$2" ] || die "the image is $size MB, more than $2 MB"
 }
 
 # check_no_torch IMAGE: the serving image must not contain torch (nor need it).

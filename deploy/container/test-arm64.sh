@@ -71,7 +71,7 @@ step "qemu-user-static 10 (bookworm-backports) + binfmt" qemu_setup
 step "base image (debootstrap bookworm arm64 --foreign + second stage, cached)" make_base arm64
 [ "${ARM64_STEPS:-all}" = setup ] && exit 0
 step "build image from Dockerfile (linux/arm64, emulated)" build_image arm64 "$IMAGE"
-log "image size: $(image_size_mb "$IMAGE") MB ($IMAGE on $BASE_TAG)"
+check_size "$IMAGE" "${MAX_IMAGE_MB:-275}"
 step "run under emulation (read-only root, store read-only)" run_container
 step "wait for /readyz" wait_ready "$URL" "$READY_LIMIT_S" "$NAME"
 step "reports aarch64" check_arch

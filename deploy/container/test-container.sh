@@ -64,7 +64,7 @@ VARIANTS=${EDGEFIT_VARIANTS:-$(pick_variants few)}
 step "install buildah, podman, runc, debootstrap" container_tools
 step "base image (debootstrap bookworm amd64, cached)" make_base amd64
 step "build image from Dockerfile (linux/amd64)" build_image amd64 "$IMAGE"
-log "image size: $(image_size_mb "$IMAGE") MB ($IMAGE on $BASE_TAG)"
+check_size "$IMAGE" "${MAX_IMAGE_MB:-250}"
 step "import torch must fail" check_no_torch "$IMAGE"
 step "run (read-only root, store read-only)" run_container
 step "wait for /readyz" wait_ready "$URL" "$READY_LIMIT_S" "$NAME"

@@ -125,7 +125,8 @@ def build_pair(
 
 
 def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
-    """Build the default ladder into ``store_root`` (keeping any other variants already there).
+    """Build the default ladder into ``store_root`` (keeping any other variants already there,
+    except the ladder families' subnets).
 
     Raises ``StoreError`` when an input is missing or a check fails.
     """
@@ -156,7 +157,13 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         manifest = record(staged.manifest, dataset, results)
         manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
 
-        return commit(previous, staging, manifest.variants, {v.name for v in variants})
+        # A subnet's derived top1 refers to its base's measurements, which this build replaced:
+        # the family's subnets go too (``edgefit store specialize`` cuts them again).
+        families = {r.family for r in LADDER}
+        subnets = {
+            v.name for v in previous.manifest.variants if v.subnet is not None and v.family in families
+        }
+        return commit(previous, staging, manifest.variants, {v.name for v in variants} | subnets)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -1,31 +1,36 @@
-"""``POST /classify``: parse, read the body within its limits, delegate, answer."""
+"""``POST /classify``: parse, read the body within its limits, delegate, answer.
+
+The hot path, so it is a plain ASGI endpoint that ``service.api.middleware`` calls directly: no
+router, no dependency injection, no request object; the query is parsed once, the body read from
+``receive``, the answer serialised with orjson. FastAPI still describes it (``OPENAPI``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.datastructures import QueryParams
-from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from model_store import imaging
 from service import errors
-from service.api.deps import MetricsDep, PlaneDep, SettingsDep
+from service.api.errors import PROBLEM_TYPE, log_error, problem
 from service.core import params
 from service.core.selector import Constraints
-from service.dataplane import Classification
-from service.observability import NO_VARIANT, Metrics
+from service.dataplane import Classification, DataPlane
+from service.observability import NO_VARIANT, Metrics, access_log
 from service.settings import Settings
 
-router = APIRouter()
-
+PATH = "/classify"
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
+KNOWN_PARAMS = ("budget", "max_size", "min_accuracy", "top_k", "model", "strict")
 T = TypeVar("T")
 
 
@@ -35,7 +40,7 @@ class ClassifyParams:
     top_k: int
 
 
-def _param(query: QueryParams, name: str, parse: Callable[[str], T]) -> T | None:
+def _param(query: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T | None:
     raw = query.get(name)
     if raw is None:
         return None
@@ -45,12 +50,11 @@ def _param(query: QueryParams, name: str, parse: Callable[[str], T]) -> T | None
         raise errors.InvalidParameter(str(exc)) from None
 
 
-def parse_params(query: QueryParams) -> ClassifyParams:
-    known = {"budget", "max_size", "min_accuracy", "top_k", "model", "strict"}
-    unknown = sorted(set(query) - known)
+def parse_params(query: Mapping[str, str]) -> ClassifyParams:
+    unknown = sorted(set(query) - set(KNOWN_PARAMS))
     if unknown:
         raise errors.InvalidParameter(
-            f"unknown parameter {unknown[0]!r}; accepted: {', '.join(sorted(known))}"
+            f"unknown parameter {unknown[0]!r}; accepted: {', '.join(sorted(KNOWN_PARAMS))}"
         )
     model = query.get("model")
     return ClassifyParams(
@@ -65,32 +69,38 @@ def parse_params(query: QueryParams) -> ClassifyParams:
     )
 
 
-async def read_body(request: Request, settings: Settings, started: float) -> bytes:
-    """The whole body, refused as soon as it is known to be too large or too slow."""
+async def read_body(receive: Receive, declared: str | None, settings: Settings, started: float) -> bytes:
+    """The whole body, refused as soon as it is known to be too large or too slow.
+
+    ``declared``: the request's Content-Length, if it sent one.
+    """
     limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise errors.InvalidParameter("Content-Length is not a number")
         if int(declared) > limit:
-            raise errors.BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+            raise errors.BodyTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
     chunks = []
     size = 0
     deadline = started + settings.body_timeout_seconds
     try:
         async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise errors.ClientClosed("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise errors.BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise errors.BodyTimeout(
             f"the body did not arrive within {settings.body_timeout_seconds:g} s"
         ) from None
-    except ClientDisconnect:
-        raise errors.ClientClosed("the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def multipart_file(body: bytes, content_type: str) -> bytes:
@@ -164,45 +174,137 @@ def _header(image: bytes, settings: Settings) -> imaging.ImageHeader:
         raise errors.InvalidImage(str(exc)) from None
 
 
-def _response(result: Classification, budget: float | None, total: float) -> JSONResponse:
-    v = result.variant
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 3)
+
+
+def _answer(result: Classification, budget: float | None, total: float) -> tuple[bytes, bytes]:
+    """The JSON body and the ``Server-Timing`` header value."""
     met = None if budget is None else total <= budget
-    body: dict[str, Any] = {
-        "model": {
-            "name": v.name,
-            "family": v.family,
-            "resolution": v.resolution,
-            "precision": v.precision,
-            "top1": v.top1,
-            "top1_source": v.top1_source,
-            "size_bytes": v.size_bytes,
-        },
+    body = {
+        "model": result.model,
         "predictions": [
             {"class_id": p.class_id, "label": p.label, "score": round(p.score, 6)} for p in result.predictions
         ],
-        "budget_ms": None if budget is None else round(1000 * budget, 3),
-        "predicted_ms": None if budget is None else round(1000 * result.predicted_seconds, 3),
+        "budget_ms": None if budget is None else _ms(budget),
+        "predicted_ms": None if budget is None else _ms(result.predicted_seconds),
         "budget_met": met,
         "timing": {
-            "total_ms": round(1000 * total, 3),
-            "queue_ms": round(1000 * result.queue_seconds, 3),
-            "decode_ms": round(1000 * result.decode_seconds, 3),
-            "inference_ms": round(1000 * result.inference_seconds, 3),
+            "total_ms": _ms(total),
+            "queue_ms": _ms(result.queue_seconds),
+            "decode_ms": _ms(result.decode_seconds),
+            "inference_ms": _ms(result.inference_seconds),
         },
     }
     server_timing = (
         f"queue;dur={1000 * result.queue_seconds:.3f}, decode;dur={1000 * result.decode_seconds:.3f}, "
         f"infer;dur={1000 * result.inference_seconds:.3f}, total;dur={1000 * total:.3f}"
     )
-    return JSONResponse(body, headers={"X-Model-Variant": v.name, "Server-Timing": server_timing})
+    return orjson.dumps(body), server_timing.encode()
 
 
-def _record(metrics: Metrics, result: Classification, budget: float | None, total: float) -> None:
+async def _send(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _classify(
+    scope: Scope, receive: Receive, send: Send, plane: DataPlane, settings: Settings, metrics: Metrics
+) -> str:
+    """Answer one request with 200; returns the variant that answered. Raises ``ServiceError``."""
+    state = scope["state"]
+    started: float = state["started"]
+    parsed = parse_params(dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)))
+    budget = parsed.constraints.budget_seconds
+    # The access log's fields are gathered only when it is written.
+    fields: dict[str, Any] | None = state["log"] if access_log.isEnabledFor(logging.INFO) else None
+    if fields is not None:
+        fields["budget_ms"] = None if budget is None else _ms(budget)
+    plane.admit()
+    declared = content_type = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value
+        elif name == b"content-type":
+            content_type = value
+    body = await read_body(
+        receive, None if declared is None else declared.decode("latin-1"), settings, started
+    )
+    image = _image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
+    header = _header(image, settings)
+    result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
     name = result.variant.name
-    metrics.request_duration.labels(name).observe(total)
-    if budget is not None:
-        metrics.budget.labels(name, "met" if total <= budget else "missed").inc()
-        metrics.slack.observe(budget - total)
+    total = time.perf_counter() - started
+    answer, server_timing = _answer(result, budget, total)
+    try:
+        await _send(
+            send,
+            200,
+            answer,
+            b"application/json",
+            [(b"x-model-variant", result.variant_header), (b"server-timing", server_timing)],
+        )
+    finally:
+        # After the answer is out: the bookkeeping does not delay it.
+        plane.record(result, total, budget)
+        if fields is not None:
+            fields.update(
+                variant=name,
+                reason=result.reason,
+                budget_met=None if budget is None else total <= budget,
+                predicted_ms=_ms(result.predicted_seconds),
+                total_ms=_ms(total),
+                queue_ms=_ms(result.queue_seconds),
+                decode_ms=_ms(result.decode_seconds),
+                inference_ms=_ms(result.inference_seconds),
+            )
+    return name
+
+
+async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/classify``, every method: answers, or a problem document (unexpected errors: the
+    middleware's)."""
+    app_state = scope["app"].state
+    plane: DataPlane = app_state.plane
+    settings: Settings = app_state.settings
+    metrics: Metrics = app_state.metrics
+    variant, outcome = NO_VARIANT, "ok"
+    metrics.inflight.inc()
+    try:
+        if scope["method"] != "POST":
+            raise errors.MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
+        variant = await _classify(scope, receive, send, plane, settings, metrics)
+    except errors.ServiceError as exc:
+        outcome = exc.outcome
+        state = scope["state"]
+        state["log"]["error"] = exc.type
+        state["outcome"] = exc.outcome  # for the per-endpoint metrics (service.api.middleware)
+        log_error(PATH, exc)
+        await _send_problem(send, exc, scope)
+    except Exception:
+        outcome = "error"
+        raise  # logged once and answered by service.api.middleware
+    finally:
+        metrics.outcome(variant, outcome).inc()
+        metrics.inflight.dec()
+
+
+async def _send_problem(send: Send, error: errors.ServiceError, scope: Scope) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    body = problem(error, PATH, scope["state"].get("request_id"))
+    await _send(send, error.status, body, PROBLEM_TYPE.encode(), headers)
 
 
 def _query(name: str, schema: dict[str, Any], description: str, example: object) -> dict[str, Any]:
@@ -217,9 +319,9 @@ def _query(name: str, schema: dict[str, Any], description: str, example: object)
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-# The route reads its query string and body itself (limits while reading, its own messages), so
-# FastAPI cannot infer them: the OpenAPI document describes them here, for users and fuzzers.
-OPENAPI = {
+# The endpoint reads its query string and body itself (limits while reading, its own messages):
+# the OpenAPI document describes them here, for users and fuzzers.
+OPENAPI: dict[str, Any] = {
     "parameters": [
         _query(
             "budget",
@@ -267,62 +369,23 @@ OPENAPI = {
     },
 }
 
-
-@router.post(
-    "/classify",
-    summary="Classify an image with the most accurate variant that fits the budget",
-    openapi_extra=OPENAPI,
-    responses={
-        400: {"description": "not a decodable image"},
-        408: {"description": "body too slow"},
-        413: {"description": "body or image too large"},
-        415: {"description": "unsupported type"},
-        422: {"description": "bad parameter, or constraints no variant meets"},
-        503: {"description": "not ready or shedding load (Retry-After)"},
-        504: {"description": "inference timed out"},
-    },
-)
-async def classify(
-    request: Request, plane: PlaneDep, settings: SettingsDep, metrics: MetricsDep
-) -> JSONResponse:
-    state = request.scope["state"]
-    started: float = state["started"]
-    log: dict[str, Any] = state["log"]
-    variant, outcome = NO_VARIANT, "ok"
-    metrics.inflight.inc()
-    try:
-        parsed = parse_params(request.query_params)
-        budget = parsed.constraints.budget_seconds
-        log["budget_ms"] = None if budget is None else round(1000 * budget, 3)
-        plane.admit()
-        image = _image_bytes(
-            await read_body(request, settings, started), request.headers.get("content-type", "")
-        )
-        header = _header(image, settings)
-        result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
-        variant = result.variant.name
-        total = time.perf_counter() - started
-        response = _response(result, budget, total)
-        plane.record_total(result, total)
-        _record(metrics, result, budget, total)
-        log.update(
-            variant=variant,
-            reason=result.reason,
-            budget_met=None if budget is None else total <= budget,
-            predicted_ms=round(1000 * result.predicted_seconds, 3),
-            total_ms=round(1000 * total, 3),
-            queue_ms=round(1000 * result.queue_seconds, 3),
-            decode_ms=round(1000 * result.decode_seconds, 3),
-            inference_ms=round(1000 * result.inference_seconds, 3),
-        )
-        return response
-    except errors.ServiceError as exc:
-        outcome = exc.outcome
-        log["error"] = exc.type
-        raise
-    except Exception:
-        outcome = "error"
-        raise
-    finally:
-        metrics.requests.labels(variant, outcome).inc()
-        metrics.inflight.dec()
+_RESPONSES = {
+    "200": {"description": "the predictions, the variant that made them and the timing"},
+    "400": {"description": "not a decodable image"},
+    "405": {"description": "a method other than POST"},
+    "408": {"description": "body too slow"},
+    "413": {"description": "body or image too large"},
+    "415": {"description": "unsupported type"},
+    "422": {"description": "bad parameter, or constraints no variant meets"},
+    "503": {"description": "not ready or shedding load (Retry-After)"},
+    "504": {"description": "inference timed out"},
+}
+# The path item merged into FastAPI's document (service.app): the endpoint is not a FastAPI route.
+PATH_ITEM: dict[str, Any] = {
+    "post": {
+        "summary": "Classify an image with the most accurate variant that fits the budget",
+        "operationId": "classify",
+        **OPENAPI,
+        "responses": _RESPONSES,
+    }
+}

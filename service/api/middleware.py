@@ -1,6 +1,10 @@
 """Per-request context as a plain ASGI middleware (no per-request task or body copy):
 the start time every budget is measured from, the request id, the access-log line, and the
-answer to any error nothing else handled."""
+answer to any error nothing else handled.
+
+It is also the one dispatch of the hot path: ``POST /classify`` goes straight to its ASGI
+endpoint (``service.api.classify``); everything else goes through FastAPI.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
+from service.api import classify
 from service.api.errors import render
-from service.observability import Metrics, log_access
+from service.observability import Metrics, access_log, log_access
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -29,6 +34,8 @@ def _endpoint(method: str, path: str) -> str | None:
     """The inference endpoint a request is for, if any (label of the per-endpoint metrics)."""
     if method != "POST":
         return None
+    if path == classify.PATH:
+        return "classify"
     return next((name for name, pattern in _ENDPOINTS if pattern.fullmatch(path)), None)
 
 
@@ -63,8 +70,12 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        path = scope["path"]
         try:
-            await self.app(scope, receive, send_with_id)
+            if path == classify.PATH:
+                await classify.endpoint(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         except Exception:
             # The one place an unexpected error is logged (once, with its traceback) and answered,
             # inside this middleware so that the 500 carries X-Request-ID like every answer. Not
@@ -75,13 +86,14 @@ class RequestContext:
                 await render(Request(scope), problem)(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
-            endpoint = _endpoint(scope["method"], scope["path"])
+            endpoint = _endpoint(scope["method"], path)
             if endpoint is not None:
                 metrics: Metrics = scope["app"].state.metrics
-                metrics.endpoint_requests.labels(endpoint, _outcome(scope["state"], status)).inc()
-                metrics.endpoint_duration.labels(endpoint).observe(duration)
-            # Not the polled endpoints (scrapes, probes, the self-refreshing status page).
-            if scope["path"] not in ("/", "/metrics", "/healthz", "/readyz"):
+                metrics.endpoint_outcomes[(endpoint, _outcome(scope["state"], status))].inc()
+                metrics.endpoint_durations[endpoint].observe(duration)
+            # Not the polled endpoints (scrapes, probes, the self-refreshing status page); and the
+            # fields are gathered only when the line is written.
+            if path not in ("/", "/metrics", "/healthz", "/readyz") and access_log.isEnabledFor(logging.INFO):
                 log_access(
                     {
                         "request_id": request_id,

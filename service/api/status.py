@@ -259,8 +259,14 @@ def _frontier_svg(variants: list[dict[str, Any]], recently_served: set[str]) -> 
             f'r="{5 if name in best else 4}"><title>{_e(name)}: {ms:.2f} ms, top-1 {top1:.3f}</title>'
             "</circle>"
         )
-        if name in best:
-            parts.append(f'<text class="label" x="{x(ms) + 8:.1f}" y="{y(top1) + 4:.1f}">{_e(name)}</text>')
+    # Frontier labels right of their points, each pushed down clear of the one before it.
+    previous: tuple[float, float] | None = None
+    for ms, top1, name in sorted((points[n][0], points[n][1], n) for n in best):
+        label_x, label_y = x(ms) + 8, y(top1) + 4
+        if previous is not None and label_x - previous[0] < 110 and abs(label_y - previous[1]) < 12:
+            label_y = previous[1] + 12
+        parts.append(f'<text class="label" x="{label_x:.1f}" y="{label_y:.1f}">{_e(name)}</text>')
+        previous = (label_x, label_y)
     parts.append("</svg>")
     return "".join(parts)
 

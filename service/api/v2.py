@@ -375,7 +375,7 @@ async def _infer(
             # All JSON: refused before reading it.
             raise errors.BodyTooLarge(_json_too_large(int(declared)))
         plane.admit()
-        body = await read_body(request, settings, started)
+        body = await read_body(request.receive, request.headers.get("content-length"), settings, started)
         parsed = await asyncio.to_thread(parse_infer_request, body, header_length, runner)
         finished = await plane.infer_tensor(name, parsed.tensor)
         response = await asyncio.to_thread(encode_response, name, parsed, output, finished.value)

@@ -10,12 +10,18 @@ shows up in every variant's prediction within seconds, chosen or not.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 MIN_FRESH_SAMPLES = 8
 SLOWDOWN_LIMITS = (0.5, 50.0)
+
+
+def ranked(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of values already sorted (nearest rank, so an observed value)."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -23,7 +29,7 @@ def quantile(values: Iterable[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         raise ValueError("no values")
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return ranked(ordered, q)
 
 
 @dataclass(frozen=True)
@@ -39,44 +45,44 @@ class Profile:
         return cls(p50=quantile(values, 0.5), p95=quantile(values, 0.95))
 
 
-# Quantiles of a window are recomputed at most this often unless a sample arrives: every
-# request predicts every variant, and sorting each window each time costs more than the rest
-# of the selection together.
-RECOMPUTE_SECONDS = 0.05
-
-
 class Recent:
     """Recent timed samples of one quantity; samples older than ``fresh_seconds`` do not count.
 
     Every live estimate ages out this way, so a burst (of contention, of late answers) stops
     steering decisions seconds after it ends, even if no new sample arrives to push it out.
+    The fresh values are kept sorted as samples come and go (every request predicts every
+    variant: a quantile must be an index, not a sort). Times must not go backwards.
     """
 
     def __init__(self, *, window: int, fresh_seconds: float) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self._samples: deque[tuple[float, float]] = deque()  # (time, value), oldest first
+        self._sorted: list[float] = []
+        self.window = window
         self.fresh_seconds = fresh_seconds
-        self._cache: dict[float, tuple[float, int, float | None]] = {}
+        self._last: float | None = None
 
     def add(self, value: float, now: float) -> None:
+        if len(self._samples) == self.window:
+            self._drop_oldest()
         self._samples.append((now, value))
-        self._cache.clear()
+        insort(self._sorted, value)
+        self._last = now
 
-    def fresh(self, now: float) -> list[float]:
-        return [v for t, v in self._samples if now - t <= self.fresh_seconds]
+    def _drop_oldest(self) -> None:
+        _, value = self._samples.popleft()
+        del self._sorted[bisect_left(self._sorted, value)]
 
     def quantile(self, q: float, now: float, min_samples: int = 1) -> float | None:
         """The ``q`` quantile of the fresh samples; None when there are fewer than ``min_samples``."""
-        cached = self._cache.get(q)
-        if cached is not None and now - cached[0] <= RECOMPUTE_SECONDS and cached[1] == min_samples:
-            return cached[2]
-        fresh = self.fresh(now)
-        value = quantile(fresh, q) if len(fresh) >= min_samples else None
-        self._cache[q] = (now, min_samples, value)
-        return value
+        while self._samples and now - self._samples[0][0] > self.fresh_seconds:
+            self._drop_oldest()
+        if not self._sorted or len(self._sorted) < min_samples:
+            return None
+        return ranked(self._sorted, q)
 
     def last(self) -> float | None:
         """When the newest sample was taken."""
-        return self._samples[-1][0] if self._samples else None
+        return self._last
 
 
 class LatencyModel:

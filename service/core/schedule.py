@@ -21,11 +21,12 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.core.latency import quantile
+from service.core.latency import ranked
 
 # No-budget requests are keyed this long after arrival: later than any budgeted request of the
 # same moment, early enough that a steady stream of budgeted work cannot hold them back forever.
@@ -73,40 +74,69 @@ class Tier:
     slack_seconds: float  # how long its requests can wait and still meet their budget
 
 
+class _TierArrivals:
+    """One tier's fresh arrivals: their budgets and fastest services, each kept sorted."""
+
+    def __init__(self) -> None:
+        self.budgets: list[float] = []
+        self.services: list[float] = []
+
+    def add(self, budget: float, service: float) -> None:
+        insort(self.budgets, budget)
+        insort(self.services, service)
+
+    def remove(self, budget: float, service: float) -> None:
+        del self.budgets[bisect_left(self.budgets, budget)]
+        del self.services[bisect_left(self.services, service)]
+
+
 class ArrivalMix:
     """Recent arrivals: each request's budget and the service time of its fastest variant.
 
     Samples older than ``fresh_seconds`` do not count, so capacity kept for a tier that stopped
-    arriving is given back within seconds. Not thread-safe: use from one thread.
+    arriving is given back within seconds. Each tier's arrivals are kept sorted as they come and
+    go, so ``tiers`` (asked by every request) sorts nothing. Times must not go backwards. Not
+    thread-safe: use from one thread.
     """
 
     def __init__(self, *, window: int, fresh_seconds: float) -> None:
-        self._arrivals: deque[tuple[float, float | None, float]] = deque(maxlen=window)
+        self._arrivals: deque[tuple[float, str, float | None, float]] = deque()  # oldest first
+        self._tiers: dict[str, _TierArrivals] = {}
+        self.window = window
         self.fresh_seconds = fresh_seconds
 
     def add(self, now: float, budget_seconds: float | None, fastest_seconds: float) -> None:
-        self._arrivals.append((now, budget_seconds, fastest_seconds))
+        if len(self._arrivals) == self.window:
+            self._drop_oldest()
+        name = tier_name(budget_seconds)
+        self._arrivals.append((now, name, budget_seconds, fastest_seconds))
+        if budget_seconds is not None:
+            self._tiers.setdefault(name, _TierArrivals()).add(budget_seconds, fastest_seconds)
+
+    def _drop_oldest(self) -> None:
+        _, name, budget, service = self._arrivals.popleft()
+        if budget is not None:
+            self._tiers[name].remove(budget, service)
 
     def tiers(self, now: float) -> list[Tier]:
         """Budget tiers present lately, tightest slack first."""
-        fresh = [(b, s) for t, b, s in self._arrivals if now - t <= self.fresh_seconds]
-        groups: dict[str, list[tuple[float, float]]] = {}
-        for budget, service in fresh:
-            if budget is not None:
-                groups.setdefault(tier_name(budget), []).append((budget, service))
+        while self._arrivals and now - self._arrivals[0][0] > self.fresh_seconds:
+            self._drop_oldest()
+        total = len(self._arrivals)
         tiers = []
-        for members in groups.values():
-            if len(members) < MIN_TIER_ARRIVALS:
+        for members in self._tiers.values():
+            count = len(members.budgets)
+            if count < MIN_TIER_ARRIVALS:
                 continue
-            budget = min(b for b, _ in members)
+            budget = members.budgets[0]  # the tightest budget seen in the tier
             # The service its requests need at the quantile the selector predicts with.
-            service = quantile((s for _, s in members), 0.95)
+            service = ranked(members.services, 0.95)
             slack = budget - service
             if slack <= 0.0:
                 # Even a worker free at once would not make it in time: keeping one helps nobody
                 # and only holds the other tiers back.
                 continue
-            tiers.append(Tier(budget, len(members) / len(fresh), slack))
+            tiers.append(Tier(budget, count / total, slack))
         return sorted(tiers, key=lambda t: t.slack_seconds)
 
 

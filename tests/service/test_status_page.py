@@ -23,8 +23,11 @@ def browser() -> Iterator[Browser]:
     if chromium is None:
         pytest.fail("Debian's chromium is missing: run `make system-deps`")
     with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; a container's
+        # small /dev/shm would crash its renderer.
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield browser
         browser.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -83,9 +84,36 @@ def test_plot_writes_the_frontier(small_store: Path, tmp_path: Path) -> None:
 
 def test_frontier_marks_dominated_points() -> None:
     points = [
-        Point("fast", 2.0, 0.60, "int8"),
-        Point("good", 5.0, 0.75, "int8"),
-        Point("worse-and-slower", 6.0, 0.70, "fp32"),
-        Point("best", 20.0, 0.78, "fp32"),
+        Point("fast", 2.0, 0.60, "int8", subnet=False),
+        Point("good", 5.0, 0.75, "int8", subnet=True),
+        Point("worse-and-slower", 6.0, 0.70, "fp32", subnet=False),
+        Point("best", 20.0, 0.78, "fp32", subnet=False),
     ]
     assert frontier(points) == {"fast", "good", "best"}
+
+
+def test_specialize_prints_its_frontier_and_duration(
+    small_store: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "labelled"
+    images.mkdir()
+    for image in labelled_images(sample_dir)[:30]:
+        (images / image.path.name).symlink_to(image.path)
+    result = edgefit(
+        "store", "specialize", "--store", str(small_store), "--images", str(images), "--family", "lite0",
+        "--resolutions", "160", "--k", "1", "--search-images", "10", "--budget", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "frontier on this device with lite0" in out and "median error" in out
+    assert re.search(r"specialized lite0 in \d+ s; the store has 3 variants", out)
+    (subnet,) = [v for v in open_store(small_store).manifest.variants if v.subnet is not None]
+    assert subnet.name.startswith("lite0-160-d") and subnet.precision == "fp32"  # no int8 in this store
+    assert subnet.name in out
+
+
+def test_specialize_refuses_an_unknown_family(small_store: Path, sample_dir: Path) -> None:
+    result = edgefit(
+        "store", "specialize", "--store", str(small_store), "--images", str(sample_dir), "--family", "b7"
+    )
+    assert result.returncode == 1 and "no family 'b7'" in result.stderr

@@ -42,7 +42,8 @@ def test_derived_figures_are_published_base_plus_measured_difference(store) -> N
 def test_int8_loses_at_most_two_points(store) -> None:
     pairs = 0
     for v in store.manifest.variants:
-        if v.precision == "int8":
+        # A subnet's fp32 twin is dominated and not written: its gate ran at specialisation.
+        if v.precision == "int8" and v.subnet is None:
             twin = store.manifest.variant(v.name.removesuffix("-int8") + "-fp32")
             for dataset, accuracy in v.evaluations.items():
                 assert twin.evaluations[dataset] - accuracy <= 0.02, v.name

@@ -11,13 +11,11 @@ from model_store.build.recipes import LADDER, PARITY_TOLERANCE, lite_preprocessi
 from model_store.build.search import (
     Candidate,
     PrefixCachedAccuracy,
-    held_out_half,
     pareto_front,
-    search_half,
     spread_picks,
 )
 from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
-from model_store.evaluate import MAX_PIXELS, labelled_images
+from model_store.evaluate import MAX_PIXELS, held_out_half, labelled_images, search_half
 from model_store.image_input import wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import Subnet, depth_tag
@@ -75,7 +73,7 @@ def test_the_halves_split_the_sample(sample_dir: Path) -> None:
 def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Module, sample_dir: Path) -> None:
     images = search_half(labelled_images(sample_dir))[:30]
     preprocessing = lite_preprocessing(RESOLUTION)
-    scorer = PrefixCachedAccuracy(lite0, images, preprocessing)
+    scorer = PrefixCachedAccuracy(lite0, images, preprocessing, RESOLUTION)
     pixels = np.concatenate([load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in images])
     x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     labels = torch.tensor([i.class_id for i in images])
@@ -88,7 +86,7 @@ def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Modul
 
 
 def _candidate(ms: float, top1: float, full: bool = False) -> Candidate:
-    return Candidate(224, "int8", (0,), ms, top1, full)
+    return Candidate(f"c{ms}", 224, "int8", (0, int(ms)), ms, top1, top1, full)
 
 
 def test_front_and_picks_span_the_latency_range() -> None:
@@ -99,3 +97,8 @@ def test_front_and_picks_span_the_latency_range() -> None:
     picks = spread_picks(front, 2)
     assert [c.predicted_ms for c in picks] == [10, 30]  # the ends of the subnets' range
     assert all(not c.full_depth for c in spread_picks(front, 10))
+    twins = [
+        Candidate("i", 224, "int8", (0, 2), 10, 0.7, 0.7, False),
+        Candidate("f", 224, "fp32", (0, 2), 12, 0.72, 0.72, False),
+    ]
+    assert [c.name for c in spread_picks(pareto_front(twins), 2)] == ["i"]

@@ -4,6 +4,7 @@ import io
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,35 @@ def test_pixel_bomb_is_refused_from_the_header_at_once(side: int) -> None:
     with pytest.raises(ImageTooLarge):
         load_tensor(png_header_only(side, side), LITE, LIMIT)
     assert time.perf_counter() - started < 1.0
+
+
+def test_jpeg_header_read_directly_agrees_with_pillow(sample_dir: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    made = [
+        encode(photo((500, 375)), "JPEG"),
+        encode(photo((300, 2000)), "JPEG", progressive=True),
+        encode(photo((640, 480)), "JPEG", exif=exif.tobytes(), icc_profile=b"\0" * 3000),
+        encode(photo((64, 48)).convert("L"), "JPEG"),
+        encode(photo((64, 48)).convert("CMYK"), "JPEG"),
+    ]
+    for data in made + [p.read_bytes() for p in sorted(sample_dir.iterdir())[::10]]:
+        header = read_header(data, LIMIT)
+        image = Image.open(io.BytesIO(data))
+        assert (header.format, header.width, header.height) == ("JPEG", image.width, image.height)
+
+
+def test_jpeg_pixel_bomb_is_refused_from_its_frame_header() -> None:
+    data = bytearray(encode(photo((64, 48)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (40000).to_bytes(2, "big") + (40000).to_bytes(2, "big")
+    with pytest.raises(ImageTooLarge):
+        read_header(bytes(data), LIMIT)
+
+
+@pytest.mark.parametrize("cut", [2, 4, 30, 200])
+def test_a_jpeg_cut_before_its_frame_header_is_not_an_image(cut: int) -> None:
+    data = encode(photo((64, 48)), "JPEG", exif=Image.Exif().tobytes(), icc_profile=b"\0" * 500)
+    assert data.index(b"\xff\xc0") > cut
+    with pytest.raises(InvalidImage):
+        read_header(data[:cut], LIMIT)

@@ -1,7 +1,9 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.core.admission import predicted_wait, retry_after
-from service.core.latency import DecodeModel, LatencyModel, Profile, quantile
+from service.core.latency import DecodeModel, LatencyModel, Profile, Recent, quantile
 
 
 def test_quantile_is_an_observed_value() -> None:
@@ -65,3 +67,29 @@ def test_predicted_wait(queued: int, running: int, workers: int, expected: float
 def test_retry_after_is_whole_seconds() -> None:
     assert retry_after(0.01) == 1
     assert retry_after(2.2) == 3
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 1.0), st.booleans()),
+        max_size=60,
+    ),
+    st.integers(1, 12),
+    st.sampled_from([0.0, 0.5, 0.95, 1.0]),
+)
+def test_recent_quantile_is_that_of_the_fresh_samples_in_the_window(
+    steps: list[tuple[float, float, bool]], window: int, q: float
+) -> None:
+    """Kept sorted incrementally, it answers what sorting the fresh samples would."""
+    recent = Recent(window=window, fresh_seconds=5.0)
+    added: list[tuple[float, float]] = []
+    now = 0.0
+    for advance, value, ask in steps:
+        now += advance
+        if ask:
+            fresh = [v for t, v in added[-window:] if now - t <= 5.0]
+            assert recent.quantile(q, now) == (quantile(fresh, q) if fresh else None)
+        else:
+            recent.add(value, now)
+            added.append((now, value))
+    assert recent.last() == (added[-1][0] if added else None)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.core.latency import quantile
 from service.core.schedule import (
     NO_BUDGET_HORIZON_SECONDS,
     ArrivalMix,
@@ -205,3 +206,43 @@ def test_tier_names() -> None:
         "1s",
         "60s",
     ]
+
+
+def _tiers_by_sorting(arrivals: list[tuple[float, float | None, float]], now: float) -> list[Tier]:
+    """The arrival mix's tiers computed the plain way: group the fresh arrivals and sort."""
+    fresh = [(b, s) for t, b, s in arrivals if now - t <= 5.0]
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for budget, service in fresh:
+        if budget is not None:
+            groups.setdefault(tier_name(budget), []).append((budget, service))
+    tiers = []
+    for members in groups.values():
+        budget = min(b for b, _ in members)
+        slack = budget - quantile([s for _, s in members], 0.95)
+        if len(members) >= 3 and slack > 0:
+            tiers.append(Tier(budget, len(members) / len(fresh), slack))
+    return sorted(tiers, key=lambda t: t.slack_seconds)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 2.0),
+            st.sampled_from([None, 0.008, 0.010, 0.015, 0.020, 0.05]),
+            st.sampled_from([0.002, 0.004, 0.006, 0.012]),
+        ),
+        max_size=80,
+    ),
+    st.integers(1, 30),
+)
+def test_arrival_mix_tiers_are_those_of_its_fresh_window(
+    steps: list[tuple[float, float | None, float]], window: int
+) -> None:
+    mix = ArrivalMix(window=window, fresh_seconds=5.0)
+    arrivals: list[tuple[float, float | None, float]] = []
+    now = 0.0
+    for advance, budget, service in steps:
+        now += advance
+        mix.add(now, budget, service)
+        arrivals.append((now, budget, service))
+        assert mix.tiers(now) == _tiers_by_sorting(arrivals[-window:], now)

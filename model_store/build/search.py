@@ -1,0 +1,311 @@
+"""Evolutionary search for a family's subnets on this device's accuracy/latency frontier (OFA-style).
+
+A candidate is a resolution and a set of kept blocks; each is scored at both precisions, with the
+latency the device table predicts (``model_store.build.latency_table``) and the top-1 on the
+*search half* of the labelled sample (even positions). That figure picks the frontier and is never
+recorded as a variant's ``top1``: the picked subnets are measured again on the held-out half (odd
+positions) after export (``model_store.build.specialize``).
+
+Evaluating a candidate reuses the activations of the longest prefix of decisions it shares with a
+candidate seen before, so a child that differs from its parent in a late block costs only the
+blocks after it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from model_store.build.export import OPSET
+from model_store.build.latency_table import BlockTable
+from model_store.build.recipes import variant_name
+from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
+from model_store.evaluate import MAX_PIXELS, LabelledImage
+from model_store.imaging import load_tensor
+from model_store.manifest import Precision, Preprocessing, Subnet
+from model_store.runner import session_options
+
+Progress = Callable[[str], None]
+CHUNK = 25  # images per forward pass: bounds the memory of the expanded activations
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    resolution: int
+    precision: Precision
+    kept_blocks: tuple[int, ...]
+    predicted_ms: float
+    # Top-1 on the search half; None for a full-depth variant of the store (not searched).
+    search_top1: float | None
+    # On the store's scale: the full network's recorded top1 at this resolution and precision,
+    # plus (this subnet - the full network) on the search half; a store variant's own top1.
+    estimated_top1: float
+    full_depth: bool
+
+
+def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates no other beats on both latency and estimated top-1, fastest first."""
+    ordered = sorted(candidates, key=lambda c: (c.predicted_ms, -c.estimated_top1))
+    front: list[Candidate] = []
+    for candidate in ordered:
+        if not front or candidate.estimated_top1 > front[-1].estimated_top1:
+            front.append(candidate)
+    return front
+
+
+def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
+    """At most ``k`` searched subnets of ``front`` spanning their latency range (log-spaced);
+    a subnet on the front at both precisions counts once, at its faster one."""
+    subnets: list[Candidate] = []
+    for c in front:
+        seen = {(s.resolution, s.kept_blocks) for s in subnets}
+        if not c.full_depth and c.search_top1 is not None and (c.resolution, c.kept_blocks) not in seen:
+            subnets.append(c)
+    if len(subnets) <= k:
+        return subnets
+    low, high = math.log(subnets[0].predicted_ms), math.log(subnets[-1].predicted_ms)
+    picks: list[Candidate] = []
+    for step in range(k):
+        target = low + (high - low) * step / max(1, k - 1)
+        remaining = [c for c in subnets if c not in picks]
+        picks.append(min(remaining, key=lambda c: abs(math.log(c.predicted_ms) - target)))
+    return sorted(picks, key=lambda c: c.predicted_ms)
+
+
+class PrefixCachedAccuracy:
+    """Search-half top-1 of one network's subnets at one resolution.
+
+    The cache maps a prefix of keep/skip decisions (one per skippable block, in order) to the
+    activations at the next skippable block's input; it holds at most ``cache_bytes``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Sequence[LabelledImage],
+        preprocessing: Preprocessing,
+        resolution: int,
+        cache_bytes: int = 400 << 20,
+    ) -> None:
+        self._skippable = skippable_blocks(model)
+        self.total_blocks: int = len(model._blocks)  # type: ignore[arg-type]
+        self._labels = np.array([i.class_id for i in images])
+        self._cache: OrderedDict[tuple[bool, ...], list[np.ndarray]] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        # Each piece (stem, every block, head) runs as its own onnxruntime session: several
+        # times faster than PyTorch's eager depthwise convolutions on a small CPU.
+        self._pieces = _export_pieces(
+            SubnetModule(model, subnet_of(model, ())), resolution, self.total_blocks
+        )
+        mean = np.asarray(preprocessing.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(preprocessing.std, np.float32).reshape(1, 3, 1, 1)
+        self._root = []
+        for start in range(0, len(images), CHUNK):
+            pixels = np.concatenate(
+                [
+                    load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
+                    for i in images[start : start + CHUNK]
+                ]
+            )
+            x = (pixels.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std
+            self._root.append(self._run(["stem", *range(self._skippable[0])], x))
+        self.evaluations = 0
+
+    @property
+    def skippable(self) -> tuple[int, ...]:
+        return self._skippable
+
+    def _remember(self, key: tuple[bool, ...], chunks: list[np.ndarray]) -> None:
+        self._cache[key] = chunks
+        used = sum(sum(t.nbytes for t in v) for v in self._cache.values())
+        while used > self._cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            used -= sum(t.nbytes for t in dropped)
+
+    def top1(self, kept_blocks: Sequence[int]) -> float:
+        kept = set(kept_blocks)
+        decisions = tuple(s in kept for s in self._skippable)
+        depth = next(d for d in range(len(decisions), -1, -1) if d == 0 or decisions[:d] in self._cache)
+        chunks = self._root if depth == 0 else self._cache[decisions[:depth]]
+        if depth:
+            self._cache.move_to_end(decisions[:depth])
+        for position in range(depth, len(decisions)):
+            block = self._skippable[position]
+            until = self._skippable[position + 1] if position + 1 < len(decisions) else self.total_blocks
+            pieces = ([block] if decisions[position] else []) + list(range(block + 1, until))
+            chunks = [self._run(pieces, x) for x in chunks]
+            if position + 1 < len(decisions):
+                self._remember(decisions[: position + 1], chunks)
+        predictions = np.concatenate([self._run(["head"], x).argmax(1) for x in chunks])
+        self.evaluations += 1
+        return float(np.mean(predictions == self._labels))
+
+    def _run(self, pieces: Sequence[int | str], x: np.ndarray) -> np.ndarray:
+        for piece in pieces:
+            (x,) = self._pieces[piece].run(None, {"x": x})
+        return x
+
+
+class _Piece(nn.Module):
+    """One piece of a network (``"stem"``, a block index, ``"head"``) as a module to export."""
+
+    def __init__(self, module: SubnetModule, part: int | str) -> None:
+        super().__init__()
+        self.module = module
+        self.part = part
+        self.eval()  # see SubnetModule: the exporter restores the mode it found
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "stem":
+            return self.module.stem(x)
+        if self.part == "head":
+            return self.module.head(x)
+        return self.module.block(int(self.part), x)
+
+
+def _export_pieces(
+    module: SubnetModule, resolution: int, total_blocks: int
+) -> dict[int | str, ort.InferenceSession]:
+    import warnings
+
+    options = session_options(os.cpu_count() or 1)
+    sessions: dict[int | str, ort.InferenceSession] = {}
+    x = torch.zeros(1, 3, resolution, resolution)
+    with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, as in export.py
+        for part in ["stem", *range(total_blocks), "head"]:
+            piece = _Piece(module, part)
+            path = Path(tmp) / f"{part}.onnx"
+            torch.onnx.export(
+                piece, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["x"],
+                output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            )  # fmt: skip
+            sessions[part] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            x = piece(x)
+    return sessions
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the search may combine for one family."""
+
+    arch: str
+    accuracy: dict[int, PrefixCachedAccuracy]  # by resolution
+    # (resolution, precision) -> table, where the store has the full network with a top1.
+    tables: dict[tuple[int, Precision], BlockTable]
+    full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
+    # The family's full-depth variants in the store at their measured latency: a subnet is worth
+    # keeping only where none of them is both faster and more accurate.
+    competitors: list[Candidate]
+
+
+def evolve(
+    space: SearchSpace,
+    budget_seconds: float,
+    progress: Progress,
+    seed: int = 0,
+    population: int = 4,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
+    the scored and the family's full-depth variants).
+
+    Each round takes the family's current front as parents, mutates (each skippable block flips with
+    probability 1/n, at least one flips) and sometimes crosses two parents of one resolution or
+    moves a child to another resolution; children already scored are not scored again.
+    """
+    rng = random.Random(seed)  # noqa: S311 -- a search, not a secret: seeded to be repeatable
+    started = time.monotonic()
+    scored: dict[tuple[int, tuple[int, ...]], float] = {}
+    resolutions = sorted(space.accuracy)
+
+    def candidates() -> list[Candidate]:
+        result = []
+        for (resolution, kept), top1 in scored.items():
+            total = space.accuracy[resolution].total_blocks
+            full = scored[resolution, tuple(range(total))]
+            subnet = None if len(kept) == total else Subnet(kept_blocks=kept, total_blocks=total)
+            for (table_resolution, precision), table in space.tables.items():
+                if table_resolution != resolution:
+                    continue
+                result.append(
+                    Candidate(
+                        variant_name(space.arch, resolution, precision, subnet),
+                        resolution,
+                        precision,
+                        kept,
+                        table.predict_ms(kept),
+                        top1,
+                        space.full_top1[resolution, precision] + top1 - full,
+                        subnet is None,
+                    )
+                )
+        return result
+
+    def score(resolution: int, kept: tuple[int, ...]) -> None:
+        if (resolution, kept) not in scored:
+            scored[resolution, kept] = space.accuracy[resolution].top1(kept)
+
+    def random_subnet(resolution: int) -> tuple[int, ...]:
+        evaluator = space.accuracy[resolution]
+        skippable = evaluator.skippable
+        # Few skips: a subnet missing most of its blocks is far below every frontier.
+        skips = set(rng.sample(skippable, rng.randint(1, max(1, len(skippable) // 3))))
+        return tuple(i for i in range(evaluator.total_blocks) if i not in skips)
+
+    def mutate(resolution: int, kept: tuple[int, ...]) -> tuple[int, ...]:
+        skippable = space.accuracy[resolution].skippable
+        flips = {s for s in skippable if rng.random() < 1 / len(skippable)} or {rng.choice(skippable)}
+        return tuple(sorted(set(kept) ^ flips))
+
+    def crossover(a: tuple[int, ...], b: tuple[int, ...], resolution: int) -> tuple[int, ...]:
+        total = space.accuracy[resolution].total_blocks
+        return tuple(i for i in range(total) if (i in a if rng.random() < 0.5 else i in b))
+
+    # The full networks first: scoring them caches every prefix of the keep-all path, which
+    # makes the children that skip one late block cheap.
+    seeds = [(r, tuple(range(space.accuracy[r].total_blocks))) for r in resolutions]
+    seeds += [
+        (r, random_subnet(r)) for r in resolutions for _ in range(max(1, population // len(resolutions)))
+    ]
+    for number, (resolution, kept) in enumerate(seeds, 1):
+        score(resolution, kept)
+        progress(f"initial population {number}/{len(seeds)} ({time.monotonic() - started:.0f} s)")
+    rounds = repeats = 0
+    # A small space can be exhausted before the budget is: stop after many children seen before.
+    while time.monotonic() - started < budget_seconds and repeats < 200:
+        rounds += 1
+        parents = pareto_front(candidates())
+        parent = rng.choice(parents)
+        resolution, kept = parent.resolution, parent.kept_blocks
+        roll = rng.random()
+        if roll < 0.2 and len(resolutions) > 1:
+            resolution = rng.choice([r for r in resolutions if r != resolution])
+        elif roll < 0.5:
+            same = [p for p in parents if p.resolution == resolution]
+            kept = crossover(kept, rng.choice(same).kept_blocks, resolution)
+        child = mutate(resolution, kept)
+        if (resolution, child) in scored:
+            repeats += 1
+            continue
+        repeats = 0
+        score(resolution, child)
+        front = pareto_front(candidates())
+        progress(
+            f"round {rounds}: {len(scored)} subnets scored, front of {len(front)} "
+            f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
+        )
+    everything = candidates()
+    return everything, pareto_front([*everything, *space.competitors])

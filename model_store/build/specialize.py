@@ -1,0 +1,273 @@
+"""``edgefit store specialize``: keep a family's subnets that are on this device's frontier.
+
+1. The device table: each full-depth variant of the family in the store (fp32 and int8, at every
+   resolution searched) is profiled block by block (``latency_table``).
+2. The search (``search``) scores subnets on the search half of the labelled sample and keeps the
+   Pareto front of (predicted latency, search-half top-1); at most ``k`` of its subnets spanning
+   its latency range are picked.
+3. Each pick is exported like any variant (``builder.build_pair``: parity against its PyTorch
+   subnet, int8 with the same agreement gate) and measured on the held-out half: its recorded
+   ``top1`` is ``derived`` = the family's published figure + (subnet − published base), both on
+   the held-out half, which the manifest names. Only the picked precision is written: the fp32
+   twin of an int8 pick is dominated and only served its checks.
+4. The table's prediction is checked against whole-network measurements of the picks and of a
+   few other sampled subnets.
+
+A failed run leaves the store as it was. The family's previous subnets are replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store.build.builder import build_pair, commit, drop_disagreeing_int8, every_nth
+from model_store.build.export import export_onnx, load_pretrained
+from model_store.build.latency_table import (
+    BlockTable,
+    PredictionCheck,
+    measure_table,
+    whole_network_ms,
+)
+from model_store.build.recipes import LADDER, Recipe, lite_preprocessing, variant_name
+from model_store.build.search import (
+    Candidate,
+    PrefixCachedAccuracy,
+    SearchSpace,
+    evolve,
+    spread_picks,
+)
+from model_store.build.subnets import SubnetModule
+from model_store.evaluate import evaluate, held_out_half, labelled_images, record, search_half
+from model_store.image_input import wrap_file
+from model_store.manifest import Manifest, Precision, Subnet, Variant
+from model_store.store import Store, StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+TABLE_RUNS = 20
+CHECK_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Pick:
+    variant: Variant
+    candidate: Candidate
+    measured_ms: float
+
+
+@dataclass(frozen=True)
+class Specialized:
+    store: Store
+    front: list[Candidate]
+    picks: list[Pick]
+    checks: list[PredictionCheck]
+    scored: int
+    seconds: float
+
+
+def held_out_dataset(dataset: str) -> str:
+    """The name the manifest gives the held-out half of ``dataset``."""
+    return f"{dataset}/odd-positions"
+
+
+def recipe_for(arch: str) -> Recipe:
+    """The ladder recipe called ``arch`` (``lite0``); raises ``StoreError`` for an unknown one."""
+    for recipe in LADDER:
+        if recipe.arch == arch:
+            return recipe
+    raise StoreError(f"no family {arch!r}: choose one of {', '.join(r.arch for r in LADDER)}")
+
+
+def _full_depth(store: Store, recipe: Recipe, resolution: int, precision: Precision) -> Variant | None:
+    try:
+        return store.manifest.variant(variant_name(recipe.arch, resolution, precision))
+    except KeyError:
+        return None
+
+
+def specialize(
+    store_root: Path,
+    images_dir: Path,
+    recipe: Recipe,
+    resolutions: Sequence[int],
+    k: int,
+    search_images: int,
+    budget_seconds: float,
+    say: Say,
+    sampled_checks: int = 4,
+) -> Specialized:
+    """Search ``recipe``'s subnets at ``resolutions`` and write up to ``k`` of them into the store.
+
+    Raises ``StoreError`` when the store lacks the full-depth variants the table is built from, or
+    an export check fails.
+    """
+    started = time.monotonic()
+    store = open_store(store_root)
+    images = labelled_images(images_dir)
+    dataset = images_dir.name
+    base = _full_depth(store, recipe, recipe.native_resolution, "fp32")
+    if base is None or base.top1_source != "published":
+        raise StoreError(
+            f"{recipe.arch}: the store has no published full-depth base; run `edgefit store build`"
+        )
+
+    say(
+        f"{recipe.arch}: this device's latency: its full-depth variants, block tables at "
+        f"{', '.join(map(str, resolutions))} px"
+    )
+    competitors = _ladder_points(store, recipe.family)
+    measured_ms = {c.name: c.predicted_ms for c in competitors}
+    tables: dict[tuple[int, Precision], BlockTable] = {}
+    full_top1: dict[tuple[int, Precision], float] = {}
+    total_blocks = 0
+    for resolution in resolutions:
+        if _full_depth(store, recipe, resolution, "fp32") is None:
+            raise StoreError(
+                f"{recipe.arch}: the store has no {variant_name(recipe.arch, resolution, 'fp32')}"
+            )
+        total_blocks = len(load_pretrained(recipe, resolution)._blocks)  # type: ignore[arg-type]
+        for precision in ("fp32", "int8"):
+            # int8 only where the full network passed the gate: its subnets rarely agree better.
+            variant = _full_depth(store, recipe, resolution, precision)
+            if variant is None or variant.top1 is None:
+                continue
+            tables[resolution, precision] = measure_table(
+                store.verify(variant), resolution, total_blocks, measured_ms[variant.name], TABLE_RUNS
+            )
+            full_top1[resolution, precision] = variant.top1
+
+    searched = every_nth(search_half(images), search_images)
+    say(f"{recipe.arch}: caching stem activations of {len(searched)} search-half images")
+    accuracy = {
+        r: PrefixCachedAccuracy(load_pretrained(recipe, r), searched, lite_preprocessing(r), r)
+        for r in resolutions
+    }
+    space = SearchSpace(recipe.arch, accuracy, tables, full_top1, competitors)
+    scored, front = evolve(space, budget_seconds, say)
+    picks = spread_picks(front, k)
+    say(f"{recipe.arch}: picked {len(picks)} subnets of the front's {len(front)} points")
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store_root))
+    try:
+        staged: list[Variant] = []
+        for number, pick in enumerate(picks, 1):
+            subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
+            name = variant_name(recipe.arch, pick.resolution, pick.precision, subnet)
+            say(f"{recipe.arch}: export {number}/{len(picks)}: {name}")
+            # Calibration and parity images come from the search half too: the held-out half
+            # stays unseen until it is scored.
+            staged += build_pair(recipe, pick.resolution, staging, search_half(images), subnet)
+        held_out = held_out_half(images)
+        held_name = held_out_dataset(dataset)
+        say(f"{recipe.arch}: held-out top-1 on {len(held_out)} images ({held_name})")
+        results = evaluate(Store(staging, Manifest(variants=tuple(staged))), staged, held_out)
+        results += evaluate(store, [base], held_out)
+        manifest = record(Manifest(variants=(base, *staged)), held_name, results)
+        manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+
+        written: list[Pick] = []
+        checks: list[PredictionCheck] = []
+        for pick in picks:
+            subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
+            measured: dict[str, tuple[Variant, float]] = {}
+            precisions: tuple[Precision, ...] = ("fp32", "int8")
+            for precision in precisions:
+                name = variant_name(recipe.arch, pick.resolution, precision, subnet)
+                # Not there: an int8 that failed the agreement gate. No table: an int8 where the
+                # full network failed it (not searched, not written).
+                if (
+                    name not in {v.name for v in manifest.variants}
+                    or (pick.resolution, precision) not in tables
+                ):
+                    continue
+                variant = manifest.variant(name)
+                ms = whole_network_ms((staging / variant.file).read_bytes(), pick.resolution, CHECK_RUNS)
+                checks.append(
+                    PredictionCheck(name, tables[pick.resolution, precision].predict_ms(pick.kept_blocks), ms)
+                )
+                measured[precision] = (variant, ms)
+            # Written only where no full-depth variant is both faster and more accurate, by the
+            # measured latency and the held-out figure; an int8 that failed the gate leaves its
+            # fp32 twin to try.
+            options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
+            kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
+            if kept is None:
+                say(f"{recipe.arch}: {pick.name} not written: a full-depth one is faster and more accurate")
+                continue
+            if kept[0].precision != pick.precision:
+                say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
+            written.append(Pick(kept[0], pick, kept[1]))
+        checks += _sampled_checks(recipe, scored, picks, tables, total_blocks, staging, sampled_checks)
+
+        replacing = {
+            v.name for v in store.manifest.variants if v.family == recipe.family and v.subnet is not None
+        }
+        store = commit(
+            store, staging, [manifest.variant(base.name), *(p.variant for p in written)], replacing
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Specialized(
+        store,
+        front,
+        written,
+        checks,
+        len({(c.resolution, c.kept_blocks) for c in scored}),
+        time.monotonic() - started,
+    )
+
+
+def _ladder_points(store: Store, family: str) -> list[Candidate]:
+    """``family``'s full-depth variants with a top1 (every resolution, not only the searched
+    ones), at their latency measured now."""
+    points = []
+    for v in store.manifest.variants:
+        if v.top1 is not None and v.subnet is None and v.family == family:
+            ms = whole_network_ms(store.verify(v), v.resolution, TABLE_RUNS)
+            points.append(
+                Candidate(v.name, v.resolution, v.precision, (), ms, None, v.top1, v.subnet is None)
+            )
+    return points
+
+
+def _dominated(variant: Variant, ms: float, competitors: Sequence[Candidate]) -> bool:
+    top1 = variant.top1 or 0.0
+    return any(
+        c.predicted_ms <= ms and c.estimated_top1 >= top1 and (c.predicted_ms < ms or c.estimated_top1 > top1)
+        for c in competitors
+    )
+
+
+def _sampled_checks(
+    recipe: Recipe,
+    scored: Sequence[Candidate],
+    picks: Sequence[Candidate],
+    tables: dict[tuple[int, Precision], BlockTable],
+    total_blocks: int,
+    staging: Path,
+    count: int,
+) -> list[PredictionCheck]:
+    """Whole-network fp32 measurements of ``count`` scored subnets that were not picked."""
+    others = sorted(
+        {(c.resolution, c.kept_blocks) for c in scored if not c.full_depth}
+        - {(p.resolution, p.kept_blocks) for p in picks}
+    )
+    checks = []
+    rng = random.Random(0)  # noqa: S311 -- a sample, not a secret: seeded to be repeatable
+    for resolution, kept in rng.sample(others, min(count, len(others))):
+        subnet = Subnet(kept_blocks=kept, total_blocks=total_blocks)
+        name = variant_name(recipe.arch, resolution, "fp32", subnet)
+        path = staging / f"check-{name}.onnx"
+        export_onnx(SubnetModule(load_pretrained(recipe, resolution), subnet), resolution, path)
+        wrap_file(path, path, lite_preprocessing(resolution), resolution)
+        measured = whole_network_ms(path.read_bytes(), resolution, CHECK_RUNS)
+        checks.append(PredictionCheck(name, tables[resolution, "fp32"].predict_ms(kept), measured))
+    return checks
