@@ -71,6 +71,11 @@ class Classification:
     queue_seconds: float
     decode_seconds: float
     inference_seconds: float
+    # For ``DataPlane.record``, after the answer is sent: the store that answered it, and what
+    # its decode cost is predicted from.
+    served: _Served
+    image_format: str
+    decoded_pixels: int
 
 
 @dataclass(frozen=True)
@@ -350,11 +355,6 @@ class DataPlane:
         except imaging.ImageError as exc:
             raise errors.InvalidImage(str(exc)) from None
         decode_s, inference_s, best = finished.value
-        now = time.perf_counter()
-        served.latency.observe(choice.name, inference_s, now)
-        served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
-        static.metrics.inference_duration.observe(inference_s)
-        self.metrics.decode_duration.observe(decode_s)
         names = static.labels
         return Classification(
             variant=variant,
@@ -368,19 +368,27 @@ class DataPlane:
             queue_seconds=finished.queue_seconds,
             decode_seconds=decode_s,
             inference_seconds=inference_s,
+            served=served,
+            image_format=header.format,
+            decoded_pixels=decoded_pixels(header, variant.preprocessing),
         )
 
     def _margin(self, now: float) -> float:
         late = self._lateness.quantile(LATENESS_QUANTILE, now)
         return 0.0 if late is None else max(0.0, late)
 
-    def record_total(
-        self, result: Classification, total_seconds: float, budget_seconds: float | None
-    ) -> None:
-        """The answer's server-side total as the HTTP layer measured it (first byte to answer)."""
+    def record(self, result: Classification, total_seconds: float, budget_seconds: float | None) -> None:
+        """What an answer teaches the latency table and the metrics; ``total_seconds`` as the HTTP
+        layer measured it (first byte to answer). Called once the answer is sent: none of this
+        delays it."""
+        now = time.perf_counter()
+        result.served.latency.observe(result.variant.name, result.inference_seconds, now)
+        result.served.decode.observe(result.image_format, result.decoded_pixels, result.decode_seconds, now)
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        self._lateness.add(late, time.perf_counter())
+        self._lateness.add(late, now)
         metrics = result.metrics
+        metrics.inference_duration.observe(result.inference_seconds)
+        self.metrics.decode_duration.observe(result.decode_seconds)
         metrics.request_duration.observe(total_seconds)
         if budget_seconds is not None:
             (metrics.budget_met if total_seconds <= budget_seconds else metrics.budget_missed).inc()
