@@ -7,8 +7,10 @@ atomically on reload. Latency bookkeeping happens on the event loop thread, afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,7 +165,7 @@ class DataPlane:
         in place if it does.
         """
         async with self._loading:
-            previous = self._served.models if self._served else None
+            previous = self.served_models()
             log.info("loading the store at %s", self.settings.store_dir)
             models = await asyncio.to_thread(load_models, self.settings, previous)
             window = self.settings.latency_window
@@ -188,10 +190,25 @@ class DataPlane:
             self.failure = None
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
-            # The previous set's sessions (once no request holds them) and the load's garbage
-            # are free now: give the memory back, still under the lock so loads cannot overlap.
+            if previous is not None:
+                self._release_when_unused(previous)
             del previous
+            # The load's own garbage (file bytes, parsed graphs) is free now: give it back.
             await asyncio.to_thread(release_free_memory)
+
+    def _release_when_unused(self, models: ServedModels) -> None:
+        """Hand the memory of ``models``' sessions back once the last request using them ends.
+
+        Requests that were running at the swap still hold the old set; whichever drops the last
+        reference frees it (on the loop or a worker), and the trim then runs on a thread.
+        """
+        loop = asyncio.get_running_loop()
+
+        def released() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the process is ending
+                loop.call_soon_threadsafe(loop.run_in_executor, None, release_free_memory)
+
+        weakref.finalize(models, released)
 
     async def load_until_served(self) -> None:
         """The start-up load, retried until it succeeds (see README, "Start-up").
@@ -223,6 +240,10 @@ class DataPlane:
                 retry_after_seconds=1,
             )
         return self._served
+
+    def served_models(self) -> ServedModels | None:
+        """The set being served (None before the first load)."""
+        return self._served.models if self._served else None
 
     @property
     def variant_names(self) -> Sequence[str]:
