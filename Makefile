@@ -20,8 +20,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $@
 
 # Built only when absent: a store is data, not a build product to refresh on every change.
-# The ladder first, then this machine's frontier subnets of lite2 and lite0 between its steps.
-SPECIALIZE := $(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 150 --budget 30
+# The ladder first, then this machine's frontier subnets of each family between its steps.
+SPECIALIZE := $(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 --budget 60
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(SPECIALIZE) --family lite2 --resolutions 260,224 --k 4

@@ -8,7 +8,7 @@ overhead with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (
 requests), mixed budgets (closed loop at 3 and 6 clients, bench/mixed.py), and overload at the
 peer's offered rate, with selection; then delivered accuracy of the specialised store against
 its resolution ladder (bench/delivered.py). One server at a time. Every figure is the median over
-repeats. Results: bench/results/bench.{json,md,png}; the headlines are printed first.
+repeats. Results: bench/results/bench.{json,md,png}; the headlines are printed at the end.
 
 Environment: BENCH_QUICK=1 (a fast smoke run), BENCH_PROFILE=1 (also profile the server
 under load with py-spy), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
@@ -400,7 +400,8 @@ def main() -> int:
     (out_dir / "bench.md").write_text(report.markdown(results))
     report.plot(results, out_dir / "bench.png")
     progress(f"wrote {out_dir}/bench.json, bench.md, bench.png")
-    print(report.markdown(results))
+    print("\n".join(report.headlines(results)))
+    print(f"\nThe whole report: {out_dir / 'bench.md'}")
     return 0
 
 

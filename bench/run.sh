@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make bench: the benchmark of BENCH.md (bench/run.py), after making sure the peer's own
-# virtualenv exists. BENCH_QUICK=1 for a fast smoke run.
+# make bench: the benchmark of BENCH.md (bench/run.py), after the concurrency models
+# (bench/concurrency.py), after making sure the peer's own virtualenv exists. BENCH_QUICK=1 for a
+# fast smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +18,5 @@ if [[ ! -x $PEER_VENV/bin/bentoml || "$(cat $PEER_VENV/.installed 2>/dev/null)" 
 fi
 
 export EDGEFIT_SAMPLE_DIR=${EDGEFIT_SAMPLE_DIR:-../shared/imagenet-sample}
+"$PY" bench/concurrency.py
 exec "$PY" bench/run.py "$@"

@@ -8,7 +8,8 @@ spread over the run. The server's RSS is sampled every second from ``/proc``.
 Reports errors (transport errors, 5xx), 503s shed, budget met per tier (the server's own
 ``budget_met``), RSS at ready / at the end / its maximum, and the reloads (failed, duration).
 Writes ``bench/results/soak.json`` and ``bench/results/soak.md``. Exit status 1 if any request
-failed, any reload failed or the RSS limit (``SOAK_RSS_LIMIT_MB``, default 400) was passed.
+failed, any reload failed, or RSS at ready or at the end passed ``SOAK_RSS_LIMIT_MB`` (default
+400; the maximum is reported, not judged: a reload holds two sets of sessions for a moment).
 
 Environment: SOAK_SECONDS, SOAK_RELOADS, SOAK_LOAD (fraction of capacity, default 0.7),
 EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR, BENCH_WORKERS, BENCH_THREADS.
@@ -101,7 +102,8 @@ def main() -> int:
         reloader.start()
         run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds)
         reloader.join()
-        time.sleep(2)  # what is left after the load, not in the middle of the last request
+        # What is left once the load is over: the last requests done, the old sessions released.
+        time.sleep(10)
         rss.stop.set()
         rss.join()
         rss_end = rss_mb(server.pid)
@@ -125,6 +127,7 @@ def main() -> int:
             "ready": round(rss_ready, 1),
             "end": round(rss_end, 1),
             "max": round(max(rss.samples), 1),
+            "growth": round(rss_end - rss_ready, 1),
         },
         "reloads": {
             "done": len(reload_results),
@@ -143,8 +146,9 @@ def main() -> int:
         "",
         f"- requests {report['requests']}, transport errors {report['transport_errors']}, "
         f"5xx {report['server_errors_5xx']}, 503 shed {report['shed_503']}",
-        f"- RSS MB: ready {report['rss_mb']['ready']}, end {report['rss_mb']['end']}, "
-        f"max {report['rss_mb']['max']} (limit {rss_limit:g})",
+        f"- RSS MB: ready {report['rss_mb']['ready']}, end {report['rss_mb']['end']} "
+        f"(growth {report['rss_mb']['growth']}), max {report['rss_mb']['max']} (limit {rss_limit:g} "
+        "at ready and end)",
         f"- reloads: {report['reloads']['done']} done, {report['reloads']['failed']} failed, "
         f"median {report['reloads']['seconds_median']} s, max {report['reloads']['seconds_max']} s",
         f"- load average at the end: {', '.join(f'{x:.2f}' for x in report['load_average_at_end'])}",
@@ -163,7 +167,7 @@ def main() -> int:
         not run.errors
         and not failed
         and report["reloads"]["failed"] == 0
-        and max([*rss.samples, rss_end]) <= rss_limit
+        and max(rss_ready, rss_end) <= rss_limit
     )
     return 0 if ok else 1
 

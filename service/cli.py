@@ -349,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
     special.add_argument("--images", required=True, help="labelled images: even positions search, odd score")
     special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
     special.add_argument("--k", type=int, default=4, help="most subnets to keep")
-    special.add_argument("--search-images", type=int, default=200, help="search-half images to score with")
+    special.add_argument("--search-images", type=int, default=100, help="search-half images to score with")
     special.add_argument("--budget", type=float, default=60.0, help="search time budget in seconds")
 
     add = store_command("add", "build a ladder of variants from an ONNX model exported elsewhere", cmd_add)

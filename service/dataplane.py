@@ -7,8 +7,10 @@ atomically on reload. Latency bookkeeping happens on the event loop thread, afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +73,11 @@ class Classification:
     queue_seconds: float
     decode_seconds: float
     inference_seconds: float
+    # For ``DataPlane.record``, after the answer is sent: the store that answered it, and what
+    # its decode cost is predicted from.
+    served: _Served
+    image_format: str
+    decoded_pixels: int
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,7 @@ class DataPlane:
         in place if it does.
         """
         async with self._loading:
-            previous = self._served.models if self._served else None
+            previous = self.served_models()
             log.info("loading the store at %s", self.settings.store_dir)
             models = await asyncio.to_thread(load_models, self.settings, previous)
             window = self.settings.latency_window
@@ -183,10 +190,25 @@ class DataPlane:
             self.failure = None
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
-            # The previous set's sessions (once no request holds them) and the load's garbage
-            # are free now: give the memory back, still under the lock so loads cannot overlap.
+            if previous is not None:
+                self._release_when_unused(previous)
             del previous
+            # The load's own garbage (file bytes, parsed graphs) is free now: give it back.
             await asyncio.to_thread(release_free_memory)
+
+    def _release_when_unused(self, models: ServedModels) -> None:
+        """Hand the memory of ``models``' sessions back once the last request using them ends.
+
+        Requests that were running at the swap still hold the old set; whichever drops the last
+        reference frees it (on the loop or a worker), and the trim then runs on a thread.
+        """
+        loop = asyncio.get_running_loop()
+
+        def released() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the process is ending
+                loop.call_soon_threadsafe(loop.run_in_executor, None, release_free_memory)
+
+        weakref.finalize(models, released)
 
     async def load_until_served(self) -> None:
         """The start-up load, retried until it succeeds (see README, "Start-up").
@@ -218,6 +240,10 @@ class DataPlane:
                 retry_after_seconds=1,
             )
         return self._served
+
+    def served_models(self) -> ServedModels | None:
+        """The set being served (None before the first load)."""
+        return self._served.models if self._served else None
 
     @property
     def variant_names(self) -> Sequence[str]:
@@ -350,11 +376,6 @@ class DataPlane:
         except imaging.ImageError as exc:
             raise errors.InvalidImage(str(exc)) from None
         decode_s, inference_s, best = finished.value
-        now = time.perf_counter()
-        served.latency.observe(choice.name, inference_s, now)
-        served.decode.observe(header.format, decoded_pixels(header, variant.preprocessing), decode_s, now)
-        static.metrics.inference_duration.observe(inference_s)
-        self.metrics.decode_duration.observe(decode_s)
         names = static.labels
         return Classification(
             variant=variant,
@@ -368,19 +389,27 @@ class DataPlane:
             queue_seconds=finished.queue_seconds,
             decode_seconds=decode_s,
             inference_seconds=inference_s,
+            served=served,
+            image_format=header.format,
+            decoded_pixels=decoded_pixels(header, variant.preprocessing),
         )
 
     def _margin(self, now: float) -> float:
         late = self._lateness.quantile(LATENESS_QUANTILE, now)
         return 0.0 if late is None else max(0.0, late)
 
-    def record_total(
-        self, result: Classification, total_seconds: float, budget_seconds: float | None
-    ) -> None:
-        """The answer's server-side total as the HTTP layer measured it (first byte to answer)."""
+    def record(self, result: Classification, total_seconds: float, budget_seconds: float | None) -> None:
+        """What an answer teaches the latency table and the metrics; ``total_seconds`` as the HTTP
+        layer measured it (first byte to answer). Called once the answer is sent: none of this
+        delays it."""
+        now = time.perf_counter()
+        result.served.latency.observe(result.variant.name, result.inference_seconds, now)
+        result.served.decode.observe(result.image_format, result.decoded_pixels, result.decode_seconds, now)
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        self._lateness.add(late, time.perf_counter())
+        self._lateness.add(late, now)
         metrics = result.metrics
+        metrics.inference_duration.observe(result.inference_seconds)
+        self.metrics.decode_duration.observe(result.decode_seconds)
         metrics.request_duration.observe(total_seconds)
         if budget_seconds is not None:
             (metrics.budget_met if total_seconds <= budget_seconds else metrics.budget_missed).inc()

@@ -308,4 +308,5 @@ def evolve(
             f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
         )
     everything = candidates()
-    return everything, pareto_front([*everything, *space.competitors])
+    # The full networks stand in the front as the store's variants, at their measured latency.
+    return everything, pareto_front([*(c for c in everything if not c.full_depth), *space.competitors])

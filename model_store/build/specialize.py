@@ -175,6 +175,9 @@ def specialize(
 
         written: list[Pick] = []
         checks: list[PredictionCheck] = []
+        # Measured again beside the picks, so that a change of the machine's load since the
+        # search cannot decide which side of the front a pick falls.
+        competitors = _ladder_points(store, recipe.family)
         for pick in picks:
             subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
             measured: dict[str, tuple[Variant, float]] = {}
@@ -189,11 +192,16 @@ def specialize(
                 ):
                     continue
                 variant = manifest.variant(name)
-                ms = whole_network_ms((staging / variant.file).read_bytes(), pick.resolution, CHECK_RUNS)
-                checks.append(
-                    PredictionCheck(name, tables[pick.resolution, precision].predict_ms(pick.kept_blocks), ms)
+                check = _check(
+                    name,
+                    tables[pick.resolution, precision],
+                    pick.kept_blocks,
+                    (staging / variant.file).read_bytes(),
+                    store.verify(_full(store, recipe, pick.resolution, precision)),
+                    pick.resolution,
                 )
-                measured[precision] = (variant, ms)
+                checks.append(check)
+                measured[precision] = (variant, check.measured_ms)
             # Written only where no full-depth variant is both faster and more accurate, by the
             # measured latency and the held-out figure; an int8 that failed the gate leaves its
             # fp32 twin to try.
@@ -205,7 +213,7 @@ def specialize(
             if kept[0].precision != pick.precision:
                 say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
             written.append(Pick(kept[0], pick, kept[1]))
-        checks += _sampled_checks(recipe, scored, picks, tables, total_blocks, staging, sampled_checks)
+        checks += _sampled_checks(store, recipe, scored, picks, tables, total_blocks, staging, sampled_checks)
 
         replacing = {
             v.name for v in store.manifest.variants if v.family == recipe.family and v.subnet is not None
@@ -247,6 +255,7 @@ def _dominated(variant: Variant, ms: float, competitors: Sequence[Candidate]) ->
 
 
 def _sampled_checks(
+    store: Store,
     recipe: Recipe,
     scored: Sequence[Candidate],
     picks: Sequence[Candidate],
@@ -268,6 +277,28 @@ def _sampled_checks(
         path = staging / f"check-{name}.onnx"
         export_onnx(SubnetModule(load_pretrained(recipe, resolution), subnet), resolution, path)
         wrap_file(path, path, lite_preprocessing(resolution), resolution)
-        measured = whole_network_ms(path.read_bytes(), resolution, CHECK_RUNS)
-        checks.append(PredictionCheck(name, tables[resolution, "fp32"].predict_ms(kept), measured))
+        full = store.verify(_full(store, recipe, resolution, "fp32"))
+        checks.append(_check(name, tables[resolution, "fp32"], kept, path.read_bytes(), full, resolution))
     return checks
+
+
+def _full(store: Store, recipe: Recipe, resolution: int, precision: Precision) -> Variant:
+    variant = _full_depth(store, recipe, resolution, precision)
+    if variant is None:
+        raise StoreError(f"{recipe.arch}: no full-depth {precision} variant at {resolution} px")
+    return variant
+
+
+def _check(
+    name: str, table: BlockTable, kept: tuple[int, ...], subnet: bytes, full: bytes, resolution: int
+) -> PredictionCheck:
+    """The table's prediction for a subnet against its measurement.
+
+    The full network is measured right beside the subnet and sets the table's scale at that
+    moment: on a shared machine the load changes between the table and its checks, and that
+    change is not the table's error (on a quiet machine the factor is 1).
+    """
+    full_ms = whole_network_ms(full, resolution, CHECK_RUNS)
+    measured = whole_network_ms(subnet, resolution, CHECK_RUNS)
+    scale = full_ms / table.predict_ms(range(len(table.block_ms)))
+    return PredictionCheck(name, scale * table.predict_ms(kept), measured)

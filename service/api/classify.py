@@ -248,25 +248,28 @@ async def _classify(
     name = result.variant.name
     total = time.perf_counter() - started
     answer, server_timing = _answer(result, budget, total)
-    plane.record_total(result, total, budget)
-    if fields is not None:
-        fields.update(
-            variant=name,
-            reason=result.reason,
-            budget_met=None if budget is None else total <= budget,
-            predicted_ms=_ms(result.predicted_seconds),
-            total_ms=_ms(total),
-            queue_ms=_ms(result.queue_seconds),
-            decode_ms=_ms(result.decode_seconds),
-            inference_ms=_ms(result.inference_seconds),
+    try:
+        await _send(
+            send,
+            200,
+            answer,
+            b"application/json",
+            [(b"x-model-variant", result.variant_header), (b"server-timing", server_timing)],
         )
-    await _send(
-        send,
-        200,
-        answer,
-        b"application/json",
-        [(b"x-model-variant", result.variant_header), (b"server-timing", server_timing)],
-    )
+    finally:
+        # After the answer is out: the bookkeeping does not delay it.
+        plane.record(result, total, budget)
+        if fields is not None:
+            fields.update(
+                variant=name,
+                reason=result.reason,
+                budget_met=None if budget is None else total <= budget,
+                predicted_ms=_ms(result.predicted_seconds),
+                total_ms=_ms(total),
+                queue_ms=_ms(result.queue_seconds),
+                decode_ms=_ms(result.decode_seconds),
+                inference_ms=_ms(result.inference_seconds),
+            )
     return name
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from service.app import create_app
+from service.dataplane import DataPlane
+from service.observability import Metrics
 from service.settings import Settings
 from tests.app.conftest import (
     LOOPBACK,
@@ -105,3 +109,17 @@ def test_failed_reload_keeps_serving_the_previous_store(settings: Settings, stor
         assert client.get("/readyz").status_code == 200
         response = client.post("/classify", params={"model": "tiny-16-fp32"}, content=image_bytes("PNG"))
         assert response.status_code == 200
+
+
+def test_a_reload_frees_the_previous_sessions(settings: Settings) -> None:
+    """Nothing keeps a replaced set of sessions alive (each would hold its weights for ever)."""
+    plane = DataPlane(settings, Metrics())
+    with serve(settings, plane) as client:
+        served = plane.served_models()
+        assert served is not None
+        first = weakref.ref(served)
+        del served
+        assert client.post("/admin/reload").status_code == 200
+        assert client.post("/classify", content=image_bytes("PNG")).status_code == 200
+        gc.collect()
+        assert first() is None

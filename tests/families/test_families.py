@@ -35,8 +35,8 @@ RESOLUTIONS = (64, 96)
 LABELS = [f"part-{i}" for i in range(10)]
 CALIBRATION_IMAGES = 64
 # Random weights give near-tied classes on most images, so a little int8 noise flips the top-1
-# more often than in a trained network: 84-100 % agreement with fp32 here, against the
-# default gate of 95 % (see DEVELOPERS.md, "Bringing your own model").
+# more often than in a trained network: 94-100 % agreement with fp32 here (81 % seen on other
+# draws), against the default gate of 95 % (see DEVELOPERS.md, "Bringing your own model").
 MIN_AGREEMENT = 0.8
 
 
@@ -133,6 +133,8 @@ def test_every_variant_answers_when_pinned_with_the_custom_labels(served: Server
     assert len(variants) == len(FAMILIES) * len(RESOLUTIONS) * 2
     for v in variants:
         assert v["classes"] == len(LABELS)
+        # Profiled on this machine at start-up, like every served variant.
+        assert 0 < v["latency_ms"]["profiled_p50"] <= v["latency_ms"]["profiled_p95"]
         answer = _classify(served, tabby, model=v["name"], top_k="3")
         assert answer.status_code == 200, answer.text
         body = answer.json()

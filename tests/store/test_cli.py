@@ -98,7 +98,7 @@ def test_specialize_prints_its_frontier_and_duration(
     images = tmp_path / "labelled"
     images.mkdir()
     for image in labelled_images(sample_dir)[:30]:
-        (images / image.path.name).symlink_to(image.path)
+        (images / image.path.name).symlink_to(image.path.resolve())
     result = edgefit(
         "store", "specialize", "--store", str(small_store), "--images", str(images), "--family", "lite0",
         "--resolutions", "160", "--k", "1", "--search-images", "10", "--budget", "2",

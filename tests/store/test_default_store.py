@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from model_store.build.recipes import LADDER, variant_name
+from model_store.build.specialize import held_out_dataset
 from model_store.evaluate import evaluate, labelled_images
+from model_store.manifest import depth_tag
 from model_store.store import open_store
 
 
@@ -50,6 +52,19 @@ def test_int8_loses_at_most_two_points(store) -> None:
                 pairs += 1
     # At least one per family (which ones pass the gate depends on the building CPU's kernels).
     assert pairs >= len(LADDER)
+
+
+def test_specialised_subnets_record_held_out_accuracy(store, sample_dir: Path) -> None:
+    subnets = [v for v in store.manifest.variants if v.subnet is not None]
+    # How many the frontier keeps depends on the building machine (its latency, its int8 gate).
+    assert subnets
+    held_out = held_out_dataset(sample_dir.name)
+    for v in subnets:
+        assert f"-{depth_tag(v.subnet)}-" in v.name and len(v.subnet.kept_blocks) < v.subnet.total_blocks
+        # Derived from the half the search never saw, and nothing else measured for it.
+        assert (v.top1_source, v.top1_dataset, set(v.evaluations)) == ("derived", held_out, {held_out})
+        base = store.manifest.variant(v.top1_base)
+        assert base.top1_source == "published" and held_out in base.evaluations
 
 
 def test_lite0_classifies_the_sample_through_the_store_code_path(store, sample_dir: Path) -> None:

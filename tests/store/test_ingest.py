@@ -323,3 +323,18 @@ def test_cli_presets_and_explicit_flags(tmp_path: Path) -> None:
         "channel_order": "RGB",
     }
     assert (variants["c-32-fp32"]["resize_shorter"], variants["c-32-fp32"]["mean"]) == (64, [127.0] * 3)
+
+
+def test_int8_only_and_an_already_quantised_file(tmp_path: Path, tiny_onnx: Path, sample_dir: Path) -> None:
+    calibration = _links(tmp_path / "calibration", sorted(sample_dir.glob("*.JPEG"))[:8])
+    store = add_tiny(
+        tmp_path / "a", tiny_onnx, precisions=("int8",), calibration_dir=calibration, min_agreement=0.5
+    )
+    # The fp32 twin was built for the gate only.
+    (int8,) = store.manifest.variants
+    assert (int8.name, int8.precision) == ("tiny-32-int8", "int8")
+    quantised = store.path_of(int8)
+    with pytest.raises(StoreError, match="already quantised: add it with --precisions int8"):
+        add_tiny(tmp_path / "b", quantised)
+    again = add_tiny(tmp_path / "b", quantised, precisions=("int8",))
+    assert again.manifest.variants[0].sha256 == int8.sha256  # stored as it is, no calibration needed

@@ -23,7 +23,7 @@ IMAGES = 60
 def images(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("labelled")
     for image in labelled_images(sample_dir)[:IMAGES]:
-        (folder / image.path.name).symlink_to(image.path)
+        (folder / image.path.name).symlink_to(image.path.resolve())
     return folder
 
 
