@@ -47,7 +47,9 @@ find "$site" -path '*.libs/*' -type f | while read -r lib; do
     echo "$loaded" | grep -qxF "$(basename "$lib")" || rm -f "$lib"
 done
 
-# Extension modules built with debug information (the manylinux wheels of the rest are stripped).
+# Debug information of extension modules that ship it (uvloop, httptools; the other wheels' are
+# stripped already). Not numpy's bundled OpenBLAS: auditwheel rewrote it with patchelf, and
+# strip leaves it unloadable ("ELF load command address/offset not page-aligned").
 strip --strip-debug "$site"/uvloop/*.so "$site"/httptools/parser/*.so
 
 # Byte code: kept for what a server imports up to serving its first request, dropped for the rest.
