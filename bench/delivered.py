@@ -132,18 +132,14 @@ def markdown(results: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from service.settings import Settings
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    store = Path(os.environ.get("EDGEFIT_STORE_DIR", servers.REPO / "model_store" / "artifacts"))
-    sample = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", servers.REPO.parent / "shared" / "imagenet-sample"))
-    defaults = Settings()
-    workers = int(os.environ.get("BENCH_WORKERS", defaults.workers))
-    threads = int(os.environ.get("BENCH_THREADS", defaults.threads))
-    out_dir = servers.REPO / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    env = servers.setup()
+    out_dir = env.results
     started = time.monotonic()
-    results = measure(store, sample, workers, threads, out_dir, quick, lambda m: print(m, file=sys.stderr))
+    results = measure(
+        env.store, env.sample, env.workers, env.threads, out_dir, quick, lambda m: print(m, file=sys.stderr)
+    )
     results["load_average_at_end"] = os.getloadavg()
     results["elapsed_s"] = time.monotonic() - started
     (out_dir / "delivered.json").write_text(json.dumps(results, indent=1))

@@ -112,25 +112,16 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import servers
 
-    from service.settings import Settings
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="current", help="names the result file")
     args = parser.parse_args()
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    store = Path(os.environ.get("EDGEFIT_STORE_DIR", servers.REPO / "model_store" / "artifacts"))
-    sample = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", servers.REPO.parent / "shared" / "imagenet-sample"))
-    files = sorted(p for p in sample.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[::20]
-    images = [p.read_bytes() for p in files]
-    defaults = Settings()
-    workers = int(os.environ.get("BENCH_WORKERS", defaults.workers))
-    threads = int(os.environ.get("BENCH_THREADS", defaults.threads))
-    out_dir = servers.REPO / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with servers.edgefit(store, workers, threads, out_dir) as server:
+    env = servers.setup()
+    images = env.jpegs(20)
+    with servers.edgefit(env.store, env.workers, env.threads, env.results) as server:
         results = measure(server.port, images, 5.0 if quick else 15.0, 1 if quick else 3)
     results["load_average_at_end"] = os.getloadavg()
-    (out_dir / f"mixed-{args.label}.json").write_text(json.dumps(results, indent=1))
+    (env.results / f"mixed-{args.label}.json").write_text(json.dumps(results, indent=1))
     print("\n".join(markdown({k: v for k, v in results.items() if k in map(str, CLIENTS)})))
     return 0
 

@@ -27,6 +27,39 @@ class Server:
     pid: int
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a benchmark reads from its environment: the store, the sample, the server's worker
+    and thread counts (default: the server's own), and where results go."""
+
+    store: Path
+    sample: Path
+    workers: int
+    threads: int
+    results: Path
+
+    def jpegs(self, stride: int) -> list[bytes]:
+        """Every ``stride``-th JPEG of the sorted sample."""
+        files = sorted(p for p in self.sample.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+        return [p.read_bytes() for p in files[::stride]]
+
+
+def setup() -> Setup:
+    """EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR, BENCH_WORKERS, BENCH_THREADS; makes bench/results."""
+    from service.settings import Settings
+
+    defaults = Settings()
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    return Setup(
+        store=Path(os.environ.get("EDGEFIT_STORE_DIR", REPO / "model_store" / "artifacts")),
+        sample=Path(os.environ.get("EDGEFIT_SAMPLE_DIR", REPO.parent / "shared" / "imagenet-sample")),
+        workers=int(os.environ.get("BENCH_WORKERS", defaults.workers)),
+        threads=int(os.environ.get("BENCH_THREADS", defaults.threads)),
+        results=results,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -72,26 +72,18 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import servers
 
-    from service.settings import Settings
-
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     reloads = int(os.environ.get("SOAK_RELOADS", "50"))
     load = float(os.environ.get("SOAK_LOAD", "0.7"))
     rss_limit = float(os.environ.get("SOAK_RSS_LIMIT_MB", "400"))
-    store = Path(os.environ.get("EDGEFIT_STORE_DIR", servers.REPO / "model_store" / "artifacts"))
-    sample = Path(os.environ.get("EDGEFIT_SAMPLE_DIR", servers.REPO.parent / "shared" / "imagenet-sample"))
-    files = sorted(p for p in sample.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[::20]
-    drawn = mixed.payloads([p.read_bytes() for p in files])
-    defaults = Settings()
-    workers = int(os.environ.get("BENCH_WORKERS", defaults.workers))
-    threads = int(os.environ.get("BENCH_THREADS", defaults.threads))
-    out_dir = servers.REPO / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with servers.edgefit(store, workers, threads, out_dir) as server:
+    env = servers.setup()
+    drawn = mixed.payloads(env.jpegs(20))
+    out_dir = env.results
+    with servers.edgefit(env.store, env.workers, env.threads, out_dir) as server:
         rss = RssSampler(server.pid)
         rss_ready = rss.samples[0]
         rss.start()
-        probe = client.closed_loop("127.0.0.1", server.port, drawn, 2 * workers, 15.0)
+        probe = client.closed_loop("127.0.0.1", server.port, drawn, 2 * env.workers, 15.0)
         capacity = sum(1 for s in probe.samples if s.status == 200) / probe.wall_s
         rate = load * capacity
         print(f"capacity {capacity:.1f}/s; offering {rate:.1f}/s for {seconds:.0f} s with {reloads} reloads")
@@ -135,8 +127,8 @@ def main() -> int:
             "seconds_median": statistics.median(reload_seconds) if reload_seconds else None,
             "seconds_max": max(reload_seconds) if reload_seconds else None,
         },
-        "workers": workers,
-        "threads": threads,
+        "workers": env.workers,
+        "threads": env.threads,
         "load_average_at_end": os.getloadavg(),
     }
     (out_dir / "soak.json").write_text(json.dumps(report, indent=1))
