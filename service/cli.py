@@ -345,7 +345,7 @@ def parser() -> argparse.ArgumentParser:
     special = store_command(
         "specialize", "search a family's subnets on this device and keep its frontier", cmd_specialize
     )
-    special.add_argument("--family", required=True, help="lite0, lite1 or lite2")
+    special.add_argument("--family", required=True, help="lite0 or lite2")
     special.add_argument("--images", required=True, help="labelled images: even positions search, odd score")
     special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
     special.add_argument("--k", type=int, default=4, help="most subnets to keep")

@@ -58,8 +58,10 @@ def build_pair(
     staging: Path,
     images: list[LabelledImage],
     subnet: Subnet | None = None,
+    quantize: bool = True,
 ) -> list[Variant]:
-    """Export, check and quantise one network at one resolution: its fp32 and int8 entries.
+    """Export, check and quantise one network at one resolution: its fp32 and int8 entries
+    (only the fp32 one without ``quantize``).
 
     ``subnet`` cuts a subnet from the checkpoint (``model_store.build.subnets``); it is exported and
     checked against its own PyTorch module exactly as a full-depth network is.
@@ -86,18 +88,17 @@ def build_pair(
         )
     log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", fp32_name, error)
 
-    calibration = [
-        load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
-        for i in every_nth(images, CALIBRATION_IMAGES)
-    ]
-    int8_path = staging / f"{int8_name}.onnx"
-    quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
+    pairs: list[tuple[str, Precision, Path]] = [(fp32_name, "fp32", fp32_path)]
+    if quantize:
+        calibration = [
+            load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS)
+            for i in every_nth(images, CALIBRATION_IMAGES)
+        ]
+        int8_path = staging / f"{int8_name}.onnx"
+        quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
+        pairs.append((int8_name, "int8", int8_path))
 
     variants = []
-    pairs: tuple[tuple[str, Precision, Path], ...] = (
-        (fp32_name, "fp32", fp32_path),
-        (int8_name, "int8", int8_path),
-    )
     for name, precision, path in pairs:
         file_name, digest = _place(path, staging, name)
         published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None

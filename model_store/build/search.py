@@ -207,7 +207,7 @@ class SearchSpace:
     # (resolution, precision) -> table, where the store has the full network with a top1.
     tables: dict[tuple[int, Precision], BlockTable]
     full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
-    # The family's full-depth variants in the store at their measured latency: a subnet is worth
+    # The store's full-depth variants (every family) at their measured latency: a subnet is worth
     # keeping only where none of them is both faster and more accurate.
     competitors: list[Candidate]
 
@@ -220,7 +220,7 @@ def evolve(
     population: int = 4,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
-    the scored and the family's full-depth variants).
+    the scored and the store's full-depth variants).
 
     Each round takes the family's current front as parents, mutates (each skippable block flips with
     probability 1/n, at least one flips) and sometimes crosses two parents of one resolution or
@@ -308,5 +308,5 @@ def evolve(
             f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
         )
     everything = candidates()
-    # The full networks stand in the front as the store's variants, at their measured latency.
+    # The store's full networks stand in the front, at their measured latency.
     return everything, pareto_front([*(c for c in everything if not c.full_depth), *space.competitors])

@@ -102,7 +102,7 @@ def specialize(
     search_images: int,
     budget_seconds: float,
     say: Say,
-    sampled_checks: int = 4,
+    sampled_checks: int = 2,
 ) -> Specialized:
     """Search ``recipe``'s subnets at ``resolutions`` and write up to ``k`` of them into the store.
 
@@ -123,7 +123,7 @@ def specialize(
         f"{recipe.arch}: this device's latency: its full-depth variants, block tables at "
         f"{', '.join(map(str, resolutions))} px"
     )
-    competitors = _ladder_points(store, recipe.family)
+    competitors = _full_depth_points(store)
     measured_ms = {c.name: c.predicted_ms for c in competitors}
     tables: dict[tuple[int, Precision], BlockTable] = {}
     full_top1: dict[tuple[int, Precision], float] = {}
@@ -164,7 +164,10 @@ def specialize(
             say(f"{recipe.arch}: export {number}/{len(picks)}: {name}")
             # Calibration and parity images come from the search half too: the held-out half
             # stays unseen until it is scored.
-            staged += build_pair(recipe, pick.resolution, staging, search_half(images), subnet)
+            # int8 only where the search had an int8 table: elsewhere the full network failed the
+            # agreement gate and only the fp32 subnet can be written.
+            quantize = (pick.resolution, "int8") in tables
+            staged += build_pair(recipe, pick.resolution, staging, search_half(images), subnet, quantize)
         held_out = held_out_half(images)
         held_name = held_out_dataset(dataset)
         say(f"{recipe.arch}: held-out top-1 on {len(held_out)} images ({held_name})")
@@ -177,7 +180,7 @@ def specialize(
         checks: list[PredictionCheck] = []
         # Measured again beside the picks, so that a change of the machine's load since the
         # search cannot decide which side of the front a pick falls.
-        competitors = _ladder_points(store, recipe.family)
+        competitors = _full_depth_points(store)
         for pick in picks:
             subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
             measured: dict[str, tuple[Variant, float]] = {}
@@ -202,9 +205,9 @@ def specialize(
                 )
                 checks.append(check)
                 measured[precision] = (variant, check.measured_ms)
-            # Written only where no full-depth variant is both faster and more accurate, by the
-            # measured latency and the held-out figure; an int8 that failed the gate leaves its
-            # fp32 twin to try.
+            # Written only where no full-depth variant of the store (any family) is both faster and
+            # more accurate, by the measured latency and the held-out figure; an int8 that failed
+            # the gate leaves its fp32 twin to try.
             options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
             kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
             if kept is None:
@@ -233,12 +236,13 @@ def specialize(
     )
 
 
-def _ladder_points(store: Store, family: str) -> list[Candidate]:
-    """``family``'s full-depth variants with a top1 (every resolution, not only the searched
-    ones), at their latency measured now."""
+def _full_depth_points(store: Store) -> list[Candidate]:
+    """The store's full-depth variants with a top1 (every family and resolution, not only the
+    searched ones), at their latency measured now: a subnet is kept only where none of them is
+    both faster and more accurate."""
     points = []
     for v in store.manifest.variants:
-        if v.top1 is not None and v.subnet is None and v.family == family:
+        if v.top1 is not None and v.subnet is None:
             ms = whole_network_ms(store.verify(v), v.resolution, TABLE_RUNS)
             points.append(
                 Candidate(v.name, v.resolution, v.precision, (), ms, None, v.top1, v.subnet is None)

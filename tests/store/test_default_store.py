@@ -27,7 +27,7 @@ def test_a_real_ladder(store) -> None:
         native = store.manifest.variant(variant_name(recipe.arch, recipe.native_resolution, "fp32"))
         assert (native.top1, native.top1_source) == (recipe.published_top1, "published")
         resolutions = {v.resolution for v in variants if v.family == recipe.family}
-        assert recipe.native_resolution in resolutions and len(resolutions) >= 3
+        assert recipe.native_resolution in resolutions and len(resolutions) >= 2
         assert {v.precision for v in variants if v.family == recipe.family} == {"fp32", "int8"}
 
 
