@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
+from model_store.build.latency_table import whole_network_ms
 from model_store.build.recipes import (
     CALIBRATION_IMAGES,
     LADDER,
@@ -37,6 +38,7 @@ from model_store.store import Store, StoreError, open_store, sha256_file
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+DOMINANCE_RUNS = 20
 
 
 def every_nth(images: list[LabelledImage], count: int) -> list[LabelledImage]:
@@ -157,6 +159,7 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         results = evaluate(staged, variants, images, progress=advance)
         manifest = record(staged.manifest, dataset, results)
         manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+        manifest = drop_dominated_fp32_twins(staged, manifest)
 
         # A subnet's derived top1 refers to its base's measurements, which this build replaced:
         # the family's subnets go too (``edgefit store specialize`` cuts them again).
@@ -195,6 +198,34 @@ def drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, 
             if not passes_agreement_gate(variant.name, twin, predictions[variant.name], predictions[twin]):
                 continue
         kept.append(variant)
+    return Manifest(variants=tuple(kept))
+
+
+def drop_dominated_fp32_twins(staged: Store, manifest: Manifest) -> Manifest:
+    """``manifest`` without the fp32 variants that only served their int8 twin's checks: a
+    full-depth fp32 variant whose int8 twin passed the gate goes when another variant is both
+    faster on this machine (fastest of ``DOMINANCE_RUNS``, serving settings) and at least as
+    accurate. A family's published base stays: derived figures refer to it."""
+    present = {v.name for v in manifest.variants}
+    latency_ms = {
+        v.name: whole_network_ms(staged.verify(v), v.resolution, DOMINANCE_RUNS) for v in manifest.variants
+    }
+    kept = []
+    for v in manifest.variants:
+        twin = v.name.removesuffix("-fp32") + "-int8"
+        if v.precision == "fp32" and v.top1_source != "published" and twin in present:
+            better = [
+                o.name
+                for o in manifest.variants
+                if latency_ms[o.name] < latency_ms[v.name] and (o.top1 or 0.0) >= (v.top1 or 0.0)
+            ]
+            if better:
+                log.info(
+                    "%s: not kept (%.1f ms, top-1 %.1f%%): %s is faster and at least as accurate",
+                    v.name, latency_ms[v.name], 100 * (v.top1 or 0.0), better[0],
+                )  # fmt: skip
+                continue
+        kept.append(v)
     return Manifest(variants=tuple(kept))
 
 
