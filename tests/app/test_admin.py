@@ -1,4 +1,4 @@
-"""``/admin/reload``: who may call it, one reload at a time, sessions and profiles kept for unchanged files."""
+"""``/admin/reload``: who may call it, one reload at a time, sessions and profiles kept when unchanged."""
 
 from __future__ import annotations
 
