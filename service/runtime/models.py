@@ -39,8 +39,9 @@ def _session(model: bytes, variant: Variant, threads: int) -> VariantRunner:
 def load_models(settings: Settings, previous: ServedModels | None = None) -> ServedModels:
     """Blocking: verify sha256, open sessions, profile (or reuse known figures).
 
-    ``previous`` is the set being served, if any: its figures are reused for unchanged files
-    (by sha256) and nothing profiled now is persisted, since traffic may be running meanwhile.
+    ``previous`` is the set being served, if any: its sessions and figures are reused for
+    unchanged files (by sha256) and nothing profiled now is persisted, since traffic may be
+    running meanwhile.
     Raises ``StoreError`` for anything about the store that prevents serving it: an invalid
     manifest, an unknown variant or label set, a file that does not match its hash or that
     onnxruntime refuses — a server never serves a file it cannot vouch for.
@@ -54,11 +55,31 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
     names = {v.labels: store.labels(v) for v in variants.values()}
+    # A reload keeps the session of each variant it already serves unchanged (same manifest
+    # entry, so the same sha256): rebuilding it would cost time and memory for nothing (Triton,
+    # too, reloads only what changed). Its file is still verified: a reload answers for the
+    # store as it is on disk.
+    serving = (
+        {} if previous is None else {v.sha256: (v, previous.runners[n]) for n, v in previous.variants.items()}
+    )
     runners = {}
+    kept = 0
     for name, variant in variants.items():
         # The bytes that were hashed are the bytes loaded: no second open of the path.
-        runners[name] = _session(store.verify(variant), variant, settings.threads)
-    log.info("verified and loaded %d variants from %s", len(runners), store.root)
+        verified = store.verify(variant)
+        served = serving.get(variant.sha256)
+        if served is not None and served[0] == variant:
+            runners[name] = served[1]
+            kept += 1
+        else:
+            runners[name] = _session(verified, variant, settings.threads)
+    log.info(
+        "verified %d variants from %s: %d loaded, %d kept unchanged",
+        len(runners),
+        store.root,
+        len(runners) - kept,
+        kept,
+    )
     known = {}
     if previous is not None:
         known = {previous.variants[n].sha256: p for n, p in previous.profiles.items()}

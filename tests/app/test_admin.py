@@ -1,4 +1,4 @@
-"""``/admin/reload``: who may call it, one reload at a time, profiles kept for unchanged files."""
+"""``/admin/reload``: who may call it, one reload at a time, sessions and profiles kept when unchanged."""
 
 from __future__ import annotations
 
@@ -99,6 +99,25 @@ def test_reload_profiles_only_new_files_and_persists_nothing_measured_while_serv
     # Measured while serving: used, not written for the next start.
     assert persisted_files(cache) == profiled_at_start
     assert after["tiny-32-fp32"]["sha256"] not in profiled_at_start
+
+
+def test_reload_keeps_the_sessions_of_unchanged_files(store: Path, tmp_path: Path) -> None:
+    """Only a changed file gets a new session: a reload of an unchanged store costs no memory."""
+    settings = settings_for(store, tmp_path / "cache")
+    plane = DataPlane(settings, Metrics())
+    with serve(settings, plane) as client:
+        before = plane.served_models()
+        assert before is not None
+        models = default_models()
+        models["tiny-32-fp32"] = (32, tiny_model(32, seed=7))
+        write_store(store, models)
+        assert client.post("/admin/reload").status_code == 200
+        after = plane.served_models()
+        assert after is not None and after is not before
+        assert after.runners["tiny-16-fp32"] is before.runners["tiny-16-fp32"]
+        assert after.runners["tiny-32-fp32"] is not before.runners["tiny-32-fp32"]
+        response = client.post("/classify", params={"model": "tiny-32-fp32"}, content=image_bytes("PNG"))
+        assert response.status_code == 200
 
 
 def test_failed_reload_keeps_serving_the_previous_store(settings: Settings, store: Path) -> None:
