@@ -124,6 +124,8 @@ class PredictionCheck:
     name: str
     predicted_ms: float
     measured_ms: float
+    # The subnet's full network, measured right beside it.
+    full_measured_ms: float
 
     @property
     def error(self) -> float:

@@ -183,7 +183,7 @@ def specialize(
         competitors = _full_depth_points(store)
         for pick in picks:
             subnet = Subnet(kept_blocks=pick.kept_blocks, total_blocks=total_blocks)
-            measured: dict[str, tuple[Variant, float]] = {}
+            measured: dict[str, tuple[Variant, PredictionCheck]] = {}
             precisions: tuple[Precision, ...] = ("fp32", "int8")
             for precision in precisions:
                 name = variant_name(recipe.arch, pick.resolution, precision, subnet)
@@ -204,27 +204,18 @@ def specialize(
                     pick.resolution,
                 )
                 checks.append(check)
-                measured[precision] = (variant, check.measured_ms)
+                measured[precision] = (variant, check)
             # Written only where no full-depth variant of the store (any family) is both faster and
             # more accurate, by the measured latency and the held-out figure; an int8 that failed
             # the gate leaves its fp32 twin to try.
             options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
-            kept = next(
-                (
-                    o
-                    for o in options
-                    if not _dominated(
-                        o[0], o[1], competitors, variant_name(recipe.arch, pick.resolution, o[0].precision)
-                    )
-                ),
-                None,
-            )
+            kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
             if kept is None:
                 say(f"{recipe.arch}: {pick.name} not written: a full-depth one is faster and more accurate")
                 continue
             if kept[0].precision != pick.precision:
                 say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
-            written.append(Pick(kept[0], pick, kept[1]))
+            written.append(Pick(kept[0], pick, kept[1].measured_ms))
         checks += _sampled_checks(store, recipe, scored, picks, tables, total_blocks, staging, sampled_checks)
 
         replacing = {
@@ -259,19 +250,14 @@ def _full_depth_points(store: Store) -> list[Candidate]:
     return points
 
 
-def _dominated(variant: Variant, ms: float, competitors: Sequence[Candidate], full: str) -> bool:
-    """Whether a full-depth variant is both faster and more accurate than the subnet ``variant``
-    measured at ``ms`` — or is its own full network ``full``, measured no slower: a subnet runs a
-    subset of that network's work, so not being faster is the machine's load, and a held-out
-    ``top1`` above the full network's is noise of the held-out images."""
-    top1 = variant.top1 or 0.0
-    return any(
-        (c.name == full and c.predicted_ms <= ms)
-        or (
-            c.predicted_ms <= ms
-            and c.estimated_top1 >= top1
-            and (c.predicted_ms < ms or c.estimated_top1 > top1)
-        )
+def _dominated(variant: Variant, check: PredictionCheck, competitors: Sequence[Candidate]) -> bool:
+    """Whether the subnet ``variant`` is no faster than its own full network measured beside it
+    (a subnet runs a subset of that network's work: not being faster is the machine's load, and a
+    held-out ``top1`` above the full network's is noise of the held-out images), or a full-depth
+    variant is both faster and more accurate."""
+    ms, top1 = check.measured_ms, variant.top1 or 0.0
+    return check.full_measured_ms <= ms or any(
+        c.predicted_ms <= ms and c.estimated_top1 >= top1 and (c.predicted_ms < ms or c.estimated_top1 > top1)
         for c in competitors
     )
 
@@ -323,4 +309,4 @@ def _check(
     full_ms = whole_network_ms(full, resolution, CHECK_RUNS)
     measured = whole_network_ms(subnet, resolution, CHECK_RUNS)
     scale = full_ms / table.predict_ms(range(len(table.block_ms)))
-    return PredictionCheck(name, scale * table.predict_ms(kept), measured)
+    return PredictionCheck(name, scale * table.predict_ms(kept), measured, full_ms)
