@@ -20,7 +20,9 @@ def test_a_real_ladder(store) -> None:
     variants = store.manifest.variants
     assert len(variants) >= 12
     for v in variants:
-        assert v.size_bytes > 1_000_000 and v.params and v.macs and v.macs > 100_000_000
+        # A subnet at the frontier's fast end skips most of lite0-128's blocks (~57 M MACs).
+        assert v.size_bytes > 1_000_000 and v.params and v.macs
+        assert v.macs > (20_000_000 if v.subnet else 100_000_000), v.name
         assert v.top1 is not None and v.top1_source in ("published", "derived")
         store.verify(v)
     for recipe in LADDER:
