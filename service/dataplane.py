@@ -134,6 +134,8 @@ class DataPlane:
             window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
         )
         self._last_request = 0.0
+        # When the heap was last handed back to the system (see ``_refresh_table``).
+        self._trimmed = 0.0
         self._loading = asyncio.Lock()
         self.draining = False
         # Why the start-up load has not succeeded yet (in words for /readyz, /v2 and the status
@@ -518,6 +520,12 @@ class DataPlane:
         )
         if not idle:
             return
+        if self._trimmed < self._last_request:
+            # Traffic leaves free heap in every worker's malloc arena (each inference's
+            # intermediate tensors come from malloc): once idle, hand it back (about 25 MB for
+            # the default store on 2 workers, DEVELOPERS.md "Where the memory goes").
+            self._trimmed = now
+            await asyncio.to_thread(release_free_memory)
         stale = [
             (served.latency.last_run(n) or 0.0, n)
             for n in served.models.variants

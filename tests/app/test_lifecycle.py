@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service import dataplane
 from service.dataplane import DataPlane
 from service.observability import Metrics
 from service.settings import Settings
 from tests.app.conftest import (
     assert_problem,
     default_models,
+    image_bytes,
     serve,
     settings_for,
     tiny_model,
@@ -117,6 +119,23 @@ def test_table_loop_logs_and_survives_errors(settings: Settings, caplog: pytest.
     assert FlakyTable.rounds >= 3
     failures = [r for r in caplog.records if "live latency table failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info
+
+
+def test_the_heap_is_handed_back_once_traffic_stops(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(dataplane, "release_free_memory", lambda: trims.append(time.monotonic()))
+    with serve(settings) as client:
+        time.sleep(2.5)  # the start-up load's own trim is done; idle since
+        before = len(trims)
+        assert client.post("/classify", content=image_bytes("PNG")).status_code == 200
+        deadline = time.monotonic() + 5
+        while len(trims) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(trims) == before + 1
+        time.sleep(2.5)  # still idle: nothing more to hand back
+        assert len(trims) == before + 1
 
 
 class BrokenDescribe(DataPlane):
