@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \
-		--family lite0 --resolutions 192,160,128 --k 9 --budget 45
+		--family lite0 --resolutions 192,160,128 --k 10 --budget 45
 
 run: setup
 	$(BIN)/edgefit serve --host 0.0.0.0 --port 8000 --store $(STORE_DIR)
