@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
 from model_store.build.latency_table import whole_network_ms
 from model_store.build.recipes import (
@@ -33,6 +36,7 @@ from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
 from model_store.onnx_facts import read_facts
 from model_store.quantize import passes_agreement_gate, quantize_int8
+from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 DOMINANCE_RUNS = 10
 DOMINANCE_ROUNDS = 3
+# Logits of a resolution on the shared file against its own export (``share_one_file``).
+SHARING_TOLERANCE = 1e-5
 
 
 def every_nth(images: list[LabelledImage], count: int) -> list[LabelledImage]:
@@ -128,6 +134,55 @@ def build_pair(
     return variants
 
 
+def share_one_file(
+    recipe: Recipe, variants: list[Variant], staging: Path, images: list[LabelledImage]
+) -> list[Variant]:
+    """Serve the family's full-depth fp32 resolutions from one file: its largest export with
+    height and width left free. A server then holds one session, not one per resolution
+    (the weights are the same; measured: 26 MB per lite0 session).
+
+    The static "same" padding of these networks is computed per resolution, so sharing is
+    checked, not assumed: a resolution moves to the shared file only if its logits there equal
+    those of its own export on the parity images (the same kernels run: measured 0.0 apart);
+    one that differs keeps its own file.
+    """
+    ladder = sorted(
+        (v for v in variants if v.precision == "fp32" and v.subnet is None), key=lambda v: v.resolution
+    )
+    if len(ladder) < 2:
+        return variants
+    shared_path = staging / f"{recipe.arch}-fp32.onnx"
+    model = onnx.load(str(staging / ladder[-1].file))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[1].dim_param, dims[2].dim_param = "height", "width"
+    del model.graph.value_info[:]  # intermediate shapes of the one resolution it was exported at
+    onnx.save(model, str(shared_path))
+    shared = VariantRunner(shared_path.read_bytes(), ladder[-1])
+    moving = []
+    for v in ladder:
+        own = VariantRunner((staging / v.file).read_bytes(), v)
+        tensors = [
+            load_tensor(i.path.read_bytes(), v.preprocessing, MAX_PIXELS)
+            for i in every_nth(images, PARITY_IMAGES)
+        ]
+        error = max(float(np.max(np.abs(shared.infer(t) - own.infer(t)))) for t in tensors)
+        if error > SHARING_TOLERANCE:
+            log.info("%s keeps its own file: the shared graph differs by %.1e", v.name, error)
+        else:
+            moving.append(v.name)
+    if len(moving) < 2:
+        return variants
+    file_name, digest = _place(shared_path, staging, f"{recipe.arch}-fp32")
+    size = (staging / file_name).stat().st_size
+    log.info("%s: one file, %s", ", ".join(moving), file_name)
+    return [
+        v.model_copy(update={"file": file_name, "sha256": digest, "size_bytes": size})
+        if v.name in moving
+        else v
+        for v in variants
+    ]
+
+
 def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
     """Build the default ladder into ``store_root`` (keeping any other variants already there,
     except the ladder families' subnets).
@@ -143,9 +198,11 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         steps = sum(len(r.resolutions) for r in LADDER)
         variants: list[Variant] = []
         for recipe in LADDER:
+            family: list[Variant] = []
             for resolution in recipe.resolutions:
                 progress("export + quantize", len(variants) // 2, steps)
-                variants += build_pair(recipe, resolution, staging, images)
+                family += build_pair(recipe, resolution, staging, images)
+            variants += share_one_file(recipe, family, staging, images)
         progress("export + quantize", steps, steps)
 
         staged = Store(staging, Manifest(variants=tuple(variants)))

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from model_store.build.builder import drop_disagreeing_int8
+from model_store.build.builder import drop_disagreeing_int8, share_one_file
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, parity_error
-from model_store.evaluate import Evaluation, record
+from model_store.build.recipes import LADDER
+from model_store.evaluate import Evaluation, labelled_images, record
 from model_store.image_input import wrap_file
 from model_store.manifest import Manifest
+from model_store.store import Store
+from tests.app.conftest import tiny_model, tiny_variant
 from tests.store.conftest import PRE32, export_tiny
 from tests.unit.test_manifest import variant
 
@@ -102,3 +105,20 @@ def test_tiny_export_helper_is_real(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(export_tiny(tmp_path / "t.onnx")))
     (out,) = session.run(None, {"input": np.zeros((2, 3, 32, 32), np.float32)})
     assert out.shape == (2, 1000)
+
+
+def test_resolutions_share_a_file_only_where_their_logits_match(tmp_path: Path, sample_dir: Path) -> None:
+    # 16 and 32 px: one network (the same weights); 24 px: another one.
+    models = {16: tiny_model(16, seed=1), 24: tiny_model(24, seed=2), 32: tiny_model(32, seed=1)}
+    variants = []
+    for resolution, data in models.items():
+        name = f"tiny-{resolution}-fp32"
+        (tmp_path / f"{name}.onnx").write_bytes(data)
+        variants.append(tiny_variant(name, resolution, data, top1=0.5))
+    shared = share_one_file(LADDER[0], variants, tmp_path, labelled_images(sample_dir)[:8])
+    files = {v.resolution: v.file for v in shared}
+    assert files[16] == files[32] != "tiny-32-fp32.onnx"
+    assert files[24] == "tiny-24-fp32.onnx"
+    store = Store(tmp_path, Manifest()).write(Manifest(variants=tuple(shared)))
+    for v in shared:
+        store.verify(v)

@@ -83,3 +83,15 @@ def test_lite0_classifies_the_sample_through_the_store_code_path(store, sample_d
         assert store.manifest.variant(result.variant).evaluations[sample_dir.name] == pytest.approx(
             result.top1
         )
+
+
+def test_the_lite0_fp32_resolutions_share_one_file(store, sample_dir: Path) -> None:
+    """One file (free height and width) serves every full-depth lite0 fp32 resolution (the build
+    checked each against its own export), and each classifies there as the build recorded."""
+    ladder = [
+        v for v in store.manifest.variants if v.family == "lite0" and v.precision == "fp32" and not v.subnet
+    ]
+    assert len(ladder) >= 2 and len({v.file for v in ladder}) == 1
+    for result in evaluate(store, ladder, labelled_images(sample_dir)):
+        recorded = store.manifest.variant(result.variant).evaluations[sample_dir.name]
+        assert result.top1 == pytest.approx(recorded), result.variant

@@ -34,7 +34,7 @@ def specialized(store_dir: Path, images: Path, tmp_path_factory: pytest.TempPath
     source = open_store(store_dir)
     variants = [v for v in source.manifest.variants if v.name.startswith(("lite0-224-", "lite0-128-"))]
     store = tmp_path_factory.mktemp("store")
-    for v in variants:
+    for v in {v.file: v for v in variants}.values():  # resolutions may share a file
         # Store files are never rewritten in place (content-addressed names, the manifest
         # swapped by rename): a hard link is an independent copy.
         os.link(source.path_of(v), store / v.file)
