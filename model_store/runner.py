@@ -6,6 +6,7 @@ recorded accuracy and a served answer come from the same code.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -51,6 +52,16 @@ class VariantRunner:
         """``model``: the ONNX file's bytes, as ``Store.verify`` checked them."""
         self.variant = variant
         self.session = open_session(model, session_options(threads))
+
+    def sharing_session(self, variant: Variant) -> VariantRunner:
+        """A runner for ``variant`` on this runner's session: ``variant``'s file must be this
+        one's (same sha256), as when a store's resolutions of one network share a graph whose
+        height and width are free (``model_store.build.builder``)."""
+        if variant.sha256 != self.variant.sha256:
+            raise ValueError(f"{variant.name} is not in the file of {self.variant.name}")
+        runner = copy.copy(self)
+        runner.variant = variant
+        return runner
 
     def infer(self, tensor: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """Logits for one image (``uint8 [1, H, W, 3]``, see ``model_store.imaging``), shape ``[classes]``."""

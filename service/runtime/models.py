@@ -9,7 +9,7 @@ from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
-from service.runtime.profiler import load_or_profile, profile_decode, table_key
+from service.runtime.profiler import load_or_profile, profile_decode, profile_key, table_key
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,34 +55,32 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
     names = {v.labels: store.labels(v) for v in variants.values()}
-    # A reload keeps the session of each variant it already serves unchanged (same manifest
-    # entry, so the same sha256): rebuilding it would cost time and memory for nothing (Triton,
-    # too, reloads only what changed). Its file is still verified: a reload answers for the
-    # store as it is on disk.
-    serving = (
-        {} if previous is None else {v.sha256: (v, previous.runners[n]) for n, v in previous.variants.items()}
-    )
+    # One session per file (by sha256): the resolutions of one network may share a file whose
+    # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
+    # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
+    # file is still verified: a reload answers for the store as it is on disk.
+    sessions = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
+    kept = {*sessions}
     runners = {}
-    kept = 0
     for name, variant in variants.items():
         # The bytes that were hashed are the bytes loaded: no second open of the path.
         verified = store.verify(variant)
-        served = serving.get(variant.sha256)
-        if served is not None and served[0] == variant:
-            runners[name] = served[1]
-            kept += 1
-        else:
-            runners[name] = _session(verified, variant, settings.threads)
+        opened = sessions.get(variant.sha256)
+        if opened is None:
+            opened = sessions[variant.sha256] = _session(verified, variant, settings.threads)
+        runners[name] = opened.sharing_session(variant)
+    files = {v.sha256 for v in variants.values()}
     log.info(
-        "verified %d variants from %s: %d loaded, %d kept unchanged",
+        "verified %d variants in %d files from %s: %d files loaded, %d kept",
         len(runners),
+        len(files),
         store.root,
-        len(runners) - kept,
-        kept,
+        len(files - kept),
+        len(files & kept),
     )
     known = {}
     if previous is not None:
-        known = {previous.variants[n].sha256: p for n, p in previous.profiles.items()}
+        known = {profile_key(previous.variants[n]): p for n, p in previous.profiles.items()}
     profiles = load_or_profile(
         runners,
         cache_dir=settings.cache_dir,

@@ -1,8 +1,9 @@
 """On-device profiling: each variant's inference latency on this machine, persisted.
 
 The table is keyed by what changes it besides the file (CPU model, usable cores, onnxruntime
-version, threads per inference) and holds one entry per model file, by sha256: a restart or a
-reload reuses the figures of unchanged files and profiles only new ones.
+version, threads per inference) and holds one entry per model file and input size
+(``profile_key``): a restart or a reload reuses the figures of unchanged files and profiles only
+new ones.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from model_store.imaging import ImageHeader, draft_scale, load_tensor, read_header
-from model_store.manifest import Preprocessing
+from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner, time_inference
 from service.core.latency import Profile
 from service.settings import available_cpus
@@ -57,6 +58,12 @@ def _table_path(cache_dir: Path, key: Mapping[str, str | int]) -> Path:
     return cache_dir / f"latency-{digest}.json"
 
 
+def profile_key(variant: Variant) -> str:
+    """What a latency figure belongs to: the file (by sha256) at the variant's input size, since
+    one file may serve several resolutions."""
+    return f"{variant.sha256}@{variant.resolution}"
+
+
 def load_or_profile(
     runners: Mapping[str, VariantRunner],
     *,
@@ -69,8 +76,9 @@ def load_or_profile(
 ) -> dict[str, Profile]:
     """Profiles of every runner, by variant name.
 
-    A file is matched by its sha256: a figure in ``known`` (the store served until now) or in this
-    machine's persisted table is reused; only files found in neither are profiled. With
+    A variant is matched by ``profile_key`` (its file's sha256 and its resolution): a figure in
+    ``known`` (the store served until now) or in this machine's persisted table is reused; only
+    variants found in neither are profiled. With
     ``persist`` false (a reload while the server takes traffic) new figures are used but not
     saved: measured under load, they would mislead every later start.
     """
@@ -86,7 +94,7 @@ def load_or_profile(
     table: dict[str, Profile] = {}
     missing = []
     for name, runner in runners.items():
-        found = by_file.get(runner.variant.sha256)
+        found = by_file.get(profile_key(runner.variant))
         if found is None:
             missing.append(name)
         else:
@@ -104,12 +112,12 @@ def load_or_profile(
             time.perf_counter() - started,
         )
     if missing and persist:
-        files = {**saved, **{runners[n].variant.sha256: p for n, p in table.items()}}
+        files = {**saved, **{profile_key(runners[n].variant): p for n, p in table.items()}}
         _save(path, key, files)
     elif missing:
-        log.info("%d new files were profiled while serving: figures used, not persisted", len(missing))
+        log.info("%d new variants were profiled while serving: figures used, not persisted", len(missing))
     else:
-        log.info("latency of every variant reused (by sha256) from memory or %s", path)
+        log.info("latency of every variant reused (by file and size) from memory or %s", path)
     return table
 
 

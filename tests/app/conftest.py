@@ -35,8 +35,10 @@ LOOPBACK = ("127.0.0.1", 50000)
 REMOTE = ("203.0.113.7", 50000)
 
 
-def tiny_model(resolution: int, seed: int = 0) -> bytes:
-    """``uint8 [N, r, r, 3]`` -> mean colour -> a fixed linear layer -> ``float [N, 1000]``."""
+def tiny_model(resolution: int | None, seed: int = 0) -> bytes:
+    """``uint8 [N, r, r, 3]`` -> mean colour -> a fixed linear layer -> ``float [N, 1000]``.
+
+    ``resolution`` None: height and width are free, as when one file serves several variants."""
     weights = np.random.default_rng(seed).normal(size=(3, CLASSES)).astype(np.float32)
     graph = helper.make_graph(
         [
@@ -45,7 +47,11 @@ def tiny_model(resolution: int, seed: int = 0) -> bytes:
             helper.make_node("MatMul", ["colour", "weights"], ["logits"]),
         ],
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["n", resolution, resolution, 3])],
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.UINT8, ["n", *([resolution] * 2 if resolution else ["h", "w"]), 3]
+            )
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", CLASSES])],
         [numpy_helper.from_array(weights, "weights")],
     )

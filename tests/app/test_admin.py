@@ -98,7 +98,7 @@ def test_reload_profiles_only_new_files_and_persists_nothing_measured_while_serv
     assert after[unchanged]["latency_ms"]["profiled_p50"] == before[unchanged]["latency_ms"]["profiled_p50"]
     # Measured while serving: used, not written for the next start.
     assert persisted_files(cache) == profiled_at_start
-    assert after["tiny-32-fp32"]["sha256"] not in profiled_at_start
+    assert f"{after['tiny-32-fp32']['sha256']}@32" not in profiled_at_start
 
 
 def test_reload_keeps_the_sessions_of_unchanged_files(store: Path, tmp_path: Path) -> None:
@@ -114,10 +114,29 @@ def test_reload_keeps_the_sessions_of_unchanged_files(store: Path, tmp_path: Pat
         assert client.post("/admin/reload").status_code == 200
         after = plane.served_models()
         assert after is not None and after is not before
-        assert after.runners["tiny-16-fp32"] is before.runners["tiny-16-fp32"]
-        assert after.runners["tiny-32-fp32"] is not before.runners["tiny-32-fp32"]
+        assert after.runners["tiny-16-fp32"].session is before.runners["tiny-16-fp32"].session
+        assert after.runners["tiny-32-fp32"].session is not before.runners["tiny-32-fp32"].session
         response = client.post("/classify", params={"model": "tiny-32-fp32"}, content=image_bytes("PNG"))
         assert response.status_code == 200
+
+
+def test_variants_in_one_file_share_one_session(tmp_path: Path) -> None:
+    """Two resolutions of one network with free height and width: one session, each size
+    profiled and served on its own."""
+    shared = tiny_model(None, seed=3)
+    store = tmp_path / "store"
+    write_store(store, {"tiny-16-fp32": (16, shared), "tiny-32-fp32": (32, shared)})
+    settings = settings_for(store, tmp_path / "cache")
+    plane = DataPlane(settings, Metrics())
+    with serve(settings, plane) as client:
+        served = plane.served_models()
+        assert served is not None
+        assert served.runners["tiny-16-fp32"].session is served.runners["tiny-32-fp32"].session
+        assert set(served.profiles) == {"tiny-16-fp32", "tiny-32-fp32"}
+        for name in ("tiny-16-fp32", "tiny-32-fp32"):
+            response = client.post("/classify", params={"model": name}, content=image_bytes("PNG"))
+            assert response.status_code == 200 and response.json()["model"]["name"] == name
+    assert len(persisted_files(tmp_path / "cache")) == 2
 
 
 def test_failed_reload_keeps_serving_the_previous_store(settings: Settings, store: Path) -> None:
