@@ -68,11 +68,13 @@ def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
     """At most ``k`` searched subnets of ``front`` spanning their latency range (log-spaced);
-    a subnet on the front at both precisions counts once, at its faster one."""
+    a subnet on the front at both precisions counts once, at its faster one. A name carries the
+    number of kept blocks, not which: of two subnets keeping as many blocks at one resolution,
+    only the faster is picked."""
     subnets: list[Candidate] = []
     for c in front:
-        seen = {(s.resolution, s.kept_blocks) for s in subnets}
-        if not c.full_depth and c.search_top1 is not None and (c.resolution, c.kept_blocks) not in seen:
+        seen = {(s.resolution, len(s.kept_blocks)) for s in subnets}
+        if not c.full_depth and c.search_top1 is not None and (c.resolution, len(c.kept_blocks)) not in seen:
             subnets.append(c)
     if len(subnets) <= k:
         return subnets

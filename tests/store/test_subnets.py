@@ -86,7 +86,7 @@ def test_prefix_cached_scoring_is_the_subnets_own_accuracy(lite0: torch.nn.Modul
 
 
 def _candidate(ms: float, top1: float, full: bool = False) -> Candidate:
-    return Candidate(f"c{ms}", 224, "int8", (0, int(ms)), ms, top1, top1, full)
+    return Candidate(f"c{ms}", 224, "int8", tuple(range(int(ms))), ms, top1, top1, full)
 
 
 def test_front_and_picks_span_the_latency_range() -> None:
@@ -102,3 +102,9 @@ def test_front_and_picks_span_the_latency_range() -> None:
         Candidate("f", 224, "fp32", (0, 2), 12, 0.72, 0.72, False),
     ]
     assert [c.name for c in spread_picks(pareto_front(twins), 2)] == ["i"]
+    # Two subnets keeping as many blocks at one resolution would get one name: the faster stands.
+    namesakes = [
+        Candidate("a", 160, "fp32", (0, 1, 2), 6, 0.5, 0.5, False),
+        Candidate("b", 160, "fp32", (0, 1, 3), 7, 0.55, 0.55, False),
+    ]
+    assert [c.name for c in spread_picks(pareto_front(namesakes), 5)] == ["a"]
