@@ -89,7 +89,9 @@ def test_the_lite0_fp32_resolutions_share_one_file(store, sample_dir: Path) -> N
     """One file (free height and width) serves every full-depth lite0 fp32 resolution (the build
     checked each against its own export), and each classifies there as the build recorded."""
     ladder = [
-        v for v in store.manifest.variants if v.family == "lite0" and v.precision == "fp32" and not v.subnet
+        v
+        for v in store.manifest.variants
+        if v.family == LADDER[0].family and v.precision == "fp32" and not v.subnet
     ]
     assert len(ladder) >= 2 and len({v.file for v in ladder}) == 1
     for result in evaluate(store, ladder, labelled_images(sample_dir)):
