@@ -59,24 +59,27 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
     # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
     # file is still verified: a reload answers for the store as it is on disk.
-    sessions = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
-    kept = {*sessions}
-    runners = {}
+    serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
+    loaded: dict[str, VariantRunner] = {}  # by sha256
+    runners: dict[str, VariantRunner] = {}
+    checked: set[str] = set()  # file names verified by this load, each read and hashed once
     for name, variant in variants.items():
-        # The bytes that were hashed are the bytes loaded: no second open of the path.
-        verified = store.verify(variant)
-        opened = sessions.get(variant.sha256)
-        if opened is None:
-            opened = sessions[variant.sha256] = _session(verified, variant, settings.threads)
-        runners[name] = opened.sharing_session(variant)
-    files = {v.sha256 for v in variants.values()}
+        runner = loaded.get(variant.sha256)
+        if runner is None or variant.file not in checked:
+            # The bytes that were hashed are the bytes loaded: no second open of the path.
+            verified = store.verify(variant)
+            checked.add(variant.file)
+            if runner is None:
+                runner = serving.get(variant.sha256) or _session(verified, variant, settings.threads)
+                loaded[variant.sha256] = runner
+        runners[name] = runner.sharing_session(variant)
     log.info(
-        "verified %d variants in %d files from %s: %d files loaded, %d kept",
+        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
         len(runners),
-        len(files),
+        len(checked),
         store.root,
-        len(files - kept),
-        len(files & kept),
+        len(loaded.keys() - serving.keys()),
+        len(loaded.keys() & serving.keys()),
     )
     known = {}
     if previous is not None:
