@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, constant_pacing, events, task
+from verdict import below
 
 log = logging.getLogger("edgefit.loadtest")
 
@@ -72,15 +73,16 @@ SCENARIOS = (
 CONSTRAINTS = {"min_accuracy": "0.75", "max_size": "6MB"}
 
 # Thresholds per shape: the largest failure ratio (HTTP errors other than 503, over all
-# requests) and the least budget-met rate per tier (over answered requests). Steady load stays
-# well below saturation, and the queue is served earliest deadline first with workers kept for
-# tight budgets, so every plain tier of the mix (10, 20 and 50 ms, beside no budget) must hold
-# its promise there: the mixed-budgets service level of issue 14. Ramp and spike go past
-# saturation on purpose. There, by the contract, a request without strict=true whose budget
-# nothing can meet is still answered (late) while the queue is within its bound, so the plain
-# tiers are reported, not gated; the strict tier is the promise under overload: what is
-# answered meets its budget, the rest is refused with 503 + Retry-After. The failure gate is
-# the same everywhere: overload must be shed, not fail.
+# requests) and the least budget-met rate per tier (over answered requests; a tier misses it
+# only when its count shows it, see ``verdict.below``). Steady load stays well below
+# saturation, and the queue is served earliest deadline first with workers kept for tight
+# budgets, so every plain tier of the mix (10, 20 and 50 ms, beside no budget) must hold its
+# promise there: the mixed-budgets service level of issue 14. Ramp and spike go past saturation
+# on purpose. There, by the contract, a request without strict=true whose budget nothing can
+# meet is still answered (late) while the queue is within its bound, so the plain tiers are
+# reported, not gated; the strict tier is the promise under overload: what is answered meets
+# its budget, the rest is refused with 503 + Retry-After. The failure gate is the same
+# everywhere: overload must be shed, not fail.
 THRESHOLDS: dict[str, dict[str, Any]] = {
     "steady": {
         "max_failure_ratio": 0.01,
@@ -321,8 +323,8 @@ def evaluate(tally: dict[str, Tally], limits: dict[str, Any]) -> tuple[dict[str,
             "variants": t.variants,
         }
         floor = limits["min_budget_met"].get(name)
-        if floor is not None and rate is not None and rate < floor:
-            missed.append(f"tier {name}: budget met {rate:.1%} < {floor:.0%}")
+        if floor is not None and rate is not None and below(t.met, t.answered, floor):
+            missed.append(f"tier {name}: budget met {rate:.1%} ({t.met} of {t.answered}) < {floor:.0%}")
     if requests and not any(t.answered for t in tally.values()):
         missed.append("no request was answered (all shed or failed)")
     summary = {

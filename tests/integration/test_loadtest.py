@@ -116,7 +116,6 @@ def test_steady_load_meets_the_thresholds(
     assert (tmp_path / "steady.html").stat().st_size > 0
 
     assert summary["missed"] == []
-    assert summary["tiers"]["50ms"]["budget_met"] >= summary["thresholds"]["min_budget_met"]["50ms"]
 
 
 def _diagnosis(server: str, summary: dict[str, Any]) -> dict[str, Any]:
