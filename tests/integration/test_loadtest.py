@@ -36,9 +36,11 @@ RUN_SECONDS = 25
 # 10 ms is reported, not gated: on CPUs without int8 dot-product instructions (AMD EPYC, no
 # VNNI) the fastest variant alone takes 8-10 ms idle (decode 2.5 + lite0-128-fp32 5.4-7 ms), and
 # this test measured 19 % met there on a quiet machine (2026-11-28). The strict tier mostly
-# sheds there and answers few (9 of 81 in that run, 6 met): a single inference that runs 2-3x
-# its profile, which these shared machines do, swings it by 10 points, so CI asks only that most
-# strict answers are on time. The failure ratio keeps the file's own limit.
+# sheds there and answers few (9 of 81 in that run, 6 met; 2 of 75, both late, in CI's run of
+# 2026-11-28): a single inference that runs 2-3x its profile, which these shared machines do,
+# swings it by tens of points, so CI asks only that most strict answers are on time, and, as
+# every tier, misses only when the count shows it (loadtest/verdict.py). The failure ratio keeps
+# the file's own limit.
 CI_THRESHOLDS = {
     "min_budget_met": {"10ms": 0.0, "20ms": 0.5, "50ms": 0.95, "20ms+max_size": 0.3, "20ms strict": 0.5}
 }
