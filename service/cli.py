@@ -63,8 +63,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from service.app import create_app
     from service.observability import configure_access_log
+    from service.runtime.memory import limit_malloc_arenas
     from service.settings import Settings
 
+    limit_malloc_arenas()
     overrides = {
         key: value
         for key, value in {
