@@ -304,7 +304,7 @@ class DataPlane:
                     predicted_seconds=job.run_seconds,
                     idle_seconds=idle_per_pixel * pixels + served.latency.idle(name, FIT_QUANTILE),
                     wait_seconds=schedule.wait_at_place(job, queue, busy, now),
-                    blocks=schedule.blocks(job),
+                    blocks=schedule.blocks(job, self.executor.workers),
                 )
             )
         return candidates

@@ -155,9 +155,11 @@ def ladder(workers: int, tiers: Sequence[Tier], budget_seconds: float | None) ->
     return tuple(sorted(limits)[:workers])
 
 
-def blocks(job: Job) -> bool:
-    """The job cannot run beside the capacity its ladder keeps, even with every other worker free."""
-    return bool(job.limits) and job.run_seconds > job.limits[-1]
+def blocks(job: Job, workers: int) -> bool:
+    """The job cannot run beside the capacity its ladder keeps, even with every other worker free:
+    only when its ladder keeps every worker (the job's own included) and it outlasts the loosest
+    of those limits."""
+    return len(job.limits) >= workers and job.run_seconds > job.limits[workers - 1]
 
 
 def admissible(job: Job, others_busy: Sequence[float], now: float) -> bool:

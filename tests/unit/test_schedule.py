@@ -166,7 +166,12 @@ def test_admissible() -> None:
     assert admissible(job, [0.002], now=0.0)
     assert admissible(job, [0.010], now=0.975)  # it cannot wait any longer
     assert admissible(Job(key=1.0, run_seconds=0.030), [0.010], now=0.0)
-    assert blocks(job) and not blocks(Job(1.0, 0.002, (0.003,)))
+    # Blocking: the job could not start even on an otherwise idle pool, because its ladder keeps
+    # every worker. One worker kept of two leaves the other to any job, however long.
+    assert not blocks(job, workers=2)
+    assert blocks(job, workers=1) and not blocks(Job(1.0, 0.002, (0.003,)), workers=1)
+    assert blocks(Job(1.0, 0.030, (0.003, 0.012)), workers=2)
+    assert not blocks(Job(1.0, 0.010, (0.003, 0.012)), workers=2)
 
 
 def test_wait_at_place_is_the_wait_in_deadline_order() -> None:
