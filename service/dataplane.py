@@ -129,10 +129,12 @@ class DataPlane:
         # refusing (strict) requests after the burst is over.
         self._lateness = Recent(window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS)
         # Who has been asking, with what budgets: the capacity the scheduler keeps for tight
-        # deadlines follows this mix.
+        # deadlines follows this mix, and how many of each tier's requests were in the server at
+        # once (``_in_flight``, by tier name, from selection to the end of the inference).
         self._mix = schedule.ArrivalMix(
             window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
         )
+        self._in_flight: Counter[str] = Counter()
         self._last_request = 0.0
         # When the heap was last handed back to the system (see ``_refresh_table``).
         self._trimmed = 0.0
@@ -316,6 +318,7 @@ class DataPlane:
         constraints: selector.Constraints,
         started: float,
         margin: float,
+        concurrent: int,
     ) -> tuple[selector.Selection, schedule.Job]:
         now = time.perf_counter()
         wait = self.admit()
@@ -327,7 +330,7 @@ class DataPlane:
         # A pinned request needs only its variant's prediction.
         names = tuple(served.static) if constraints.pinned is None else (constraints.pinned,)
         candidates = self._candidates(served, names, header, now, margin, place)
-        self._mix.add(now, budget, min(c.predicted_seconds for c in candidates))
+        self._mix.add(now, budget, min(c.predicted_seconds for c in candidates), concurrent)
         try:
             choice = selector.select(candidates, constraints, elapsed_seconds=now - started)
         except selector.NoVariantAllowed as exc:
@@ -350,12 +353,28 @@ class DataPlane:
         started: float,
     ) -> Classification:
         """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
+        tier = schedule.tier_name(constraints.budget_seconds)
+        self._in_flight[tier] += 1
+        try:
+            return await self._classify(image, header, constraints, top, started, self._in_flight[tier])
+        finally:
+            self._in_flight[tier] -= 1
+
+    async def _classify(
+        self,
+        image: bytes,
+        header: imaging.ImageHeader,
+        constraints: selector.Constraints,
+        top: int,
+        started: float,
+        concurrent: int,
+    ) -> Classification:
         served = self._require()
         if constraints.pinned is not None and constraints.pinned not in served.models.variants:
             raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
         self._last_request = time.perf_counter()
         margin = self._margin(time.perf_counter())
-        choice, scheduled = self._select(served, header, constraints, started, margin)
+        choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
         static = served.static[choice.name]
         variant, runner = static.variant, static.runner
         served.selections[choice.name] += 1

@@ -8,12 +8,14 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
   with it, and ages, so only the finitely many jobs keyed before it can ever overtake it.
 - **Capacity kept for tight deadlines.** An inference cannot be pre-empted, so a long job started
   now decides whether a tight request arriving a moment later finds a worker. Each budget tier
-  present in the recent arrivals (``ArrivalMix``) keeps workers in proportion to its share, each
-  of which must be free within that tier's *slack* (how long its requests can wait and still meet
-  their budget on their fastest variant). A job keeps that promise for every tier tighter than
-  its own (``ladder``); one that would break it is held back (``admissible``), and tighter jobs
-  behind it go first. A job is held only while it can afford the wait, and never while the whole
-  pool is idle, so holding never starves anything.
+  present in the recent arrivals (``ArrivalMix``) keeps workers in proportion to its share, but
+  never more than its requests have lately occupied at once (one client asking in turn needs
+  one worker, however much of the traffic it is). Each kept worker must be free within that
+  tier's *slack* (how long its requests can wait and still meet their budget on their fastest
+  variant). A job keeps that promise for every tier tighter than its own (``ladder``); one that
+  would break it is held back (``admissible``), and tighter jobs behind it go first. A job is
+  held only while it can afford the wait, and never while the whole pool is idle, so holding
+  never starves anything.
 - **Predicted wait** for a new job is the time it starts when the queue is played forward in
   this order (``wait_at_place``), not a mean over everything queued.
 """
@@ -72,26 +74,32 @@ class Tier:
     budget_seconds: float  # the tightest budget seen in the tier
     share: float  # of all recent arrivals, budgeted or not
     slack_seconds: float  # how long its requests can wait and still meet their budget
+    concurrency: int  # the most of its requests in the server at once, lately
 
 
 class _TierArrivals:
-    """One tier's fresh arrivals: their budgets and fastest services, each kept sorted."""
+    """One tier's fresh arrivals: their budgets, fastest services and concurrencies, each kept
+    sorted."""
 
     def __init__(self) -> None:
         self.budgets: list[float] = []
         self.services: list[float] = []
+        self.concurrency: list[int] = []
 
-    def add(self, budget: float, service: float) -> None:
+    def add(self, budget: float, service: float, concurrent: int) -> None:
         insort(self.budgets, budget)
         insort(self.services, service)
+        insort(self.concurrency, concurrent)
 
-    def remove(self, budget: float, service: float) -> None:
+    def remove(self, budget: float, service: float, concurrent: int) -> None:
         del self.budgets[bisect_left(self.budgets, budget)]
         del self.services[bisect_left(self.services, service)]
+        del self.concurrency[bisect_left(self.concurrency, concurrent)]
 
 
 class ArrivalMix:
-    """Recent arrivals: each request's budget and the service time of its fastest variant.
+    """Recent arrivals: each request's budget, the service time of its fastest variant, and how
+    many requests of its tier were in the server when it arrived (itself included).
 
     Samples older than ``fresh_seconds`` do not count, so capacity kept for a tier that stopped
     arriving is given back within seconds. Each tier's arrivals are kept sorted as they come and
@@ -100,23 +108,23 @@ class ArrivalMix:
     """
 
     def __init__(self, *, window: int, fresh_seconds: float) -> None:
-        self._arrivals: deque[tuple[float, str, float | None, float]] = deque()  # oldest first
+        self._arrivals: deque[tuple[float, str, float | None, float, int]] = deque()  # oldest first
         self._tiers: dict[str, _TierArrivals] = {}
         self.window = window
         self.fresh_seconds = fresh_seconds
 
-    def add(self, now: float, budget_seconds: float | None, fastest_seconds: float) -> None:
+    def add(self, now: float, budget_seconds: float | None, fastest_seconds: float, concurrent: int) -> None:
         if len(self._arrivals) == self.window:
             self._drop_oldest()
         name = tier_name(budget_seconds)
-        self._arrivals.append((now, name, budget_seconds, fastest_seconds))
+        self._arrivals.append((now, name, budget_seconds, fastest_seconds, concurrent))
         if budget_seconds is not None:
-            self._tiers.setdefault(name, _TierArrivals()).add(budget_seconds, fastest_seconds)
+            self._tiers.setdefault(name, _TierArrivals()).add(budget_seconds, fastest_seconds, concurrent)
 
     def _drop_oldest(self) -> None:
-        _, name, budget, service = self._arrivals.popleft()
+        _, name, budget, service, concurrent = self._arrivals.popleft()
         if budget is not None:
-            self._tiers[name].remove(budget, service)
+            self._tiers[name].remove(budget, service, concurrent)
 
     def tiers(self, now: float) -> list[Tier]:
         """Budget tiers present lately, tightest slack first."""
@@ -136,7 +144,7 @@ class ArrivalMix:
                 # Even a worker free at once would not make it in time: keeping one helps nobody
                 # and only holds the other tiers back.
                 continue
-            tiers.append(Tier(budget, count / total, slack))
+            tiers.append(Tier(budget, count / total, slack, members.concurrency[-1]))
         return sorted(tiers, key=lambda t: t.slack_seconds)
 
 
@@ -144,14 +152,15 @@ def ladder(workers: int, tiers: Sequence[Tier], budget_seconds: float | None) ->
     """What a job of a request with ``budget_seconds`` must keep free for tighter tiers.
 
     Each tier tighter than the request's own keeps ``round(workers x share)`` workers (at least
-    one), tightest first, until the workers run out: entry ``i`` is how soon the i-th
-    soonest-free worker must be free. A tier never holds back its own jobs or tighter ones.
+    one, at most its concurrency), tightest first, until the workers run out: entry ``i`` is how
+    soon the i-th soonest-free worker must be free. A tier never holds back its own jobs or
+    tighter ones.
     """
     limits: list[float] = []
     for tier in tiers:
         if budget_seconds is not None and tier.budget_seconds >= budget_seconds:
             continue
-        limits.extend([tier.slack_seconds] * max(1, round(workers * tier.share)))
+        limits.extend([tier.slack_seconds] * min(tier.concurrency, max(1, round(workers * tier.share))))
     return tuple(sorted(limits)[:workers])
 
 

@@ -108,6 +108,16 @@ def test_bad_requests_get_problem_documents(
     assert_problem(response, status, kind)
 
 
+def test_answered_and_refused_requests_leave_nothing_counted_in_flight(client: TestClient) -> None:
+    # The arrival mix learns how many requests of each tier are in the server at once; a
+    # request that ends in an error must leave that count as surely as one answered.
+    answered, refused, unmeetable = {"budget": "1s"}, {"max_size": "1"}, {"budget": "1us", "strict": "true"}
+    for params in (answered, refused, unmeetable):
+        client.post("/classify", params=params, content=image_bytes("PNG"))
+    plane = client.app.state.plane  # type: ignore[attr-defined]
+    assert sum(plane._in_flight.values()) == 0
+
+
 def test_body_limit(settings_small_body: TestClient) -> None:
     response = settings_small_body.post("/classify", content=b"x" * 2048)
     assert_problem(response, 413, "body-too-large")

@@ -30,7 +30,7 @@ from service.core.schedule import (
 
 BUDGETS = (None, 0.010, 0.020, 0.050)
 # A mix as the data plane learns it: 10/20/50 ms/none in equal shares.
-TIERS = [Tier(0.010, 0.25, 0.003), Tier(0.020, 0.25, 0.012), Tier(0.050, 0.25, 0.040)]
+TIERS = [Tier(0.010, 0.25, 0.003, 4), Tier(0.020, 0.25, 0.012, 4), Tier(0.050, 0.25, 0.040, 4)]
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,11 @@ def test_ladder_keeps_workers_for_tighter_tiers_only() -> None:
     assert ladder(2, TIERS, None) == (0.003, 0.012)
     assert ladder(4, TIERS, None) == (0.003, 0.012, 0.040)
     # A tier that is most of the traffic keeps more workers.
-    assert ladder(4, [Tier(0.010, 0.75, 0.003)], None) == (0.003, 0.003, 0.003)
+    assert ladder(4, [Tier(0.010, 0.75, 0.003, 4)], None) == (0.003, 0.003, 0.003)
+    # ...but never more than its requests have occupied at once: one client asking in turn
+    # (concurrency 1) keeps one worker, however much of the traffic it is.
+    assert ladder(4, [Tier(0.010, 0.75, 0.003, 2)], None) == (0.003, 0.003)
+    assert ladder(2, [Tier(0.010, 1.0, 0.003, 1)], 0.020) == (0.003,)
 
 
 def test_admissible() -> None:
@@ -187,17 +191,18 @@ def test_wait_at_place_is_the_wait_in_deadline_order() -> None:
 def test_arrival_mix_learns_tiers_and_forgets_them() -> None:
     mix = ArrivalMix(window=100, fresh_seconds=5.0)
     for i in range(8):
-        mix.add(0.1 * i, 0.010, 0.006)
-        mix.add(0.1 * i, None, 0.006)
-    mix.add(0.5, 0.020, 0.006)  # one stray request is not a tier
+        mix.add(0.1 * i, 0.010, 0.006, 1 + i % 2)
+        mix.add(0.1 * i, None, 0.006, 1)
+    mix.add(0.5, 0.020, 0.006, 1)  # one stray request is not a tier
     (tier,) = mix.tiers(1.0)
     assert tier.budget_seconds == 0.010
     assert tier.share == pytest.approx(8 / 17)
     assert tier.slack_seconds == pytest.approx(0.004)
+    assert tier.concurrency == 2
     assert mix.tiers(10.0) == []
     # A tier nobody can serve in time, even at once, keeps nothing.
     for i in range(8):
-        mix.add(20.0 + 0.1 * i, 0.005, 0.006)
+        mix.add(20.0 + 0.1 * i, 0.005, 0.006, 1)
     assert mix.tiers(21.0) == []
 
 
@@ -213,19 +218,19 @@ def test_tier_names() -> None:
     ]
 
 
-def _tiers_by_sorting(arrivals: list[tuple[float, float | None, float]], now: float) -> list[Tier]:
+def _tiers_by_sorting(arrivals: list[tuple[float, float | None, float, int]], now: float) -> list[Tier]:
     """The arrival mix's tiers computed the plain way: group the fresh arrivals and sort."""
-    fresh = [(b, s) for t, b, s in arrivals if now - t <= 5.0]
-    groups: dict[str, list[tuple[float, float]]] = {}
-    for budget, service in fresh:
+    fresh = [(b, s, c) for t, b, s, c in arrivals if now - t <= 5.0]
+    groups: dict[str, list[tuple[float, float, int]]] = {}
+    for budget, service, concurrent in fresh:
         if budget is not None:
-            groups.setdefault(tier_name(budget), []).append((budget, service))
+            groups.setdefault(tier_name(budget), []).append((budget, service, concurrent))
     tiers = []
     for members in groups.values():
-        budget = min(b for b, _ in members)
-        slack = budget - quantile([s for _, s in members], 0.95)
+        budget = min(b for b, _, _ in members)
+        slack = budget - quantile([s for _, s, _ in members], 0.95)
         if len(members) >= 3 and slack > 0:
-            tiers.append(Tier(budget, len(members) / len(fresh), slack))
+            tiers.append(Tier(budget, len(members) / len(fresh), slack, max(c for _, _, c in members)))
     return sorted(tiers, key=lambda t: t.slack_seconds)
 
 
@@ -235,19 +240,20 @@ def _tiers_by_sorting(arrivals: list[tuple[float, float | None, float]], now: fl
             st.floats(0.0, 2.0),
             st.sampled_from([None, 0.008, 0.010, 0.015, 0.020, 0.05]),
             st.sampled_from([0.002, 0.004, 0.006, 0.012]),
+            st.integers(1, 4),
         ),
         max_size=80,
     ),
     st.integers(1, 30),
 )
 def test_arrival_mix_tiers_are_those_of_its_fresh_window(
-    steps: list[tuple[float, float | None, float]], window: int
+    steps: list[tuple[float, float | None, float, int]], window: int
 ) -> None:
     mix = ArrivalMix(window=window, fresh_seconds=5.0)
-    arrivals: list[tuple[float, float | None, float]] = []
+    arrivals: list[tuple[float, float | None, float, int]] = []
     now = 0.0
-    for advance, budget, service in steps:
+    for advance, budget, service, concurrent in steps:
         now += advance
-        mix.add(now, budget, service)
-        arrivals.append((now, budget, service))
+        mix.add(now, budget, service, concurrent)
+        arrivals.append((now, budget, service, concurrent))
         assert mix.tiers(now) == _tiers_by_sorting(arrivals[-window:], now)
