@@ -3,7 +3,10 @@
 Starts one ``edgefit serve`` on the store, measures its capacity (closed loop, mixed budgets),
 then offers 70 % of it as an open loop for ``SOAK_SECONDS`` (default 600) with budgets drawn
 from 10 / 20 / 50 ms / none, while ``SOAK_RELOADS`` (default 50) ``POST /admin/reload`` calls are
-spread over the run. The server's RSS is sampled every second from ``/proc``.
+spread over the run. The server serves a copy of the store, and every reload changes it: the
+reloads alternately drop and restore the variant with the largest file of its own, so each one
+frees or opens a session, as a store update does (a reload of an unchanged store opens nothing).
+The server's RSS is sampled every second from ``/proc``.
 
 Reports errors (transport errors, 5xx), 503s shed, budget met per tier (the server's own
 ``budget_met``), RSS at ready / warm (after the capacity probe: traffic's working set in place)
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -51,13 +56,38 @@ class RssSampler(threading.Thread):
             self.samples.append(rss_mb(self.pid))
 
 
-def reload_under_load(port: int, count: int, seconds: float, results: list[dict[str, Any]]) -> None:
-    """``count`` reloads spread over ``seconds`` (back to back if a reload takes longer)."""
+class ChangingStore:
+    """A copy of a store whose manifest alternately lacks and has again ``toggled``: the variant
+    with the largest file no other variant shares, so each reload frees or opens one session."""
+
+    def __init__(self, source: Path, root: Path) -> None:
+        self.root = root
+        shutil.copytree(source, root)
+        self.full = json.loads((root / "manifest.json").read_text())
+        files = [v["file"] for v in self.full["variants"]]
+        own = [v for v in self.full["variants"] if files.count(v["file"]) == 1]
+        self.toggled = max(own, key=lambda v: (root / v["file"]).stat().st_size)
+
+    def change(self, i: int) -> None:
+        manifest = dict(self.full)
+        if i % 2 == 0:
+            manifest["variants"] = [v for v in self.full["variants"] if v is not self.toggled]
+        staged = self.root / "manifest.json.new"
+        staged.write_text(json.dumps(manifest, indent=2))
+        staged.replace(self.root / "manifest.json")
+
+
+def reload_under_load(
+    port: int, store: ChangingStore, count: int, seconds: float, results: list[dict[str, Any]]
+) -> None:
+    """``count`` reloads spread over ``seconds`` (back to back if a reload takes longer), each
+    after changing the store."""
     start = time.perf_counter()
     for i in range(count):
         delay = start + (i + 0.5) * seconds / count - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        store.change(i)
         began = time.perf_counter()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST")
         try:
@@ -83,7 +113,10 @@ def main() -> int:
     env = servers.setup()
     drawn = mixed.payloads(env.jpegs(20))
     out_dir = env.results
-    with servers.edgefit(env.store, env.workers, env.threads, out_dir) as server:
+    copy = tempfile.TemporaryDirectory(prefix="edgefit-soak-store-")
+    store = ChangingStore(env.store, Path(copy.name) / "store")
+    print(f"reloads alternately drop and restore {store.toggled['name']} ({store.toggled['file']})")
+    with copy, servers.edgefit(store.root, env.workers, env.threads, out_dir) as server:
         rss = RssSampler(server.pid)
         rss_ready = rss.samples[0]
         rss.start()
@@ -96,7 +129,7 @@ def main() -> int:
         print(f"capacity {capacity:.1f}/s; offering {rate:.1f}/s for {seconds:.0f} s with {reloads} reloads")
         reload_results: list[dict[str, Any]] = []
         reloader = threading.Thread(
-            target=reload_under_load, args=(server.port, reloads, seconds, reload_results)
+            target=reload_under_load, args=(server.port, store, reloads, seconds, reload_results)
         )
         reloader.start()
         run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds)
@@ -131,6 +164,7 @@ def main() -> int:
         },
         "reloads": {
             "done": len(reload_results),
+            "toggled_variant": store.toggled["name"],
             "failed": sum(1 for r in reload_results if r["status"] != 200),
             "seconds_median": statistics.median(reload_seconds) if reload_seconds else None,
             "seconds_max": max(reload_seconds) if reload_seconds else None,
@@ -149,7 +183,8 @@ def main() -> int:
         f"- RSS MB: ready {report['rss_mb']['ready']}, warm {report['rss_mb']['warm']} (after the "
         f"capacity probe), end {report['rss_mb']['end']} (growth from warm {report['rss_mb']['growth']}, "
         f"limit {growth_limit:g}), max {report['rss_mb']['max']} (limit {rss_limit:g} at ready and end)",
-        f"- reloads: {report['reloads']['done']} done, {report['reloads']['failed']} failed, "
+        f"- reloads: {report['reloads']['done']} done (alternately dropping and restoring "
+        f"{report['reloads']['toggled_variant']}), {report['reloads']['failed']} failed, "
         f"median {report['reloads']['seconds_median']} s, max {report['reloads']['seconds_max']} s",
         f"- load average at the end: {', '.join(f'{x:.2f}' for x in report['load_average_at_end'])}",
         "",
