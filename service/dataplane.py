@@ -12,7 +12,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -353,67 +353,62 @@ class DataPlane:
         started: float,
     ) -> Classification:
         """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
-        tier = schedule.tier_name(constraints.budget_seconds)
+        with self._in_flight_of(schedule.tier_name(constraints.budget_seconds)) as concurrent:
+            served = self._require()
+            if constraints.pinned is not None and constraints.pinned not in served.models.variants:
+                raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
+            self._last_request = time.perf_counter()
+            margin = self._margin(time.perf_counter())
+            choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
+            static = served.static[choice.name]
+            variant, runner = static.variant, static.runner
+            served.selections[choice.name] += 1
+            static.metrics.selected[choice.reason].inc()
+            max_pixels = self.settings.max_image_pixels
+            run_options = ort.RunOptions()
+
+            def job() -> tuple[float, float, list[tuple[int, float]]]:
+                t0 = time.perf_counter()
+                tensor = imaging.load_tensor(image, variant.preprocessing, max_pixels)
+                t1 = time.perf_counter()
+                logits = runner.infer(tensor, run_options)
+                t2 = time.perf_counter()
+                return t1 - t0, t2 - t1, top_k(logits, top)
+
+            try:
+                budget = constraints.budget_seconds
+                finished = await self._run(job, scheduled, run_options, choice.name, budget)
+            except imaging.ImageTooLarge as exc:
+                raise errors.ImageTooLarge(str(exc)) from None
+            except imaging.ImageError as exc:
+                raise errors.InvalidImage(str(exc)) from None
+            decode_s, inference_s, best = finished.value
+            names = static.labels
+            return Classification(
+                variant=variant,
+                model=static.model,
+                variant_header=static.header,
+                metrics=static.metrics,
+                reason=choice.reason,
+                predicted_seconds=choice.predicted_seconds,
+                margin_seconds=margin,
+                predictions=[Prediction(i, names[i], score) for i, score in best],
+                queue_seconds=finished.queue_seconds,
+                decode_seconds=decode_s,
+                inference_seconds=inference_s,
+                served=served,
+                image_format=header.format,
+                decoded_pixels=decoded_pixels(header, variant.preprocessing),
+            )
+
+    @contextlib.contextmanager
+    def _in_flight_of(self, tier: str) -> Iterator[int]:
+        """Counts a request of ``tier`` while it is here; yields how many are (itself included)."""
         self._in_flight[tier] += 1
         try:
-            return await self._classify(image, header, constraints, top, started, self._in_flight[tier])
+            yield self._in_flight[tier]
         finally:
             self._in_flight[tier] -= 1
-
-    async def _classify(
-        self,
-        image: bytes,
-        header: imaging.ImageHeader,
-        constraints: selector.Constraints,
-        top: int,
-        started: float,
-        concurrent: int,
-    ) -> Classification:
-        served = self._require()
-        if constraints.pinned is not None and constraints.pinned not in served.models.variants:
-            raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
-        self._last_request = time.perf_counter()
-        margin = self._margin(time.perf_counter())
-        choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
-        static = served.static[choice.name]
-        variant, runner = static.variant, static.runner
-        served.selections[choice.name] += 1
-        static.metrics.selected[choice.reason].inc()
-        max_pixels = self.settings.max_image_pixels
-        run_options = ort.RunOptions()
-
-        def job() -> tuple[float, float, list[tuple[int, float]]]:
-            t0 = time.perf_counter()
-            tensor = imaging.load_tensor(image, variant.preprocessing, max_pixels)
-            t1 = time.perf_counter()
-            logits = runner.infer(tensor, run_options)
-            t2 = time.perf_counter()
-            return t1 - t0, t2 - t1, top_k(logits, top)
-
-        try:
-            finished = await self._run(job, scheduled, run_options, choice.name, constraints.budget_seconds)
-        except imaging.ImageTooLarge as exc:
-            raise errors.ImageTooLarge(str(exc)) from None
-        except imaging.ImageError as exc:
-            raise errors.InvalidImage(str(exc)) from None
-        decode_s, inference_s, best = finished.value
-        names = static.labels
-        return Classification(
-            variant=variant,
-            model=static.model,
-            variant_header=static.header,
-            metrics=static.metrics,
-            reason=choice.reason,
-            predicted_seconds=choice.predicted_seconds,
-            margin_seconds=margin,
-            predictions=[Prediction(i, names[i], score) for i, score in best],
-            queue_seconds=finished.queue_seconds,
-            decode_seconds=decode_s,
-            inference_seconds=inference_s,
-            served=served,
-            image_format=header.format,
-            decoded_pixels=decoded_pixels(header, variant.preprocessing),
-        )
 
     def _margin(self, now: float) -> float:
         late = self._lateness.quantile(LATENESS_QUANTILE, now)
