@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -122,12 +122,16 @@ class DataPlane:
         self.metrics = metrics
         self.executor = InferenceExecutor(settings.workers, initial_service_seconds=0.01)
         self._served: _Served | None = None
-        # Answer time minus its prediction, for recent answers: the predictor's own error, fed
-        # back so that whatever it does not model (server overhead, scheduling, bursts) is
-        # covered at the same quantile as the parts it does.
+        # Answer time minus its prediction, for recent answers, per budget tier: the predictor's
+        # own error, fed back so that whatever it does not model (server overhead, scheduling,
+        # bursts) is covered at the same quantile as the parts it does. Per tier, because the
+        # error differs by tier: no-budget requests are overtaken by design (and need no
+        # margin), and pooled with them a 10 ms request's margin was their lateness.
         # Samples age out like the latency table's: a burst of late answers must not keep
         # refusing (strict) requests after the burst is over.
-        self._lateness = Recent(window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS)
+        self._lateness: defaultdict[str, Recent] = defaultdict(
+            lambda: Recent(window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS)
+        )
         # Who has been asking, with what budgets: the capacity the scheduler keeps for tight
         # deadlines follows this mix, and how many of each tier's requests were in the server at
         # once (``_in_flight``, by tier name, from selection to the end of the inference).
@@ -353,12 +357,13 @@ class DataPlane:
         started: float,
     ) -> Classification:
         """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
-        with self._in_flight_of(schedule.tier_name(constraints.budget_seconds)) as concurrent:
+        tier = schedule.tier_name(constraints.budget_seconds)
+        with self._in_flight_of(tier) as concurrent:
             served = self._require()
             if constraints.pinned is not None and constraints.pinned not in served.models.variants:
                 raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
             self._last_request = time.perf_counter()
-            margin = self._margin(time.perf_counter())
+            margin = self._margin(tier, time.perf_counter())
             choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
             static = served.static[choice.name]
             variant, runner = static.variant, static.runner
@@ -410,8 +415,8 @@ class DataPlane:
         finally:
             self._in_flight[tier] -= 1
 
-    def _margin(self, now: float) -> float:
-        late = self._lateness.quantile(LATENESS_QUANTILE, now)
+    def _margin(self, tier: str, now: float) -> float:
+        late = self._lateness[tier].quantile(LATENESS_QUANTILE, now)
         return 0.0 if late is None else max(0.0, late)
 
     def record(self, result: Classification, total_seconds: float, budget_seconds: float | None) -> None:
@@ -422,7 +427,8 @@ class DataPlane:
         result.served.latency.observe(result.variant.name, result.inference_seconds, now)
         result.served.decode.observe(result.image_format, result.decoded_pixels, result.decode_seconds, now)
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        self._lateness.add(late, now)
+        if budget_seconds is not None:
+            self._lateness[schedule.tier_name(budget_seconds)].add(late, now)
         metrics = result.metrics
         metrics.inference_duration.observe(result.inference_seconds)
         self.metrics.decode_duration.observe(result.decode_seconds)
