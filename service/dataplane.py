@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
-from service.core.latency import DecodeModel, LatencyModel, Recent
+from service.core.latency import DecodeModel, LatencyModel
 from service.observability import Metrics, VariantMetrics
 from service.runtime.executor import Finished, InferenceExecutor
 from service.runtime.memory import release_free_memory
@@ -124,13 +124,11 @@ class DataPlane:
         self._served: _Served | None = None
         # Answer time minus its prediction, for recent answers, per budget tier: the predictor's
         # own error, fed back so that whatever it does not model (server overhead, scheduling,
-        # bursts) is covered at the same quantile as the parts it does. Per tier, because the
-        # error differs by tier: no-budget requests are overtaken by design (and need no
-        # margin), and pooled with them a 10 ms request's margin was their lateness.
+        # bursts) is covered at the same quantile as the parts it does.
         # Samples age out like the latency table's: a burst of late answers must not keep
         # refusing (strict) requests after the burst is over.
-        self._lateness: defaultdict[str, Recent] = defaultdict(
-            lambda: Recent(window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS)
+        self._lateness = schedule.Lateness(
+            window=settings.latency_window, fresh_seconds=LATENESS_HORIZON_SECONDS
         )
         # Who has been asking, with what budgets: the capacity the scheduler keeps for tight
         # deadlines follows this mix, and how many of each tier's requests were in the server at
@@ -357,13 +355,12 @@ class DataPlane:
         started: float,
     ) -> Classification:
         """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
-        tier = schedule.tier_name(constraints.budget_seconds)
-        with self._in_flight_of(tier) as concurrent:
+        with self._in_flight_of(schedule.tier_name(constraints.budget_seconds)) as concurrent:
             served = self._require()
             if constraints.pinned is not None and constraints.pinned not in served.models.variants:
                 raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
             self._last_request = time.perf_counter()
-            margin = self._margin(tier, time.perf_counter())
+            margin = self._lateness.margin(constraints.budget_seconds, LATENESS_QUANTILE, time.perf_counter())
             choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
             static = served.static[choice.name]
             variant, runner = static.variant, static.runner
@@ -415,10 +412,6 @@ class DataPlane:
         finally:
             self._in_flight[tier] -= 1
 
-    def _margin(self, tier: str, now: float) -> float:
-        late = self._lateness[tier].quantile(LATENESS_QUANTILE, now)
-        return 0.0 if late is None else max(0.0, late)
-
     def record(self, result: Classification, total_seconds: float, budget_seconds: float | None) -> None:
         """What an answer teaches the latency table and the metrics; ``total_seconds`` as the HTTP
         layer measured it (first byte to answer). Called once the answer is sent: none of this
@@ -427,8 +420,7 @@ class DataPlane:
         result.served.latency.observe(result.variant.name, result.inference_seconds, now)
         result.served.decode.observe(result.image_format, result.decoded_pixels, result.decode_seconds, now)
         late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        if budget_seconds is not None:
-            self._lateness[schedule.tier_name(budget_seconds)].add(late, now)
+        self._lateness.observe(budget_seconds, late, now)
         metrics = result.metrics
         metrics.inference_duration.observe(result.inference_seconds)
         self.metrics.decode_duration.observe(result.decode_seconds)
