@@ -50,6 +50,7 @@ class ImageHeader:
     format: str
     width: int
     height: int
+    size_bytes: int  # of the encoded image
 
     @property
     def pixels(self) -> int:
@@ -121,8 +122,10 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     size = _jpeg_size(data)
     if size is None:
         image = _open(data, max_pixels)
-        return ImageHeader(format=_format(image), width=image.width, height=image.height)
-    header = ImageHeader(format="JPEG", width=size[0], height=size[1])
+        return ImageHeader(
+            format=_format(image), width=image.width, height=image.height, size_bytes=len(data)
+        )
+    header = ImageHeader(format="JPEG", width=size[0], height=size[1], size_bytes=len(data))
     if header.pixels > max_pixels:
         raise ImageTooLarge(
             f"the image is {header.width}x{header.height} = {header.pixels} pixels; the limit is {max_pixels}"

@@ -125,24 +125,42 @@ class LatencyModel:
         return profile.p50 if q <= 0.5 else profile.p95
 
 
-class DecodeModel:
-    """Predicts decode + preprocessing time from the image header, per format.
+# What a decode costs, as the features of a linear cost model: a fixed part, the bytes (entropy
+# decoding reads all of them, whatever the JPEG scale), the pixels the decoder produces, and the
+# pixels of the model input (resize, crop, copy).
+DecodeWork = tuple[float, float, float, float]
 
-    Decoding cost grows with the pixels actually decoded (after the JPEG decoder's own
-    downscaling), so the model keeps seconds-per-decoded-pixel per format: profiled at
-    start-up (idle), and recent live samples when there are enough of them.
+
+def decode_seconds(cost: Sequence[float], work: DecodeWork) -> float:
+    """The idle decode + preprocessing time of ``work`` under one format's profiled ``cost``."""
+    return sum(c * w for c, w in zip(cost, work, strict=True))
+
+
+class DecodeModel:
+    """Predicts decode + preprocessing time from the image header and the target size, per format.
+
+    Each format's idle cost is a linear model of the work (``DecodeWork``), fitted at start-up;
+    live samples keep the recent ratio of observed to idle time, so contention scales every
+    prediction while the model keeps small and large decodes apart. (Seconds per decoded pixel
+    alone did not: the fixed part made small decodes look several times dearer per pixel, and
+    predicting a large decode from them kept a server that served small variants serving small
+    variants.)
     """
 
-    def __init__(self, profiled: Mapping[str, float], *, window: int, fresh_seconds: float) -> None:
-        self.profiled = dict(profiled)
-        self._rates = {fmt: Recent(window=window, fresh_seconds=fresh_seconds) for fmt in profiled}
+    def __init__(self, costs: Mapping[str, Sequence[float]], *, window: int, fresh_seconds: float) -> None:
+        self.costs = {fmt: tuple(cost) for fmt, cost in costs.items()}
+        self._ratios = {fmt: Recent(window=window, fresh_seconds=fresh_seconds) for fmt in costs}
 
-    def observe(self, fmt: str, decoded_pixels: int, seconds: float, now: float) -> None:
-        self._rates[fmt].add(seconds / max(decoded_pixels, 1), now)
+    def idle(self, fmt: str, work: DecodeWork) -> float:
+        return decode_seconds(self.costs[fmt], work)
 
-    def seconds_per_pixel(self, fmt: str, q: float, now: float) -> float:
-        live = self._rates[fmt].quantile(q, now, MIN_FRESH_SAMPLES)
-        return self.profiled[fmt] if live is None else live
+    def observe(self, fmt: str, work: DecodeWork, seconds: float, now: float) -> None:
+        self._ratios[fmt].add(seconds / self.idle(fmt, work), now)
+
+    def slowdown(self, fmt: str, q: float, now: float) -> float:
+        """The ``q`` quantile of recent observed / idle decode times; 1 with too few samples."""
+        live = self._ratios[fmt].quantile(q, now, MIN_FRESH_SAMPLES)
+        return 1.0 if live is None else live
 
 
 class Ewma:

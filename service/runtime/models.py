@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from model_store.manifest import Preprocessing, Variant
+from model_store.manifest import Variant
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
@@ -21,7 +21,7 @@ class ServedModels:
     variants: dict[str, Variant]
     runners: dict[str, VariantRunner]
     profiles: dict[str, Profile]
-    decode_seconds_per_pixel: dict[str, float]
+    decode_costs: dict[str, tuple[float, ...]]
     labels: dict[str, tuple[str, ...]]
 
 
@@ -94,11 +94,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         persist=previous is None,
     )
     if previous is not None:
-        decode = previous.decode_seconds_per_pixel
+        decode = previous.decode_costs
     else:
-        # Decode cost per pixel barely depends on the target size: measure it once, for a mid one.
-        reference: Preprocessing = max(
-            (v.preprocessing for v in variants.values()), key=lambda p: p.resize_shorter
-        )
-        decode = profile_decode(reference)
+        decode = profile_decode({v.preprocessing for v in variants.values()})
     return ServedModels(store, variants, runners, profiles, decode, names)

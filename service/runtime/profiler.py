@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from PIL import Image
 from model_store.imaging import ImageHeader, draft_scale, load_tensor, read_header
 from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner, time_inference
-from service.core.latency import Profile
+from service.core.latency import DecodeWork, Profile
 from service.settings import available_cpus
 
 log = logging.getLogger(__name__)
@@ -134,12 +135,12 @@ def _save(path: Path, key: Mapping[str, str | int], files: Mapping[str, Profile]
         log.warning("could not persist the latency table to %s: %s", path, exc.strerror)
 
 
-def _sample_image(fmt: str) -> bytes:
-    """A photo-like test image (smooth gradients plus noise), 500x375 like ImageNet's."""
+def _sample_image(fmt: str, width: int, height: int, noise: float) -> bytes:
+    """A photo-like test image: smooth gradients plus noise (more noise, more bytes)."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:375, 0:500]
-    base = np.stack([x * 0.5, y * 0.6, (x + y) * 0.3], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 250 / width, y * 250 / height, (x / width + y / height) * 120], axis=-1)
+    pixels = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format=fmt, quality=90)
     return out.getvalue()
@@ -151,16 +152,50 @@ def decoded_pixels(header: ImageHeader, preprocessing: Preprocessing) -> int:
     return -(-header.width // scale) * -(-header.height // scale)
 
 
-def profile_decode(preprocessing: Preprocessing, runs: int = 5) -> dict[str, float]:
-    """Seconds per decoded pixel for each served format, measured on a synthetic photo."""
-    rates = {}
+def decode_work(header: ImageHeader, preprocessing: Preprocessing) -> DecodeWork:
+    """The features of decoding this image for this preprocessing (``DecodeWork``)."""
+    return (
+        1.0,
+        float(header.size_bytes),
+        float(decoded_pixels(header, preprocessing)),
+        float(preprocessing.crop**2),
+    )
+
+
+# Synthetic photos the decode cost is fitted on: sizes from a thumbnail to a phone-camera crop,
+# smooth and noisy (bytes vary apart from pixels).
+DECODE_PROFILE_SIZES = ((320, 240), (500, 375), (1000, 750))
+DECODE_PROFILE_NOISE = (4.0, 30.0)
+
+
+def profile_decode(preprocessings: Collection[Preprocessing], runs: int = 3) -> dict[str, tuple[float, ...]]:
+    """Each served format's decode cost on this machine: least squares over synthetic photos
+    decoded for the smallest and the largest of ``preprocessings`` (median of ``runs`` each),
+    coefficients kept non-negative (a negative one is dropped and the rest refitted)."""
+    targets = {min(preprocessings, key=lambda p: p.crop), max(preprocessings, key=lambda p: p.crop)}
+    costs = {}
     for fmt in ("JPEG", "PNG", "WEBP"):
-        data = _sample_image(fmt)
-        header = read_header(data, 1 << 30)
-        timings = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            load_tensor(data, preprocessing, 1 << 30)
-            timings.append(time.perf_counter() - started)
-        rates[fmt] = sorted(timings)[runs // 2] / decoded_pixels(header, preprocessing)
-    return rates
+        work, seconds = [], []
+        for (width, height), noise in itertools.product(DECODE_PROFILE_SIZES, DECODE_PROFILE_NOISE):
+            data = _sample_image(fmt, width, height, noise)
+            header = read_header(data, 1 << 30)
+            for preprocessing in targets:
+                timings = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    load_tensor(data, preprocessing, 1 << 30)
+                    timings.append(time.perf_counter() - started)
+                work.append(decode_work(header, preprocessing))
+                seconds.append(sorted(timings)[runs // 2])
+        costs[fmt] = _non_negative_fit(np.array(work), np.array(seconds))
+    return costs
+
+
+def _non_negative_fit(features: np.ndarray, target: np.ndarray) -> tuple[float, ...]:
+    kept = np.ones(features.shape[1], dtype=bool)
+    while True:
+        coefficients = np.zeros(features.shape[1])
+        coefficients[kept] = np.linalg.lstsq(features[:, kept], target, rcond=None)[0]
+        if (coefficients >= 0).all():
+            return tuple(float(c) for c in coefficients)
+        kept &= coefficients > 0

@@ -47,13 +47,20 @@ def test_enough_fresh_samples_speak_for_themselves_and_then_age_out() -> None:
     assert model.predict("a", 0.5, now=106.0) == pytest.approx(0.010)
 
 
-def test_decode_model_tracks_seconds_per_pixel_and_forgets_bursts() -> None:
-    model = DecodeModel({"JPEG": 1e-8}, window=16, fresh_seconds=5.0)
-    assert model.seconds_per_pixel("JPEG", 0.95, now=100.0) == pytest.approx(1e-8)
+# Fixed part, per byte, per decoded pixel, per input pixel: roughly this machine's JPEG figures.
+JPEG_COST = (1.7e-4, 7e-9, 3e-9, 2.7e-9)
+LARGE = (1.0, 100_000.0, 175_000.0, 260.0**2)  # a ~100 KB photo decoded at 1/2 for a 260 px model
+
+
+def test_decode_model_scales_its_idle_cost_by_the_recent_slowdown_and_forgets_bursts() -> None:
+    model = DecodeModel({"JPEG": JPEG_COST}, window=16, fresh_seconds=5.0)
+    idle = model.idle("JPEG", LARGE)
+    assert idle == pytest.approx(1.7e-4 + 7e-4 + 5.25e-4 + 2.7e-9 * 260**2)
+    assert model.slowdown("JPEG", 0.95, now=100.0) == 1.0
     for _ in range(8):
-        model.observe("JPEG", 500_000, 0.010, now=100.0)  # 2e-8 s/px, under contention
-    assert model.seconds_per_pixel("JPEG", 0.95, now=101.0) == pytest.approx(2e-8)
-    assert model.seconds_per_pixel("JPEG", 0.95, now=106.0) == pytest.approx(1e-8)
+        model.observe("JPEG", LARGE, 2 * idle, now=100.0)  # twice as slow, under contention
+    assert model.slowdown("JPEG", 0.95, now=101.0) == pytest.approx(2.0)
+    assert model.slowdown("JPEG", 0.95, now=106.0) == 1.0
 
 
 @pytest.mark.parametrize(
