@@ -187,11 +187,13 @@ def profile_decode(preprocessings: Collection[Preprocessing], runs: int = 3) -> 
                     timings.append(time.perf_counter() - started)
                 work.append(decode_work(header, preprocessing))
                 seconds.append(sorted(timings)[runs // 2])
-        costs[fmt] = _non_negative_fit(np.array(work), np.array(seconds))
+        costs[fmt] = fit_non_negative(np.array(work), np.array(seconds))
     return costs
 
 
-def _non_negative_fit(features: np.ndarray, target: np.ndarray) -> tuple[float, ...]:
+def fit_non_negative(features: np.ndarray, target: np.ndarray) -> tuple[float, ...]:
+    """Least-squares coefficients, none negative: a feature whose coefficient comes out negative
+    is dropped (its coefficient 0) and the rest refitted, until none is."""
     kept = np.ones(features.shape[1], dtype=bool)
     while True:
         coefficients = np.zeros(features.shape[1])
