@@ -25,8 +25,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 # the agreement gate on CPUs without int8 dot products). lite2 is not specialised by default: on
 # such a CPU its int8 subnets fail the gate too and its fp32 ones are slower than lite2-260-int8
 # (DEVELOPERS.md); `edgefit store specialize --family lite2` does it on demand. K = 12: the
-# domination check drops some picks (K = 10 wrote 7-9 subnets; 12 wrote 11 twice, 19 variants,
-# server RSS ready ~345-375 MB).
+# domination check drops some picks (K = 10 wrote 7-9 subnets; 12 wrote 10-12 in four builds,
+# 18-20 variants, server RSS ready ~345-375 MB).
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \
