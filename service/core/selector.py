@@ -68,6 +68,10 @@ def _accuracy(candidate: Candidate) -> float:
     return -1.0 if candidate.top1 is None else candidate.top1
 
 
+def _rank(c: Candidate) -> tuple[float, float]:
+    return (_accuracy(c), -c.predicted_seconds)
+
+
 def allowed(candidates: Sequence[Candidate], constraints: Constraints) -> list[Candidate]:
     return [
         c
@@ -75,6 +79,22 @@ def allowed(candidates: Sequence[Candidate], constraints: Constraints) -> list[C
         if (constraints.max_size_bytes is None or c.size_bytes <= constraints.max_size_bytes)
         and (constraints.min_accuracy is None or (c.top1 is not None and c.top1 >= constraints.min_accuracy))
     ]
+
+
+def unhurried(
+    candidates: Sequence[Candidate], constraints: Constraints, *, elapsed_seconds: float
+) -> Candidate | None:
+    """What a worker free now would give the request: the most accurate allowed variant predicted
+    to meet its budget without queueing (ties to the faster). None without a budget, or when no
+    allowed variant would meet it even so."""
+    budget = constraints.budget_seconds
+    if budget is None:
+        return None
+    pool = allowed(candidates, constraints)
+    if constraints.pinned is not None:
+        pool = [c for c in pool if c.name == constraints.pinned]
+    alone = [c for c in pool if elapsed_seconds + c.predicted_seconds <= budget]
+    return max(alone, key=_rank, default=None)
 
 
 def select(
@@ -102,9 +122,6 @@ def select(
     def total(c: Candidate) -> float:
         return elapsed_seconds + c.wait_seconds + c.predicted_seconds
 
-    def rank(c: Candidate) -> tuple[float, float]:
-        return (_accuracy(c), -c.predicted_seconds)
-
     def considerate(fitting: list[Candidate]) -> list[Candidate]:
         return [c for c in fitting if not c.blocks] or fitting
 
@@ -112,15 +129,15 @@ def select(
     if constraints.pinned is not None:
         return Selection(pool[0].name, "pinned", total(pool[0]))
     if budget is None:
-        best = max(considerate(pool), key=rank)
-        downgraded = _accuracy(best) < _accuracy(max(pool, key=rank))
+        best = max(considerate(pool), key=_rank)
+        downgraded = _accuracy(best) < _accuracy(max(pool, key=_rank))
         return Selection(best.name, "contention" if downgraded else "no_budget", total(best))
     fitting = [c for c in pool if total(c) <= budget]
     if fitting:
-        best = max(considerate(fitting), key=rank)
+        best = max(considerate(fitting), key=_rank)
         # What an idle server would choose: the same table without the wait or the holding back.
-        alone = [c for c in pool if elapsed_seconds + c.predicted_seconds <= budget]
-        downgraded = bool(alone) and _accuracy(best) < _accuracy(max(alone, key=rank))
+        alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
+        downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
     if constraints.strict:
         # "Could an idle server meet it?" ignores the time this request already spent here:

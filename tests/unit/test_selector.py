@@ -13,6 +13,7 @@ from service.core.selector import (
     Constraints,
     NoVariantAllowed,
     select,
+    unhurried,
 )
 
 candidate = st.builds(
@@ -45,6 +46,20 @@ def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> 
     else:
         assert choice.reason == "fallback"
         assert choice.predicted_seconds == min(elapsed + wait + c.predicted_seconds for c in table)
+
+
+@given(tables, st.floats(0.001, 1.0), seconds, seconds)
+def test_unhurried_is_the_choice_of_a_free_worker(table, budget, elapsed, wait) -> None:
+    # The capacity a tier keeps is sized by it (service/core/schedule.py): what the request gets
+    # with no wait, whatever it waits now.
+    constraints = Constraints(budget_seconds=budget)
+    wanted = unhurried(waiting(table, wait), constraints, elapsed_seconds=elapsed)
+    alone = select(table, constraints, elapsed_seconds=elapsed)
+    if alone.reason == "fallback":
+        assert wanted is None
+    else:
+        assert wanted is not None and wanted.name == alone.name
+    assert unhurried(table, Constraints(), elapsed_seconds=elapsed) is None
 
 
 @given(tables, st.floats(0.001, 1.0), st.floats(0.001, 1.0), seconds, seconds)
