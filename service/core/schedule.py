@@ -170,8 +170,8 @@ class ArrivalMix:
             # The slack its requests have at the quantile the selector predicts with.
             slack = ranked(members.slacks, 0.05)
             if slack <= 0.0:
-                # Even a worker free at once would not make it in time: keeping one helps nobody
-                # and only holds the other tiers back.
+                # At this quantile its requests would be late even on a worker free at once:
+                # keeping one would hold the other tiers back for requests it cannot save.
                 continue
             # Its tightest budget: the tier holds back only looser requests' jobs.
             tiers.append(Tier(members.budgets[0], count / total, slack, members.concurrency[-1]))
