@@ -21,14 +21,16 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store import imaging
-from model_store.manifest import Preprocessing, Variant, depth_tag
+from model_store.manifest import Variant, depth_tag
 from model_store.runner import VariantRunner, top_k
 from model_store.store import StoreError
 from service import errors
 from service.core import schedule, selector
 from service.core.admission import predicted_wait, retry_after
+from service.core.calibration import Calibration
 from service.core.latency import DecodeModel, DecodeWork, LatencyModel
 from service.observability import Metrics, VariantMetrics
+from service.pricing import Place, Price, Pricer
 from service.runtime.executor import Finished, InferenceExecutor
 from service.runtime.memory import release_free_memory
 from service.runtime.models import ServedModels, load_models
@@ -38,27 +40,12 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Each predicted part (decode, inference) is taken at this quantile...
+# Answers behind each calibrated margin: a 0.99 quantile needs some hundred of them, and they age
+# out so that a burst of late answers stops steering choices once it is over.
+CALIBRATION_WINDOW = 256
+CALIBRATION_FRESH_SECONDS = 20.0
+# The v2 path's and the probes' place in the schedule: their inference at this quantile.
 FIT_QUANTILE = 0.95
-# ...plus this quantile of how late recent answers were against such predictions: a margin
-# for what the parts do not model (server overhead, event-loop lag, bursts of arrivals). Under
-# load every choice sits at the budget's edge, so the share of answers on time is about this
-# quantile: at 0.95, 2x overload at 20 ms met 96.8-98.0 %; at 0.99, 99.5-99.6 % (issue 10 asks
-# 99). It costs sequential 8 ms requests 2-6 points of delivered accuracy (DEVELOPERS.md).
-# Rejected: median parts plus a conformal margin (much smaller variants for sequential traffic).
-LATENESS_QUANTILE = 0.99
-# Lateness samples age out: a strict server refusing because of an old outlier gets no new
-# answers to correct it, so the outlier must age out by itself. But a p99 needs some hundred
-# samples: a tier answering ~35/s (mixed load, 6 clients) kept ~70 in 2 s, its p99 was their
-# largest, and the 10 ms tier's margin was 9.8 ms at the median (the run's p99 lateness: 5.1);
-# nearly every 10 ms request then fell back to the fastest subnet. 2 -> 10 s: bench/mixed.py,
-# 10 ms met at 3 / 6 clients, three runs each alternating in one sitting: 96.5-98.0 % ->
-# 97.3-98.2 %.
-LATENESS_HORIZON_SECONDS = 10.0
-# Enough of them for the quantile to be one: with the latency table's window (64) the p99 was
-# the largest of the last 64 answers. Open loop at 144.6/s, 20 ms, two runs: met 99.5 / 99.6 %
-# -> 99.9 / 99.6 %; at 290/s, ladder: 98.5 / 98.8 -> 98.6 %.
-LATENESS_WINDOW = 512
 REPROBE_PERIOD_SECONDS = 1.0
 LOAD_RETRY_FIRST_SECONDS = 1.0
 LOAD_RETRY_MAX_SECONDS = 30.0
@@ -78,8 +65,9 @@ class Classification:
     variant_header: bytes  # the ``X-Model-Variant`` value
     metrics: VariantMetrics
     reason: selector.Reason
-    predicted_seconds: float
-    margin_seconds: float  # the part of the prediction that corrects the predictor's recent error
+    predicted_seconds: float  # time spent before choosing + predicted wait + the variant's price
+    point_seconds: float  # the price's point prediction (decode + inference, typical)
+    margin_seconds: float  # the price's calibrated margin
     predictions: list[Prediction]
     queue_seconds: float
     decode_seconds: float
@@ -109,8 +97,7 @@ class _Served:
     """Everything that is swapped as one on reload."""
 
     models: ServedModels
-    latency: LatencyModel
-    decode: DecodeModel
+    pricer: Pricer
     static: dict[str, _Static]
     selections: Counter[str] = field(default_factory=Counter)
 
@@ -133,12 +120,6 @@ class DataPlane:
         self.metrics = metrics
         self.executor = InferenceExecutor(settings.workers, initial_service_seconds=0.01)
         self._served: _Served | None = None
-        # Answer time minus its prediction, for recent answers, per budget tier: the predictor's
-        # own error, fed back so that whatever it does not model (server overhead, scheduling,
-        # bursts) is covered too.
-        # Samples age out like the latency table's: a burst of late answers must not keep
-        # refusing (strict) requests after the burst is over.
-        self._lateness = schedule.Lateness(window=LATENESS_WINDOW, fresh_seconds=LATENESS_HORIZON_SECONDS)
         # Who has been asking, with what budgets: the capacity the scheduler keeps for tight
         # deadlines follows this mix, and how many of each tier's requests were in the server at
         # once (``_in_flight``, by tier name, from selection to the end of the inference).
@@ -188,8 +169,12 @@ class DataPlane:
             self.metrics.serve(models.variants.values())
             self._served = _Served(
                 models=models,
-                latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
-                decode=DecodeModel(models.decode_costs, window=window, fresh_seconds=fresh),
+                pricer=Pricer(
+                    models.variants,
+                    LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
+                    DecodeModel(models.decode_costs, window=window, fresh_seconds=fresh),
+                    Calibration(window=CALIBRATION_WINDOW, fresh_seconds=CALIBRATION_FRESH_SECONDS),
+                ),
                 static={
                     name: _Static(
                         variant=v,
@@ -284,83 +269,51 @@ class DataPlane:
             )
         return wait
 
-    def _candidates(
-        self,
-        served: _Served,
-        names: Sequence[str],
-        header: imaging.ImageHeader,
-        now: float,
-        margin: float,
-        place: tuple[float, tuple[float, ...]],
-    ) -> list[selector.Candidate]:
-        """Each named variant's predicted decode + inference (+ margin) for this image, and its
-        queue wait at the request's ``place`` (deadline key, ladder) in the schedule."""
-        slowdown = served.latency.slowdown(now)
-        decode = served.decode
-        decode_slowdown = decode.slowdown(header.format, FIT_QUANTILE, now)
-        queue, busy = self.executor.snapshot(now)
-        key, limits = place
-        candidates = []
-        idle_decode: dict[Preprocessing, float] = {}
-        for name in names:
-            v = served.static[name].variant
-            decoding = idle_decode.get(v.preprocessing)
-            if decoding is None:
-                decoding = idle_decode[v.preprocessing] = decode.idle(
-                    header.format, decode_work(header, v.preprocessing)
-                )
-            inference = served.latency.predict(name, FIT_QUANTILE, now, slowdown)
-            job = schedule.Job(key, decoding * decode_slowdown + inference + margin, limits)
-            candidates.append(
-                selector.Candidate(
-                    name=name,
-                    top1=v.top1,
-                    size_bytes=v.size_bytes,
-                    predicted_seconds=job.run_seconds,
-                    idle_seconds=decoding + served.latency.idle(name, FIT_QUANTILE),
-                    wait_seconds=schedule.wait_at_place(job, queue, busy, now),
-                    blocks=schedule.blocks(job, self.executor.workers),
-                )
-            )
-        return candidates
-
     def _select(
         self,
         served: _Served,
         header: imaging.ImageHeader,
         constraints: selector.Constraints,
         started: float,
-        margin: float,
         concurrent: int,
-    ) -> tuple[selector.Selection, schedule.Job]:
+    ) -> tuple[selector.Selection, Price, schedule.Job]:
         now = time.perf_counter()
         wait = self.admit()
         budget = constraints.budget_seconds
-        place = (
+        queue, busy = self.executor.snapshot(now)
+        workers = self.executor.workers
+        place = Place(
             schedule.dispatch_key(started, budget),
-            schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
+            schedule.ladder(workers, self._mix.tiers(now), budget),
+            queue,
+            busy,
+            workers,
         )
-        # A pinned request needs only its variant's prediction.
+        # A pinned request needs only its variant's price.
         names = tuple(served.static) if constraints.pinned is None else (constraints.pinned,)
-        candidates = self._candidates(served, names, header, now, margin, place)
-        # The tier keeps capacity for what its requests get from a worker free at once. Its
-        # slack counts from selection, not from the request's first byte: counting the time
-        # already spent too (~0.2 ms) kept less, and 10 ms met fell (bench/mixed.py, two runs
-        # each at 3 and 6 clients: mean 97.4 -> 96.4 %).
+        prices = served.pricer.price(names, header, budget, place, now)
+        candidates = [p.candidate for p in prices.values()]
+        # The tier keeps capacity for what its requests get from a worker free at once; its slack
+        # counts from selection (the time already spent is not the kept workers' to save).
         elapsed = now - started
         wanted = selector.unhurried(candidates, constraints, elapsed_seconds=elapsed)
         service = min(c.predicted_seconds for c in candidates) if wanted is None else wanted.predicted_seconds
         self._mix.add(now, budget, math.inf if budget is None else budget - service, concurrent)
         try:
-            choice = selector.select(candidates, constraints, elapsed_seconds=elapsed)
+            choice = selector.select(
+                candidates,
+                constraints,
+                elapsed_seconds=elapsed,
+                backlog_seconds=schedule.backlog(queue, workers),
+            )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None
         except selector.BudgetUnmeetable as exc:
             raise errors.BudgetUnmeetable(str(exc)) from None
         except selector.BudgetUnmeetableNow as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
-        chosen = next(c for c in candidates if c.name == choice.name)
-        return choice, schedule.Job(place[0], chosen.predicted_seconds, place[1])
+        price = prices[choice.name]
+        return choice, price, schedule.Job(place.key, price.candidate.predicted_seconds, place.limits)
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -378,8 +331,7 @@ class DataPlane:
             if constraints.pinned is not None and constraints.pinned not in served.models.variants:
                 raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
             self._last_request = time.perf_counter()
-            margin = self._lateness.margin(constraints.budget_seconds, LATENESS_QUANTILE, time.perf_counter())
-            choice, scheduled = self._select(served, header, constraints, started, margin, concurrent)
+            choice, price, scheduled = self._select(served, header, constraints, started, concurrent)
             static = served.static[choice.name]
             variant, runner = static.variant, static.runner
             served.selections[choice.name] += 1
@@ -411,7 +363,8 @@ class DataPlane:
                 metrics=static.metrics,
                 reason=choice.reason,
                 predicted_seconds=choice.predicted_seconds,
-                margin_seconds=margin,
+                point_seconds=price.point_seconds,
+                margin_seconds=price.margin_seconds,
                 predictions=[Prediction(i, names[i], score) for i, score in best],
                 queue_seconds=finished.queue_seconds,
                 decode_seconds=decode_s,
@@ -435,10 +388,17 @@ class DataPlane:
         layer measured it (first byte to answer). Called once the answer is sent: none of this
         delays it."""
         now = time.perf_counter()
-        result.served.latency.observe(result.variant.name, result.inference_seconds, now)
-        result.served.decode.observe(result.image_format, result.decode_work, result.decode_seconds, now)
-        late = total_seconds - (result.predicted_seconds - result.margin_seconds)
-        self._lateness.observe(budget_seconds, late, now)
+        result.served.pricer.learn(
+            result.variant.name,
+            budget_seconds,
+            image_format=result.image_format,
+            work=result.decode_work,
+            decode_seconds=result.decode_seconds,
+            inference_seconds=result.inference_seconds,
+            late_seconds=total_seconds - (result.predicted_seconds - result.margin_seconds),
+            point_seconds=result.point_seconds,
+            now=now,
+        )
         metrics = result.metrics
         metrics.inference_duration.observe(result.inference_seconds)
         self.metrics.decode_duration.observe(result.decode_seconds)
@@ -498,7 +458,7 @@ class DataPlane:
         # No budget: it queues after budgeted work and keeps the capacity their tiers need.
         scheduled = schedule.Job(
             schedule.dispatch_key(now, None),
-            len(tensor) * served.latency.predict(name, FIT_QUANTILE, now),
+            len(tensor) * served.pricer.latency.predict(name, FIT_QUANTILE, now),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
         )
         run_options = ort.RunOptions()
@@ -517,10 +477,10 @@ class DataPlane:
             return
         now = time.perf_counter()
         gauge = self.metrics.predicted_latency
-        slowdown = served.latency.slowdown(now)
+        slowdown = served.pricer.latency.slowdown(now)
         for name in served.models.variants:
-            gauge.labels(name, "0.5").set(served.latency.predict(name, 0.5, now, slowdown))
-            gauge.labels(name, "0.95").set(served.latency.predict(name, 0.95, now, slowdown))
+            gauge.labels(name, "0.5").set(served.pricer.latency.predict(name, 0.5, now, slowdown))
+            gauge.labels(name, "0.95").set(served.pricer.latency.predict(name, 0.95, now, slowdown))
 
     async def keep_table_current(self) -> None:
         """Forever: refresh the published table; when idle, re-probe the stalest variant.
@@ -557,9 +517,9 @@ class DataPlane:
             self._trimmed = now
             await asyncio.to_thread(release_free_memory)
         stale = [
-            (served.latency.last_run(n) or 0.0, n)
+            (served.pricer.latency.last_run(n) or 0.0, n)
             for n in served.models.variants
-            if now - (served.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+            if now - (served.pricer.latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
         ]
         if stale:
             _, name = min(stale)
@@ -577,9 +537,9 @@ class DataPlane:
 
         now = time.perf_counter()
         # Runs only on an idle server; last in line should anything arrive meanwhile.
-        probe = schedule.Job(schedule.dispatch_key(now, None), served.latency.idle(name, FIT_QUANTILE))
+        probe = schedule.Job(schedule.dispatch_key(now, None), served.pricer.latency.idle(name, FIT_QUANTILE))
         finished = await self.executor.run(job, probe)
-        served.latency.observe(name, finished.value, time.perf_counter())
+        served.pricer.latency.observe(name, finished.value, time.perf_counter())
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -597,11 +557,11 @@ class DataPlane:
                 "depth": depth_tag(v.subnet),
                 "kept_block_count": None if v.subnet is None else len(v.subnet.kept_blocks),
                 "latency_ms": {
-                    "p50": round(1000 * served.latency.predict(n, 0.5, now), 3),
-                    "p95": round(1000 * served.latency.predict(n, 0.95, now), 3),
-                    "profiled_p50": round(1000 * served.latency.idle(n, 0.5), 3),
-                    "profiled_p95": round(1000 * served.latency.idle(n, 0.95), 3),
-                    "last_run_seconds_ago": _age(served.latency.last_run(n), now),
+                    "p50": round(1000 * served.pricer.latency.predict(n, 0.5, now), 3),
+                    "p95": round(1000 * served.pricer.latency.predict(n, 0.95, now), 3),
+                    "profiled_p50": round(1000 * served.pricer.latency.idle(n, 0.5), 3),
+                    "profiled_p95": round(1000 * served.pricer.latency.idle(n, 0.95), 3),
+                    "last_run_seconds_ago": _age(served.pricer.latency.last_run(n), now),
                 },
                 "selected": served.selections[n],
             }
@@ -611,7 +571,7 @@ class DataPlane:
     def slowdown(self) -> float:
         """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""
         served = self._served
-        return 1.0 if served is None else served.latency.slowdown(time.perf_counter())
+        return 1.0 if served is None else served.pricer.latency.slowdown(time.perf_counter())
 
     def shutdown(self) -> None:
         self.draining = True

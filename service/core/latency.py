@@ -72,13 +72,18 @@ class Recent:
         _, value = self._samples.popleft()
         del self._sorted[bisect_left(self._sorted, value)]
 
-    def quantile(self, q: float, now: float, min_samples: int = 1) -> float | None:
-        """The ``q`` quantile of the fresh samples; None when there are fewer than ``min_samples``."""
+    def fresh(self, now: float) -> Sequence[float]:
+        """The fresh samples, sorted (a view: do not keep it past the next change)."""
         while self._samples and now - self._samples[0][0] > self.fresh_seconds:
             self._drop_oldest()
-        if not self._sorted or len(self._sorted) < min_samples:
+        return self._sorted
+
+    def quantile(self, q: float, now: float, min_samples: int = 1) -> float | None:
+        """The ``q`` quantile of the fresh samples; None when there are fewer than ``min_samples``."""
+        fresh = self.fresh(now)
+        if not fresh or len(fresh) < min_samples:
             return None
-        return ranked(self._sorted, q)
+        return ranked(fresh, q)
 
     def last(self) -> float | None:
         """When the newest sample was taken."""

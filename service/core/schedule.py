@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.core.latency import Recent, ranked
+from service.core.latency import ranked
 
 # No-budget requests are keyed this long after arrival: later than any budgeted request of the
 # same moment, early enough that a steady stream of budgeted work cannot hold them back forever.
@@ -51,35 +51,6 @@ def tier_name(budget_seconds: float | None) -> str:
 
 
 TIER_NAMES = (*(tier_name(e) for e in TIER_EDGES_SECONDS), NO_BUDGET_TIER)
-
-
-class Lateness:
-    """How late recent answers were against their predictions, per budget tier: the margin a
-    tier's next prediction adds for what the predictor does not model.
-
-    Per tier, because the error differs by tier: requests without a budget are overtaken by
-    design, so their lateness is large, and pooled with theirs a 10 ms request's margin was
-    their queueing. They need no margin (there is nothing to meet) and teach none.
-    """
-
-    def __init__(self, *, window: int, fresh_seconds: float) -> None:
-        self._tiers: dict[str, Recent] = {}
-        self.window = window
-        self.fresh_seconds = fresh_seconds
-
-    def observe(self, budget_seconds: float | None, late_seconds: float, now: float) -> None:
-        if budget_seconds is None:
-            return
-        recent = self._tiers.setdefault(
-            tier_name(budget_seconds), Recent(window=self.window, fresh_seconds=self.fresh_seconds)
-        )
-        recent.add(late_seconds, now)
-
-    def margin(self, budget_seconds: float | None, q: float, now: float) -> float:
-        """The ``q`` quantile of the tier's fresh lateness, never negative; 0 without samples."""
-        recent = None if budget_seconds is None else self._tiers.get(tier_name(budget_seconds))
-        late = None if recent is None else recent.quantile(q, now)
-        return 0.0 if late is None else max(0.0, late)
 
 
 def dispatch_key(arrival: float, budget_seconds: float | None) -> float:
@@ -158,7 +129,7 @@ class ArrivalMix:
             self._tiers[name].remove(budget, slack, concurrent)
 
     def tiers(self, now: float) -> list[Tier]:
-        """Budget tiers present lately, tightest slack first."""
+        """Budget tiers present lately, tightest slack first (then tightest budget)."""
         while self._arrivals and now - self._arrivals[0][0] > self.fresh_seconds:
             self._drop_oldest()
         total = len(self._arrivals)
@@ -175,7 +146,7 @@ class ArrivalMix:
                 continue
             # Its tightest budget: the tier holds back only looser requests' jobs.
             tiers.append(Tier(members.budgets[0], count / total, slack, members.concurrency[-1]))
-        return sorted(tiers, key=lambda t: t.slack_seconds)
+        return sorted(tiers, key=lambda t: (t.slack_seconds, t.budget_seconds))
 
 
 def ladder(workers: int, tiers: Sequence[Tier], budget_seconds: float | None) -> tuple[float, ...]:
@@ -265,6 +236,12 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
             continue
         release = next_release(pending, t)
         t = min([f for f in free_at if f > t] + ([] if release is None else [release]))
+
+
+def backlog(queue: Sequence[Job], workers: int) -> float:
+    """Predicted seconds of queued work per worker (what runs now is not counted: a few clients
+    in a closed loop keep the workers busy without a queue that grows)."""
+    return sum(j.run_seconds for j in queue) / workers
 
 
 def busy_seconds(started: Sequence[tuple[float, float]], workers: int, now: float) -> list[float]:

@@ -1,11 +1,21 @@
 """The selection policy: the most accurate variant predicted to fit the request's budget.
 
 Pure: the caller supplies each candidate's predicted cost; nothing here measures anything.
+
+Under load the choice also weighs what a variant costs the requests behind it. Choosing request
+by request, a queue that grows is answered by ever smaller variants until the poorest of them
+keep up, and answers are late besides; what counts is correct answers on time per second. So
+worker time gets a price that grows with the backlog (drift-plus-penalty, as in Lyapunov
+scheduling; Model-Switching's "effective accuracy" is the same aim): the choice maximises
+accuracy minus price x predicted service. With no backlog the price is 0 and the most accurate
+fitting variant wins; as the backlog grows, the mix shifts to the variants whose service rate
+keeps up with the arrivals, the most accurate of those first, and the queue stops growing well
+before only the smallest variants fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +23,11 @@ from typing import Literal
 # of other requests (its wait at its place in the deadline order, or capacity kept for tighter
 # deadlines).
 Reason = Literal["best_fit", "pinned", "fallback", "no_budget", "contention"]
+
+# Accuracy given up per second of predicted service is LOAD_PRICE x (backlog / budget)^2 / budget:
+# negligible while the queue holds a small part of the budget, decisive well before it holds all
+# of it (tests/unit/test_selector.py plays overload out with and without the price).
+LOAD_PRICE = 8.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,21 @@ def _rank(c: Candidate) -> tuple[float, float]:
     return (_accuracy(c), -c.predicted_seconds)
 
 
+def frontier(candidates: Sequence[Candidate], cost: Callable[[Candidate], float]) -> list[Candidate]:
+    """The candidates no other beats: none is at least as accurate and at least as cheap by
+    ``cost``, and better in one of the two."""
+    front: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: (cost(c), -_accuracy(c))):
+        if not front or _accuracy(c) > _accuracy(front[-1]):
+            front.append(c)
+    return front
+
+
+def load_price(backlog_seconds: float, budget_seconds: float) -> float:
+    """Accuracy given up per second of service, with ``backlog_seconds`` of work ahead per worker."""
+    return LOAD_PRICE * (backlog_seconds / budget_seconds) ** 2 / budget_seconds
+
+
 def allowed(candidates: Sequence[Candidate], constraints: Constraints) -> list[Candidate]:
     return [
         c
@@ -102,14 +132,18 @@ def select(
     constraints: Constraints,
     *,
     elapsed_seconds: float,
+    backlog_seconds: float = 0.0,
 ) -> Selection:
     """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``.
 
-    Among the allowed variants predicted to finish within the budget, the most accurate wins,
-    ties going to the faster; one that would hold back tighter deadlines only when no other
-    fits. Without a budget the most accurate that does not hold them back wins. When nothing
-    fits, the fastest allowed variant answers late, unless ``strict``. A choice less accurate
-    than an idle server would make is reported as ``contention``.
+    Among the allowed variants predicted to finish within the budget, the one with the most
+    accuracy less ``load_price`` x service wins (``backlog_seconds``: the work ahead, per worker;
+    without any, simply the most accurate), ties going to the faster; a variant that another
+    fitting one beats on both accuracy and total is never chosen, nor one that would hold back
+    tighter deadlines while another fits. Without a budget the most accurate that does not hold
+    them back wins. When nothing fits, the fastest allowed variant answers late, unless
+    ``strict``. A choice less accurate than an idle server would make is reported as
+    ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
@@ -134,7 +168,11 @@ def select(
         return Selection(best.name, "contention" if downgraded else "no_budget", total(best))
     fitting = [c for c in pool if total(c) <= budget]
     if fitting:
-        best = max(considerate(fitting), key=_rank)
+        price = load_price(backlog_seconds, budget)
+        best = max(
+            frontier(considerate(fitting), total),
+            key=lambda c: (_accuracy(c) - price * c.predicted_seconds, -total(c)),
+        )
         # What an idle server would choose: the same table without the wait or the holding back.
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)

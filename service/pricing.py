@@ -1,0 +1,115 @@
+"""Pricing: what one request would cost on each served variant, on this device, now.
+
+A variant's price for a request is a bound on its total that its answers exceed at about the
+promised rate: the point prediction (this image's decode at its typical pace, plus the variant's
+profiled inference scaled by how fast inferences run now) plus a margin calibrated on recent
+answers (``service.core.calibration``). Every variant is priced the same way, whether it was
+chosen lately or not, so comparing two variants compares like with like. Each answer teaches the
+tables back (``learn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from model_store import imaging
+from model_store.manifest import Preprocessing, Variant
+from service.core import schedule, selector
+from service.core.calibration import Calibration
+from service.core.latency import DecodeModel, DecodeWork, LatencyModel
+from service.runtime.profiler import decode_work
+
+# A typical value: the point prediction takes each part at its median.
+TYPICAL = 0.5
+# What the strict refusal asks ("could an idle server meet this budget?") prices at.
+IDLE_QUANTILE = 0.95
+
+
+@dataclass(frozen=True)
+class Price:
+    candidate: selector.Candidate
+    point_seconds: float  # decode + inference, each at its typical value
+    margin_seconds: float  # point + margin: the promised quantile of the answer's service
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a request's job would sit in the schedule, and what the workers hold now."""
+
+    key: float  # its deadline order (``schedule.dispatch_key``)
+    limits: tuple[float, ...]  # the capacity it must keep for tighter tiers (``schedule.ladder``)
+    queue: Sequence[schedule.Job]
+    busy: Sequence[float]
+    workers: int
+
+
+class Pricer:
+    """The latency tables of one served store; not thread-safe (the event loop's)."""
+
+    def __init__(
+        self,
+        variants: Mapping[str, Variant],
+        latency: LatencyModel,
+        decode: DecodeModel,
+        calibration: Calibration,
+    ) -> None:
+        self.variants = variants
+        self.latency = latency
+        self.decode = decode
+        self.calibration = calibration
+
+    def price(
+        self,
+        names: Sequence[str],
+        header: imaging.ImageHeader,
+        budget_seconds: float | None,
+        place: Place,
+        now: float,
+    ) -> dict[str, Price]:
+        """Each named variant's price for this image, with its queue wait at ``place``."""
+        slowdown = self.latency.slowdown(now)
+        decode_slowdown = self.decode.slowdown(header.format, TYPICAL, now)
+        idle_decode: dict[Preprocessing, float] = {}
+        prices = {}
+        for name in names:
+            v = self.variants[name]
+            decoding = idle_decode.get(v.preprocessing)
+            if decoding is None:
+                decoding = idle_decode[v.preprocessing] = self.decode.idle(
+                    header.format, decode_work(header, v.preprocessing)
+                )
+            point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
+            margin = self.calibration.margin(budget_seconds, name, point, now)
+            job = schedule.Job(place.key, point + margin, place.limits)
+            candidate = selector.Candidate(
+                name=name,
+                top1=v.top1,
+                size_bytes=v.size_bytes,
+                predicted_seconds=job.run_seconds,
+                idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
+                wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
+                blocks=schedule.blocks(job, place.workers),
+            )
+            prices[name] = Price(candidate, point, margin)
+        return prices
+
+    def learn(
+        self,
+        name: str,
+        budget_seconds: float | None,
+        *,
+        image_format: str,
+        work: DecodeWork,
+        decode_seconds: float,
+        inference_seconds: float,
+        late_seconds: float,
+        point_seconds: float,
+        now: float,
+    ) -> None:
+        """What an answer teaches the tables: its decode and inference times, and how late it was
+        against its point prediction (``late_seconds``: total minus time spent before choosing,
+        predicted wait and point) for the margins of the next ones."""
+        self.latency.observe(name, inference_seconds, now)
+        self.decode.observe(image_format, work, decode_seconds, now)
+        self.calibration.observe(budget_seconds, name, late_seconds, point_seconds, now)

@@ -1,0 +1,83 @@
+"""The calibrated margin (service/core/calibration.py) on streams of made-up answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.core.calibration import (
+    FIRST_MARGIN_FRACTION,
+    MIN_OWN_RESIDUALS,
+    PROMISE_QUANTILE,
+    Calibration,
+    conformal_quantile,
+)
+
+BUDGET = 0.010
+
+
+def test_conformal_quantile_is_the_finite_sample_rank() -> None:
+    residuals = [float(i) for i in range(1, 200)]  # 199 values: ceil(200 x 0.99) = 198th
+    assert conformal_quantile(residuals, 0.99) == 198.0
+    assert conformal_quantile(residuals[:50], 0.99) == 50.0  # too few for the rank: the largest
+    assert conformal_quantile([3.0], 0.5) == 3.0
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    point=st.floats(0.002, 0.030),
+    bias=st.floats(-0.3, 0.3),  # the point prediction is this much off, relative
+    spread=st.floats(0.01, 0.5),  # jitter, relative to the point
+    spike_rate=st.floats(0.0, 0.05),
+    spike=st.floats(0.001, 0.010),  # a pre-empted core: seconds added, whatever the variant
+)
+def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
+    seed: int, point: float, bias: float, spread: float, spike_rate: float, spike: float
+) -> None:
+    # Each answer is priced before it is seen, with the margin the answers before it give.
+    rng = random.Random(seed)  # noqa: S311 (noise, not secrets)
+    calibration = Calibration(window=256, fresh_seconds=60.0)
+    exceeded = judged = 0
+    for i in range(2500):
+        now = 0.01 * i
+        bound = point + calibration.margin(BUDGET, "v", point, now)
+        total = point * (1 + bias) * rng.lognormvariate(0.0, spread)
+        if rng.random() < spike_rate:
+            total += spike
+        if i >= 300:  # once the window is full
+            judged += 1
+            exceeded += total > bound
+        calibration.observe(BUDGET, "v", total - point, point, now)
+    # Conformal: at most 1 - q in expectation; 3.5 standard deviations of 2200 draws above it.
+    allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
+    assert exceeded / judged <= allowed
+
+
+def test_a_variant_without_answers_of_its_own_borrows_its_tier_relative_to_its_point() -> None:
+    calibration = Calibration(window=256, fresh_seconds=5.0)
+    assert calibration.margin(BUDGET, "big", 0.020, 0.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.020)
+    for i in range(100):  # "small" answers 10 % over its 4 ms point, every time
+        calibration.observe(BUDGET, "small", 0.0004, 0.004, 0.001 * i)
+    assert calibration.margin(BUDGET, "small", 0.004, 0.1) == pytest.approx(0.0004)
+    assert calibration.margin(BUDGET, "big", 0.020, 0.1) == pytest.approx(0.002)
+    # Another tier learnt nothing, and requests without a budget need no margin and teach none.
+    assert calibration.margin(0.050, "small", 0.004, 0.1) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
+    calibration.observe(None, "small", 1.0, 0.004, 0.1)
+    assert calibration.margin(None, "small", 0.004, 0.1) == 0.0
+    assert calibration.margin(BUDGET, "small", 0.004, 0.1) == pytest.approx(0.0004)
+
+
+def test_own_answers_take_over_once_there_are_enough_and_age_out() -> None:
+    calibration = Calibration(window=256, fresh_seconds=5.0)
+    for _ in range(MIN_OWN_RESIDUALS - 1):
+        calibration.observe(BUDGET, "v", -0.001, 0.010, 0.0)  # its point is pessimistic
+        calibration.observe(BUDGET, "w", 0.005, 0.010, 0.0)
+    # Too few of its own: the tier's (half of them 50 % late) decide.
+    assert calibration.margin(BUDGET, "v", 0.010, 0.0) == pytest.approx(0.005)
+    calibration.observe(BUDGET, "v", -0.001, 0.010, 0.0)
+    assert calibration.margin(BUDGET, "v", 0.010, 0.0) == pytest.approx(-0.001)  # may go below the point
+    assert calibration.margin(BUDGET, "v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
