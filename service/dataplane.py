@@ -43,7 +43,7 @@ T = TypeVar("T")
 # Answers behind each calibrated margin: a 0.99 quantile needs some hundred of them, and they age
 # out so that a burst of late answers stops steering choices once it is over.
 CALIBRATION_WINDOW = 256
-CALIBRATION_FRESH_SECONDS = 20.0
+CALIBRATION_FRESH_SECONDS = 10.0
 # The v2 path's and the probes' place in the schedule: their inference at this quantile.
 FIT_QUANTILE = 0.95
 REPROBE_PERIOD_SECONDS = 1.0
@@ -66,7 +66,6 @@ class Classification:
     metrics: VariantMetrics
     reason: selector.Reason
     predicted_seconds: float  # time spent before choosing + predicted wait + the variant's price
-    point_seconds: float  # the price's point prediction (decode + inference, typical)
     margin_seconds: float  # the price's calibrated margin
     predictions: list[Prediction]
     queue_seconds: float
@@ -363,7 +362,6 @@ class DataPlane:
                 metrics=static.metrics,
                 reason=choice.reason,
                 predicted_seconds=choice.predicted_seconds,
-                point_seconds=price.point_seconds,
                 margin_seconds=price.margin_seconds,
                 predictions=[Prediction(i, names[i], score) for i, score in best],
                 queue_seconds=finished.queue_seconds,
@@ -396,7 +394,6 @@ class DataPlane:
             decode_seconds=result.decode_seconds,
             inference_seconds=result.inference_seconds,
             late_seconds=total_seconds - (result.predicted_seconds - result.margin_seconds),
-            point_seconds=result.point_seconds,
             now=now,
         )
         metrics = result.metrics

@@ -28,9 +28,8 @@ IDLE_QUANTILE = 0.95
 
 @dataclass(frozen=True)
 class Price:
-    candidate: selector.Candidate
-    point_seconds: float  # decode + inference, each at its typical value
-    margin_seconds: float  # point + margin: the promised quantile of the answer's service
+    candidate: selector.Candidate  # its predicted_seconds: point (typical decode + inference) + margin
+    margin_seconds: float  # calibrated: the bound is the promised quantile of the answer's service
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class Pricer:
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),
             )
-            prices[name] = Price(candidate, point, margin)
+            prices[name] = Price(candidate, margin)
         return prices
 
     def learn(
@@ -104,7 +103,6 @@ class Pricer:
         decode_seconds: float,
         inference_seconds: float,
         late_seconds: float,
-        point_seconds: float,
         now: float,
     ) -> None:
         """What an answer teaches the tables: its decode and inference times, and how late it was
@@ -112,4 +110,4 @@ class Pricer:
         predicted wait and point) for the margins of the next ones."""
         self.latency.observe(name, inference_seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(budget_seconds, name, late_seconds, point_seconds, now)
+        self.calibration.observe(budget_seconds, name, late_seconds, now)

@@ -9,11 +9,13 @@ calibrated on the answers themselves, split conformal style: the residual of eve
 residuals' ``q`` quantile with the finite-sample correction, so the bound point + margin is
 exceeded at about the promised rate by that variant's own answers.
 
-A variant with too few recent answers of its own borrows its tier's residuals, relative to the
-point prediction (a large variant's residuals are larger), and with none at all a fixed fraction
-of the point. Residuals age out, so a variant not chosen lately is judged by its tier again and
-gets chosen, and so re-measured, whenever that says it fits: no estimate stays stale. Requests
-without a budget have nothing to calibrate and teach nothing (they are overtaken by design).
+A variant with too few recent answers of its own borrows its tier's residuals (in seconds, not
+relative to the point: what spreads a total most, a pre-empted core or a slow event loop, adds
+the same time to any variant, and scaled by the point it would price the largest variants out
+after one spike of a small one's), and with none at all a fixed fraction of the point. Residuals
+age out, so a variant not chosen lately is judged by its tier again and gets chosen, and so
+re-measured, whenever that says it fits: no estimate stays stale. Requests without a budget
+have nothing to calibrate and teach nothing (they are overtaken by design).
 """
 
 from __future__ import annotations
@@ -48,20 +50,18 @@ class Calibration:
         self.fresh_seconds = fresh_seconds
         self.quantile = quantile
         self._own: dict[tuple[str, str], Recent] = {}
-        self._tier: dict[str, Recent] = {}  # residual / point, every variant of the tier
+        self._tier: dict[str, Recent] = {}  # every variant of the tier
 
     def _new(self) -> Recent:
         return Recent(window=self.window, fresh_seconds=self.fresh_seconds)
 
-    def observe(
-        self, budget_seconds: float | None, variant: str, residual: float, point: float, now: float
-    ) -> None:
-        """An answer's ``residual``: its total minus the ``point`` prediction it was chosen with."""
+    def observe(self, budget_seconds: float | None, variant: str, residual: float, now: float) -> None:
+        """An answer's ``residual``: its total minus the point prediction it was chosen with."""
         if budget_seconds is None:
             return
         tier = tier_name(budget_seconds)
         self._own.setdefault((tier, variant), self._new()).add(residual, now)
-        self._tier.setdefault(tier, self._new()).add(residual / point, now)
+        self._tier.setdefault(tier, self._new()).add(residual, now)
 
     def margin(self, budget_seconds: float | None, variant: str, point: float, now: float) -> float:
         """What to add to ``variant``'s ``point`` prediction for a bound at the promised quantile."""
@@ -73,7 +73,7 @@ class Calibration:
         if residuals is not None and len(residuals) >= MIN_OWN_RESIDUALS:
             return conformal_quantile(residuals, self.quantile)
         pooled = self._tier.get(tier)
-        relative = None if pooled is None else pooled.fresh(now)
-        if not relative:
+        residuals = None if pooled is None else pooled.fresh(now)
+        if not residuals:
             return FIRST_MARGIN_FRACTION * point
-        return conformal_quantile(relative, self.quantile) * point
+        return conformal_quantile(residuals, self.quantile)
