@@ -79,7 +79,7 @@ class Pricer:
                     header.format, decode_work(header, v.preprocessing)
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
-            margin = self.calibration.margin(budget_seconds, name, point, now)
+            margin = 0.0 if budget_seconds is None else self.calibration.margin(name, point, now)
             job = schedule.Job(place.key, point + margin, place.limits)
             candidate = selector.Candidate(
                 name=name,

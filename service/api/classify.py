@@ -265,6 +265,7 @@ async def _classify(
                 reason=result.reason,
                 budget_met=None if budget is None else total <= budget,
                 predicted_ms=_ms(result.predicted_seconds),
+                margin_ms=_ms(result.margin_seconds),
                 total_ms=_ms(total),
                 queue_ms=_ms(result.queue_seconds),
                 decode_ms=_ms(result.decode_seconds),

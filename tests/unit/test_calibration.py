@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
-    MIN_OWN_RESIDUALS,
+    MIN_RESIDUALS,
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
@@ -44,7 +44,7 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     exceeded = judged = 0
     for i in range(2500):
         now = 0.01 * i
-        bound = point + calibration.margin(BUDGET, "v", point, now)
+        bound = point + calibration.margin("v", point, now)
         total = point * (1 + bias) * rng.lognormvariate(0.0, spread)
         if rng.random() < spike_rate:
             total += spike
@@ -57,27 +57,26 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     assert exceeded / judged <= allowed
 
 
-def test_a_variant_without_answers_of_its_own_borrows_its_tier() -> None:
+def test_a_variant_without_answers_of_its_own_borrows_everyones() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    assert calibration.margin(BUDGET, "big", 0.020, 0.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.020)
-    for i in range(100):  # "small" answers 0.4 ms over its point, every time
+    assert calibration.margin("big", 0.020, 0.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.020)
+    for i in range(MIN_RESIDUALS):  # "small" answers 0.4 ms over its point, every time
+        assert calibration.margin("small", 0.004, 0.001 * i) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
         calibration.observe(BUDGET, "small", 0.0004, 0.001 * i)
-    assert calibration.margin(BUDGET, "small", 0.004, 0.1) == pytest.approx(0.0004)
-    assert calibration.margin(BUDGET, "big", 0.020, 0.1) == pytest.approx(0.0004)
-    # Another tier learnt nothing, and requests without a budget need no margin and teach none.
-    assert calibration.margin(0.050, "small", 0.004, 0.1) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
+    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0004)
+    assert calibration.margin("big", 0.020, 0.1) == pytest.approx(0.0004)
+    # Requests without a budget teach nothing: they are overtaken by design.
     calibration.observe(None, "small", 1.0, 0.1)
-    assert calibration.margin(None, "small", 0.004, 0.1) == 0.0
-    assert calibration.margin(BUDGET, "small", 0.004, 0.1) == pytest.approx(0.0004)
+    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0004)
 
 
 def test_own_answers_take_over_once_there_are_enough_and_age_out() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    for _ in range(MIN_OWN_RESIDUALS - 1):
+    for _ in range(MIN_RESIDUALS - 1):
         calibration.observe(BUDGET, "v", -0.001, 0.0)  # its point is pessimistic
         calibration.observe(BUDGET, "w", 0.005, 0.0)
-    # Too few of its own: the tier's (half of them 5 ms late) decide.
-    assert calibration.margin(BUDGET, "v", 0.010, 0.0) == pytest.approx(0.005)
+    # Too few of its own: everyone's (half of them 5 ms late) decide.
+    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(0.005)
     calibration.observe(BUDGET, "v", -0.001, 0.0)
-    assert calibration.margin(BUDGET, "v", 0.010, 0.0) == pytest.approx(-0.001)  # may go below the point
-    assert calibration.margin(BUDGET, "v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
+    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(-0.001)  # may go below the point
+    assert calibration.margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
