@@ -4,19 +4,22 @@ The point prediction of a variant's total (time spent so far + predicted queue w
 inference, each part at its typical value) is biased and noisy in ways no part models: server
 overhead, scheduling, spikes of the shared cores, a profile a little off. Instead of stacking
 quantiles of the parts (each pessimistic on its own, far too pessimistic summed), the margin is
-calibrated on the answers themselves, split conformal style: the residual of every answer
-(its total minus its point prediction) is kept per variant, and the margin is the
-residuals' ``q`` quantile with the finite-sample correction, so the bound point + margin is
-exceeded at about the promised rate by that variant's own answers.
+calibrated on the answers themselves, split conformal style, with scores centred per variant:
 
-A variant with too few recent answers of its own borrows every variant's (in seconds, not
-relative to the point: what spreads a total most, a pre-empted core or a slow event loop, adds
-the same time to any variant, and scaled by the point it would price the largest variants out
-after one spike of a small one's), and with none at all a fixed fraction of the point. Residuals
-age out, so a variant not chosen lately is judged by the others' again and gets chosen, and so
-re-measured, whenever that says it fits: no estimate stays stale. Their point prediction follows
-the machine's speed already, so they may be kept for a while. Requests without a budget have
-nothing to calibrate and teach nothing (they are overtaken by design).
+- a variant's *bias* is the median of its recent residuals (total minus point prediction): a
+  few answers fix it, and it is what differs most between variants;
+- the *spread* around it is shared: the residuals less their variant's bias, of every variant's
+  answers. What spreads a total most, a pre-empted core or a slow event loop, adds the same time
+  to any variant, and a 0.99 quantile needs hundreds of answers, which no single variant has
+  until it has been chosen for seconds (one spike would otherwise decide its price).
+
+margin = bias + the spread's ``q`` quantile (with the finite-sample correction), so point +
+margin is exceeded at about the promised rate. A variant with too few answers of its own takes
+every variant's bias. Residuals age out, so a variant not chosen lately is judged like any other
+again, and chosen, and so re-measured, whenever that says it fits: no estimate stays stale. The
+point prediction follows the machine's speed already, so residuals may be kept for a while.
+Requests without a budget have nothing to calibrate and teach nothing (they are overtaken by
+design).
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from service.core.latency import Recent
 
 # The share of answers a bound may be exceeded by: the promise is "met on 99 % of requests".
 PROMISE_QUANTILE = 0.99
-# Residuals are used from this many on (fewer say little about a 0.99 quantile: it is their
-# largest, and one spike of the shared cores would decide every choice).
-MIN_RESIDUALS = 64
+# A variant's own bias counts from this many answers on.
+MIN_OWN = 8
+# The spread counts from this many answers on (fewer say little about a 0.99 quantile).
+MIN_SPREAD = 64
 # The margin before there are that many, as a fraction of the point prediction.
 FIRST_MARGIN_FRACTION = 0.3
+# Answers behind a variant's bias.
+OWN_WINDOW = 64
 
 
 def conformal_quantile(ordered: Sequence[float], q: float) -> float:
@@ -43,30 +49,39 @@ def conformal_quantile(ordered: Sequence[float], q: float) -> float:
 
 
 class Calibration:
-    """Residuals of recent budgeted answers, per variant and of all; not thread-safe."""
+    """Residuals of recent budgeted answers: each variant's, and the shared spread; not
+    thread-safe."""
 
     def __init__(self, *, window: int, fresh_seconds: float, quantile: float = PROMISE_QUANTILE) -> None:
-        self.window = window
         self.fresh_seconds = fresh_seconds
         self.quantile = quantile
         self._own: dict[str, Recent] = {}
-        self._all = self._new()
+        self._all = Recent(window=OWN_WINDOW, fresh_seconds=fresh_seconds)
+        self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
 
-    def _new(self) -> Recent:
-        return Recent(window=self.window, fresh_seconds=self.fresh_seconds)
+    def _bias(self, variant: str, now: float) -> float | None:
+        own = self._own.get(variant)
+        bias = None if own is None else own.quantile(0.5, now, MIN_OWN)
+        return self._all.quantile(0.5, now, MIN_OWN) if bias is None else bias
 
     def observe(self, budget_seconds: float | None, variant: str, residual: float, now: float) -> None:
         """An answer's ``residual``: its total minus the point prediction it was chosen with."""
         if budget_seconds is None:
             return
-        self._own.setdefault(variant, self._new()).add(residual, now)
+        own = self._own.get(variant)
+        if own is None:
+            own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
+        # Spread only around a bias of its own: around everyone's, it would be the variants' gaps.
+        bias = own.quantile(0.5, now, MIN_OWN)
+        if bias is not None:
+            self._spread.add(residual - bias, now)
+        own.add(residual, now)
         self._all.add(residual, now)
 
     def margin(self, variant: str, point: float, now: float) -> float:
         """What to add to ``variant``'s ``point`` prediction for a bound at the promised quantile."""
-        own = self._own.get(variant)
-        for recent in (own, self._all):
-            residuals = None if recent is None else recent.fresh(now)
-            if residuals is not None and len(residuals) >= MIN_RESIDUALS:
-                return conformal_quantile(residuals, self.quantile)
-        return FIRST_MARGIN_FRACTION * point
+        spread = self._spread.fresh(now)
+        bias = self._bias(variant, now)
+        if bias is None or len(spread) < MIN_SPREAD:
+            return FIRST_MARGIN_FRACTION * point
+        return bias + conformal_quantile(spread, self.quantile)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
-    MIN_RESIDUALS,
+    MIN_OWN,
+    MIN_SPREAD,
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
@@ -57,26 +58,25 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     assert exceeded / judged <= allowed
 
 
-def test_a_variant_without_answers_of_its_own_borrows_everyones() -> None:
+def test_a_variant_without_answers_of_its_own_takes_everyones_bias() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    assert calibration.margin("big", 0.020, 0.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.020)
-    for i in range(MIN_RESIDUALS):  # "small" answers 0.4 ms over its point, every time
+    first = MIN_OWN + MIN_SPREAD  # a bias, then enough spread around it
+    for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
         assert calibration.margin("small", 0.004, 0.001 * i) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
-        calibration.observe(BUDGET, "small", 0.0004, 0.001 * i)
-    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0004)
-    assert calibration.margin("big", 0.020, 0.1) == pytest.approx(0.0004)
+        calibration.observe(BUDGET, "small", 0.0004 + 0.0001 * (i % 3 - 1), 0.001 * i)
+    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
+    assert calibration.margin("big", 0.020, 0.1) == pytest.approx(0.0005)
     # Requests without a budget teach nothing: they are overtaken by design.
     calibration.observe(None, "small", 1.0, 0.1)
-    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0004)
+    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
 
 
-def test_own_answers_take_over_once_there_are_enough_and_age_out() -> None:
+def test_each_variant_has_its_own_bias_and_all_share_the_spread() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    for _ in range(MIN_RESIDUALS - 1):
-        calibration.observe(BUDGET, "v", -0.001, 0.0)  # its point is pessimistic
-        calibration.observe(BUDGET, "w", 0.005, 0.0)
-    # Too few of its own: everyone's (half of them 5 ms late) decide.
-    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(0.005)
-    calibration.observe(BUDGET, "v", -0.001, 0.0)
-    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(-0.001)  # may go below the point
-    assert calibration.margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
+    for i in range(MIN_OWN + MIN_SPREAD // 2):
+        calibration.observe(BUDGET, "v", -0.001 + 0.0002 * (i % 2), 0.0)  # its point is pessimistic
+        calibration.observe(BUDGET, "w", 0.005 + 0.0002 * (i % 2), 0.0)  # its point is optimistic
+    # Each one's median bias (the lower one of the two values), plus the shared spread's top: 0.2 ms.
+    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0002, abs=1e-9)  # below the point
+    assert calibration.margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0002, abs=1e-9)
+    assert calibration.margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)  # aged out
