@@ -36,7 +36,7 @@ MIN_OWN = 8
 # The spread counts from this many answers on (fewer say little about a 0.99 quantile).
 MIN_SPREAD = 64
 # The margin before there are that many, as a fraction of the point prediction.
-FIRST_MARGIN_FRACTION = 0.3
+FIRST_MARGIN_FRACTION = 1.0
 # Answers behind a variant's bias.
 OWN_WINDOW = 64
 
