@@ -367,6 +367,40 @@ def _load_table(systems: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def headlines(r: dict[str, Any]) -> list[str]:
+    """Regret over the budgets per system, whole against ladder, and the loaded runs in one line each."""
+    lines = [
+        "| system | mean regret pt | max regret at midpoints pt | max regret pt | budget met (all budgets) "
+        "| lowest budget met | most moved |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in SYSTEMS:
+        m = r["summary"][s]
+        lines.append(
+            f"| {s} | {_pt(m['mean_regret_pt'])} | {_pt(m['max_regret_midpoint_pt'])} "
+            f"| {_pt(m['max_regret_pt'])} "
+            f"| {_pct(m['budget_met'])} | {_pct(m['lowest_budget_met'])} | {m['max_moved']:.0%} |"
+        )
+    p, load, over = r["paired"], r["under_load"], r["overload"]
+    w, d = over["systems"]["whole"], over["systems"]["ladder"]
+    return [
+        *lines,
+        "",
+        f"Whole − ladder, paired: mean {p['mean_diff_pt']:+.1f} pt, worst {p['worst_diff_pt']:+.1f} pt at "
+        f"{p['worst_budget_ms']:g} ms; whole ahead by ≥ {AHEAD_POINTS} pt at {p['budgets_ahead']} budgets.",
+        f"Under load ({load['budget_ms']:g} ms, {load['rate_per_s']:.1f}/s), correct answers on time per "
+        f"second: whole / ladder {_ratio(load['whole_over_ladder'])}, ladder / best pinned "
+        f"{_ratio(load['ladder_over_best_pinned'])}.",
+        f"Overload ({over['budget_ms']:g} ms, {over['rate_per_s']:.1f}/s), correct answers on time per "
+        f"offered request: whole {_pct(w['correct_on_time_per_offered'])} (met {_pct(w['budget_met'])}), "
+        f"ladder {_pct(d['correct_on_time_per_offered'])} (met {_pct(d['budget_met'])}).",
+    ]
+
+
 def markdown(r: dict[str, Any]) -> list[str]:
     lines = [
         f"{r['images']} images (every second of the held-out half), sequential unless said otherwise; "
@@ -406,39 +440,16 @@ def markdown(r: dict[str, Any]) -> list[str]:
             )
         diff = 100 * (b["whole"]["delivered"] - b["ladder"]["delivered"])
         lines.append(f"| {b['ms']:g} ms | {b['kind']} | {' | '.join(cells)} | {diff:+.1f} |")
-    lines += [
-        "",
-        "| system | mean regret pt | max regret at midpoints pt | max regret pt | budget met (all budgets) "
-        "| lowest budget met | most moved |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for s in SYSTEMS:
-        m = r["summary"][s]
-        lines.append(
-            f"| {s} | {_pt(m['mean_regret_pt'])} | {_pt(m['max_regret_midpoint_pt'])} "
-            f"| {_pt(m['max_regret_pt'])} "
-            f"| {_pct(m['budget_met'])} | {_pct(m['lowest_budget_met'])} | {m['max_moved']:.0%} |"
-        )
-    p = r["paired"]
     load, over = r["under_load"], r["overload"]
-    ratios = (
-        f"whole / ladder {load['whole_over_ladder']:.2f}" if load["whole_over_ladder"] is not None else "",
-        f"ladder / best pinned {load['ladder_over_best_pinned']:.2f}"
-        if load["ladder_over_best_pinned"] is not None
-        else "",
-    )
     lines += [
         "",
-        f"Whole − ladder, paired: mean {p['mean_diff_pt']:+.1f} pt, worst {p['worst_diff_pt']:+.1f} pt at "
-        f"{p['worst_budget_ms']:g} ms; whole ahead by ≥ {AHEAD_POINTS} pt at {p['budgets_ahead']} budgets.",
+        *headlines(r),
         "",
         f"### Under load: {load['budget_ms']:g} ms, open loop at {load['rate_per_s']:.1f}/s for "
         f"{load['seconds']:g} s",
         "",
         f"The rate is twice one sequential client's pace on the oracle there ({load['oracle']}: 1000 / its "
-        "pinned p50 client round trip). Pinned: the most accurate variants that met the budget pinned. "
-        + "; ".join(x for x in ratios if x)
-        + ".",
+        "pinned p50 client round trip). Pinned: the most accurate variants that met the budget pinned.",
         "",
         *_load_table(load["systems"]),
         "",
