@@ -423,7 +423,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         "Oracle: the most accurate variant whose pinned totals met the budget on ≥ 99 % of requests. "
         "Delivered: correct and on time over all images, two runs in a row (regret against their "
-        "mean); moved: share of requests whose variant differs between the two runs.",
+        "mean); moved: share of requests whose variant differs between the two runs. No oracle (–): "
+        "no variant of that system met the budget pinned; its regret is left out of the summary.",
         "",
         "| budget | kind | whole oracle | whole delivered | regret pt | met | moved | ladder oracle "
         "| ladder delivered | regret pt | met | moved | whole − ladder pt |",
@@ -448,8 +449,10 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"### Under load: {load['budget_ms']:g} ms, open loop at {load['rate_per_s']:.1f}/s for "
         f"{load['seconds']:g} s",
         "",
-        f"The rate is twice one sequential client's pace on the oracle there ({load['oracle']}: 1000 / its "
-        "pinned p50 client round trip). Pinned: the most accurate variants that met the budget pinned.",
+        f"The budget where {MID_VARIANT} is the whole store's oracle (the middle one if several; its own "
+        f"p99 budget if none). The rate is twice one sequential client's pace on the oracle there "
+        f"({load['oracle']}: 1000 / its pinned p50 client round trip). Pinned: the "
+        f"{MAX_PINNED_UNDER_LOAD} most accurate variants that met the budget pinned, at most.",
         "",
         *_load_table(load["systems"]),
         "",
