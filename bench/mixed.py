@@ -1,6 +1,8 @@
 """Mixed budgets (BENCH.md): closed-loop clients whose every request draws its budget uniformly
-from 10 / 20 / 50 ms / none. Budget met per tier by the server's ``budget_met``, served top-1 per
-tier, queue wait per tier. ``bench/run.py`` runs it as part of ``make bench``.
+from 10 / 20 / 50 ms / none, on the held-out half of the sample. Budget met per tier by the
+server's ``budget_met``, served top-1, delivered accuracy (answers with the image's class and on
+time, over the tier's requests) and queue wait per tier. ``bench/regret.py`` runs it against the
+whole store and the ladder alone as part of ``make bench``.
 
 Alone (``python bench/mixed.py [--label NAME]``) it starts one server and measures only this, so
 two versions of the server can be compared in one sitting: run it with ``PYTHONPATH`` pointing
@@ -18,6 +20,7 @@ import random
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,16 @@ CLIENTS = (3, 6)
 REQUESTS_DRAWN = 2000  # the drawn sequence; the closed loop walks it round-robin
 
 
-def payloads(images: list[bytes], seed: int = 14) -> list[client.Payload]:
-    """Budgets drawn uniformly from the tiers, images in turn; the same draw every run."""
+def payloads(images: Sequence[tuple[bytes, int | None]], seed: int = 14) -> list[client.Payload]:
+    """Budgets drawn uniformly from the tiers, images (bytes, class or None) in turn; the same
+    draw every run."""
     rng = random.Random(seed)
     out = []
     for i in range(REQUESTS_DRAWN):
         tier = rng.choice(TIERS)
         path = "/classify" if tier == "none" else f"/classify?budget={tier}"
-        out.append(client.Payload(path, images[i % len(images)], "image/jpeg"))
+        body, label = images[i % len(images)]
+        out.append(client.Payload(path, body, "image/jpeg", label))
     return out
 
 
@@ -45,7 +50,8 @@ def tier_of(sample: client.Sample) -> str:
 
 
 def summary(run: client.Run) -> dict[str, Any]:
-    """Per tier: requests, answers, 503s, budget met (server's clock), served top-1, queue wait."""
+    """Per tier: requests, answers, 503s, budget met (server's clock), served top-1, delivered
+    accuracy (None without labels), queue wait."""
     out: dict[str, Any] = {
         "requests": len(run.samples),
         "errors": len(run.errors),
@@ -64,6 +70,11 @@ def summary(run: client.Run) -> dict[str, Any]:
             "shed_503": sum(1 for s in mine if s.status == 503),
             "budget_met": sum(1 for s in judged if s.budget_met) / len(judged) if judged else None,
             "served_top1": statistics.fmean(top1) if top1 else None,
+            "delivered_accuracy": (
+                sum(1 for s in ok if s.class_id == s.label and s.budget_met is not False) / len(mine)
+                if mine and mine[0].label is not None
+                else None
+            ),
             "queue_p95_ms": float(np.percentile(queue, 95)) if queue else None,
             "total_p99_ms": float(np.percentile([s.total_ms for s in ok if s.total_ms], 99)) if ok else None,
             "variants": dict(Counter(s.variant for s in ok if s.variant)),
@@ -71,7 +82,9 @@ def summary(run: client.Run) -> dict[str, Any]:
     return out
 
 
-def measure(port: int, images: list[bytes], seconds: float, repeats: int) -> dict[str, Any]:
+def measure(
+    port: int, images: Sequence[tuple[bytes, int | None]], seconds: float, repeats: int
+) -> dict[str, Any]:
     """Each client count ``repeats`` times; the repeats are kept, tiers pooled over them."""
     drawn = payloads(images)
     client.closed_loop("127.0.0.1", port, drawn, 3, 1.0)  # warm-up: the live table, the mix
@@ -91,18 +104,21 @@ def measure(port: int, images: list[bytes], seconds: float, repeats: int) -> dic
 def markdown(mixed: dict[str, Any]) -> list[str]:
     """The report's table: one row per client count and tier."""
     lines = [
-        "| clients | tier | requests | budget met (server) | 503 | served top-1 | queue p95 ms | variants |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| clients | tier | requests | budget met (server) | 503 | served top-1 | delivered "
+        "| queue p95 ms | variants |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for clients, row in mixed.items():
         for tier in TIERS:
             t = row[tier]
             met = "–" if t["budget_met"] is None else f"{t['budget_met']:.1%}"
             top1 = "–" if t["served_top1"] is None else f"{t['served_top1']:.3f}"
+            correct = "–" if t.get("delivered_accuracy") is None else f"{t['delivered_accuracy']:.1%}"
             queue = "–" if t["queue_p95_ms"] is None else f"{t['queue_p95_ms']:.1f}"
             mix = ", ".join(f"{k} {v}" for k, v in sorted(t["variants"].items(), key=lambda kv: -kv[1]))
             lines.append(
-                f"| {clients} | {tier} | {t['requests']} | {met} | {t['shed_503']} | {top1} | {queue} "
+                f"| {clients} | {tier} | {t['requests']} | {met} | {t['shed_503']} | {top1} | {correct} "
+                f"| {queue} "
                 f"| {mix} |"
             )
     return lines
@@ -117,7 +133,7 @@ def main() -> int:
     args = parser.parse_args()
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     env = servers.setup()
-    images = env.jpegs(20)
+    images = env.held_out(2)
     with servers.edgefit(env.store, env.workers, env.threads, env.results) as server:
         results = measure(server.port, images, 5.0 if quick else 15.0, 1 if quick else 3)
     results["load_average_at_end"] = os.getloadavg()

@@ -9,8 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import delivered
-import mixed
+import regret
 
 # At 4 and 12 clients, for the headline variant.
 TARGET_VS_FLOOR = 0.90
@@ -112,6 +111,12 @@ def headlines(r: dict[str, Any]) -> list[str]:
             f"{_f(row['goodput_per_s'])} | {_f(row['weighted_goodput_per_s'])} | {_pct(met_rate)} | "
             f"{_f(row['served_top1'], '{:.3f}')} | {target} |"
         )
+    lines += [
+        "",
+        "### Regret against the best pinned variant, budgets on this device's frontier",
+        "",
+        *regret.headlines(r["regret"]),
+    ]
     return lines
 
 
@@ -171,16 +176,13 @@ def markdown(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Mixed budgets: closed-loop clients, each request's budget drawn from 10 / 20 / 50 ms / none",
+        "## Regret against the best pinned variant; under load; mixed budgets (whole store and ladder)",
         "",
-        "Budget met by the server's clock over answered requests; served top-1 = mean manifest "
-        "top-1 of the variants that answered; queue p95 from the server's `timing.queue_ms`.",
+        "Plot: regret.png. Mixed budgets: closed-loop clients, each request's budget drawn from "
+        "10 / 20 / 50 ms / none; served top-1 = mean manifest top-1 of the variants that answered; "
+        "queue p95 from the server's `timing.queue_ms`.",
         "",
-        *mixed.markdown(r["mixed_budgets"]),
-        "",
-        "## Delivered accuracy: the specialised store against its resolution-only ladder",
-        "",
-        *delivered.markdown(r["delivered"]),
+        *regret.markdown(r["regret"]),
     ]
     p = r["peer"]
     lines += [

@@ -5,10 +5,11 @@ alone); each variant's idle in-process latency, which picks the overload variant
 accurate that meets the overload budget when idle); the BentoML peer (throughput at 1, 4, 12
 clients; its capacity on the overload variant, then 2x that capacity offered); then edgefit:
 overhead with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential
-requests), mixed budgets (closed loop at 3 and 6 clients, bench/mixed.py), and overload at the
-peer's offered rate, with selection; then delivered accuracy of the specialised store against
-its resolution ladder (bench/delivered.py). One server at a time. Every figure is the median over
-repeats. Results: bench/results/bench.{json,md,png}; the headlines are printed at the end.
+requests), and overload at the peer's offered rate, with selection; then regret against the best
+pinned variant at budgets placed on this device's frontier, under load, at 2x overload and with
+mixed budgets, for the whole store and its resolution ladder alone (bench/regret.py). One server
+at a time. Every figure but regret's is the median over repeats. Results:
+bench/results/bench.{json,md,png} and regret.png; the headlines are printed at the end.
 
 Environment: BENCH_QUICK=1 (a fast smoke run), BENCH_PROFILE=1 (also profile the server
 under load with py-spy), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
@@ -20,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -33,11 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, service
 
 import client
-import delivered
 import floor
-import mixed
 import numpy as np
 import pyspy
+import regret
 import report
 import servers
 
@@ -49,7 +47,6 @@ REPEATS = 1 if QUICK else 3
 CLOSED_S = 1.5 if QUICK else 4.0
 FLOOR_S = 1.5 if QUICK else 3.0
 OPEN_S = 4.0 if QUICK else 10.0
-MIXED_S = 5.0 if QUICK else 15.0  # per repeat and client count: enough 10 ms requests to count
 TIER_REQUESTS = 40 if QUICK else 200
 CONCURRENCY = (1, 4, 12)
 TIERS_MS = (10, 20, 50)
@@ -81,20 +78,6 @@ def medians(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: median([r[k] for r in repeats]) for k in keys}
     out["repeats"] = repeats
     return out
-
-
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    return {
-        "cpu": fields.get("Model name", platform.processor()).strip(),
-        "cores": os.cpu_count(),
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def closed_summary(run: client.Run) -> dict[str, Any]:
@@ -148,10 +131,6 @@ def open_summary(run: client.Run, budget_ms: float, top1_of: dict[str, float | N
     }
 
 
-def _rate(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
 def repeat(n: int, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return medians([fn() for _ in range(n)])
 
@@ -198,7 +177,7 @@ def main() -> int:
     files = files[::IMAGE_STRIDE]
     images = [p.read_bytes() for p in files]
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": servers.machine(),
         "config": {
             "quick": QUICK,
             "repeats": REPEATS,
@@ -364,13 +343,7 @@ def main() -> int:
             }
             progress(f"budget {tier} ms: {results['budget_tiers'][str(tier)]['budget_met']:.1%} met")
 
-        # 6. Mixed budgets: closed-loop clients asking 10 / 20 / 50 ms / no budget at random.
-        results["mixed_budgets"] = mixed.measure(port, images, MIXED_S, REPEATS)
-        for clients, row in results["mixed_budgets"].items():
-            met = ", ".join(f"{t} {_rate(row[t]['budget_met'])}" for t in mixed.TIERS if t != "none")
-            progress(f"mixed budgets x{clients}: met {met}")
-
-        # 7. Overload on edgefit, offered what the peer was: with selection (answering late when
+        # 6. Overload on edgefit, offered what the peer was: with selection (answering late when
         # it must, or refusing with strict=true), and pinned to the peer's variant.
         for system, query in (
             ("edgefit (selection)", budget_q),
@@ -390,16 +363,15 @@ def main() -> int:
                 f"at {rate:.1f}/s offered"
             )
 
-    # 8. Delivered accuracy: the specialised store against the same server on its ladder only.
-    results["delivered"] = delivered.measure(
-        store_dir, sample_dir, workers, threads, out_dir, QUICK, progress
-    )
+    # 7. Regret against the best pinned variant, and mixed budgets: the whole store and its ladder.
+    results["regret"] = regret.measure(store_dir, sample_dir, workers, threads, out_dir, progress)
 
     results["elapsed_s"] = time.monotonic() - T0
     (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
     (out_dir / "bench.md").write_text(report.markdown(results))
     report.plot(results, out_dir / "bench.png")
-    progress(f"wrote {out_dir}/bench.json, bench.md, bench.png")
+    regret.plot(results["regret"], "delivered against the best pinned variant", out_dir / "regret.png")
+    progress(f"wrote {out_dir}/bench.json, bench.md, bench.png, regret.png")
     print("\n".join(report.headlines(results)))
     print(f"\nThe whole report: {out_dir / 'bench.md'}")
     return 0

@@ -1,9 +1,15 @@
-"""Start and stop the servers the benchmark measures: edgefit, and the BentoML peer."""
+"""Start and stop the servers the benchmark measures: edgefit, and the BentoML peer.
+
+``edgefit serve`` runs this checkout's ``service`` (the tree these files are in), whichever
+virtualenv's console script starts it: a ``PYTHONPATH`` given to the benchmark comes first, so
+``PYTHONPATH=/other/checkout`` measures that checkout's server with these benchmarks.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -15,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PEER_DIR = REPO / "bench" / "peer"
@@ -43,6 +50,13 @@ class Setup:
         files = sorted(p for p in self.sample.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
         return [p.read_bytes() for p in files[::stride]]
 
+    def held_out(self, stride: int) -> list[tuple[bytes, int]]:
+        """Every ``stride``-th image of the sample's held-out half, with its class."""
+        from model_store.evaluate import held_out_half, labelled_images
+
+        images = held_out_half(labelled_images(self.sample))[::stride]
+        return [(i.path.read_bytes(), i.class_id) for i in images]
+
 
 def setup() -> Setup:
     """EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR, BENCH_WORKERS, BENCH_THREADS; makes bench/results."""
@@ -58,6 +72,21 @@ def setup() -> Setup:
         threads=int(os.environ.get("BENCH_THREADS", defaults.threads)),
         results=results,
     )
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, core count and versions every figure is quoted beside (BENCH.md)."""
+    import onnxruntime
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    return {
+        "cpu": fields.get("Model name", platform.processor()).strip(),
+        "cores": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
 
 
 def free_port() -> int:
@@ -108,6 +137,8 @@ def edgefit(
             "EDGEFIT_WORKERS": str(workers),
             "EDGEFIT_THREADS": str(threads),
             "EDGEFIT_LOG_LEVEL": "WARNING",  # a log line per request would cost the server CPU
+            # Ahead of the virtualenv's editable install, which may point at another checkout.
+            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p),
             **(extra_env or {}),
         }
         cmd = [

@@ -111,7 +111,7 @@ def main() -> int:
     rss_limit = float(os.environ.get("SOAK_RSS_LIMIT_MB", "400"))
     growth_limit = float(os.environ.get("SOAK_GROWTH_LIMIT_MB", "20"))
     env = servers.setup()
-    drawn = mixed.payloads(env.jpegs(20))
+    drawn = mixed.payloads([(image, None) for image in env.jpegs(20)])
     out_dir = env.results
     copy = tempfile.TemporaryDirectory(prefix="edgefit-soak-store-")
     store = ChangingStore(env.store, Path(copy.name) / "store")

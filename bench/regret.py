@@ -1,0 +1,555 @@
+"""Regret: how far ``?budget=B`` falls behind the best hand-pinned variant, at budgets placed on
+this device's frontier (BENCH.md, "Device-relative budgets" and after).
+
+Two servers on the same store, one at a time: the whole store, then the ladder alone
+(``EDGEFIT_VARIANTS`` = the full-depth variants). Images: every second image of the sample's
+held-out half, sent sequentially unless said otherwise; budget met is the server's ``budget_met``.
+
+1. Pin sweep (whole store): every served variant pinned (``?model=``), all in turn, twice; per
+   variant its accuracy and the p50 / p99 of the server's ``timing.total_ms`` over both passes.
+2. Budgets: each variant's p99 rounded up to 0.5 ms, deduplicated, and the midpoints between
+   consecutive ones.
+3. Oracle at B, per system over its own variants: the most accurate variant whose pinned totals
+   met B on at least 99 % of its requests; oracle accuracy = its pinned accuracy.
+4. Delivered at B: a few uncounted warm-up requests with ``?budget=B``, then the images twice in
+   a row. Delivered = answers correct and on time over all images; also budget met over answers,
+   the variant mix and the share of requests whose variant moved between the two runs (total
+   variation distance). Regret = oracle accuracy - the two runs' mean delivered, in points; none
+   where no variant of the system meets B.
+5. Under load, at the mid budget (where lite0-224-int8 is the whole store's oracle: the middle
+   of those budgets, or its own p99 budget if it never is): open loop at twice the pace of one
+   sequential client on that oracle (1000 / its pinned p50 client round trip), correct answers
+   on time per second, for both systems and for the most accurate variants that met B pinned.
+6. Overload: open loop at 20 ms, offered twice the ladder's sequential rate there times the
+   workers (the ladder's oracle at 20 ms, by its pinned p50 client round trip), both systems:
+   correct answers on time per offered request.
+7. Mixed budgets (bench/mixed.py) on both systems.
+
+``bench/run.py`` runs it as part of ``make bench``. Alone (``python bench/regret.py``) it writes
+``bench/results/regret.{json,md,png}`` and prints the tables; progress goes to stderr.
+Environment: as ``bench/run.py`` (BENCH_QUICK, EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
+BENCH_WORKERS, BENCH_THREADS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import client
+import mixed
+import numpy as np
+import servers
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+HOST = "127.0.0.1"
+STRIDE = 10 if QUICK else 2  # of the held-out half: 50 or 250 images
+PASSES = 2
+WARMUP = 5  # requests at a budget before its counted runs
+MET_SHARE = 0.99  # of its pinned totals a variant must meet for the oracle
+AHEAD_POINTS = 1.5
+MID_VARIANT = "lite0-224-int8"
+LOAD_S = 4.0 if QUICK else 15.0
+MAX_PINNED_UNDER_LOAD = 6
+OVERLOAD_BUDGET_MS = 20.0
+OVERLOAD_FACTOR = 2.0
+MIXED_S = 3.0 if QUICK else 15.0  # per client count, one repeat: the whole must fit ~12 minutes
+SYSTEMS = ("whole", "ladder")
+
+Images = Sequence[tuple[bytes, int]]
+Progress = Callable[[str], None]
+
+
+def payloads(images: Images, query: str) -> list[client.Payload]:
+    return [client.Payload(f"/classify?{query}", body, "image/jpeg", label) for body, label in images]
+
+
+def sequential(port: int, images: Images, query: str, warmup: int = 0) -> client.Run:
+    requests = payloads(images, query)
+    if warmup:
+        client.closed_loop_count(HOST, port, requests, warmup)
+    return client.closed_loop_count(HOST, port, requests, len(requests))
+
+
+def tally(run: client.Run) -> dict[str, Any]:
+    ok = [s for s in run.samples if s.status == 200]
+    judged = [s for s in ok if s.budget_met is not None]
+    return {
+        "requests": len(run.samples) + len(run.errors),
+        "answered": len(ok),
+        "shed_503": sum(1 for s in run.samples if s.status == 503),
+        "errors": len(run.samples) - len(ok) + len(run.errors),
+        "correct_on_time": sum(1 for s in ok if s.class_id == s.label and s.budget_met),
+        "met": sum(1 for s in judged if s.budget_met),
+        "judged": len(judged),
+        "budget_met": sum(1 for s in judged if s.budget_met) / len(judged) if judged else None,
+        "variants": dict(Counter(s.variant for s in ok if s.variant)),
+    }
+
+
+def served(port: int) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/models", timeout=10) as r:
+        return list(json.load(r)["variants"])
+
+
+def pin_sweep(port: int, names: Sequence[str], images: Images, progress: Progress) -> dict[str, Any]:
+    runs: dict[str, list[client.Sample]] = {n: [] for n in names}
+    for p in range(PASSES):
+        for name in names:
+            progress(f"pin sweep, pass {p + 1} of {PASSES}: {name}")
+            runs[name] += sequential(port, images, f"model={name}").samples
+    out = {}
+    for name, samples in runs.items():
+        totals = [s.total_ms if s.status == 200 and s.total_ms is not None else math.inf for s in samples]
+        out[name] = {
+            "accuracy": sum(1 for s in samples if s.class_id == s.label) / len(samples),
+            "p50_ms": float(np.percentile(totals, 50)),
+            "p99_ms": float(np.percentile(totals, 99)),
+            "client_p50_ms": float(np.percentile([s.client_ms for s in samples], 50)),
+            "totals_ms": sorted(round(t, 3) for t in totals),
+        }
+    return out
+
+
+def budgets(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each variant's p99 rounded up to 0.5 ms, and the midpoints between consecutive ones."""
+    p99s = sorted({math.ceil(v["p99_ms"] * 2) / 2 for v in sweep.values()})
+    out: list[dict[str, Any]] = []
+    for i, ms in enumerate(p99s):
+        if i:
+            out.append({"ms": (p99s[i - 1] + ms) / 2, "kind": "midpoint"})
+        out.append({"ms": ms, "kind": "p99"})
+    return out
+
+
+def meets(sweep: dict[str, Any], name: str, ms: float) -> bool:
+    totals = sweep[name]["totals_ms"]
+    return sum(1 for t in totals if t <= ms) >= MET_SHARE * len(totals)
+
+
+def oracle(sweep: dict[str, Any], names: Sequence[str], ms: float) -> str | None:
+    """The most accurate of ``names`` that met ``ms`` pinned (the faster of equals)."""
+    fits = [n for n in names if meets(sweep, n, ms)]
+    return max(fits, key=lambda n: (sweep[n]["accuracy"], -sweep[n]["p99_ms"]), default=None)
+
+
+def delivered(
+    port: int, images: Images, ms: float, best: str | None, sweep: dict[str, Any]
+) -> dict[str, Any]:
+    """Two sequential runs at ``ms`` after a warm-up, against the oracle ``best``."""
+    query = f"budget={ms:g}ms"
+    runs = [tally(sequential(port, images, query, WARMUP if i == 0 else 0)) for i in range(2)]
+    a, b = (Counter(r["variants"]) for r in runs)
+    accuracy = statistics.fmean(r["correct_on_time"] / len(images) for r in runs)
+    oracle_accuracy = None if best is None else sweep[best]["accuracy"]
+    return {
+        "oracle": best,
+        "oracle_accuracy": oracle_accuracy,
+        "delivered": accuracy,
+        "regret_pt": None if oracle_accuracy is None else 100 * (oracle_accuracy - accuracy),
+        "budget_met": sum(r["met"] for r in runs) / max(1, sum(r["judged"] for r in runs)),
+        "moved": sum(((a - b) + (b - a)).values()) / 2 / len(images),
+        "runs": runs,
+    }
+
+
+def summary(rows: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[str, Any]:
+    """One system over all budgets: regret (mean, worst at midpoints, worst), budget met, moves."""
+    regrets = [r["regret_pt"] for r in rows if r["regret_pt"] is not None]
+    midpoints = [r["regret_pt"] for r, k in zip(rows, kinds, strict=True) if k == "midpoint"]
+    runs = [run for r in rows for run in r["runs"]]
+    return {
+        "mean_regret_pt": statistics.fmean(regrets) if regrets else None,
+        "max_regret_midpoint_pt": max((x for x in midpoints if x is not None), default=None),
+        "max_regret_pt": max(regrets, default=None),
+        "budget_met": sum(r["met"] for r in runs) / max(1, sum(r["judged"] for r in runs)),
+        "lowest_budget_met": min(r["budget_met"] for r in rows),
+        "max_moved": max(r["moved"] for r in rows),
+    }
+
+
+def paired(
+    whole: Sequence[dict[str, Any]], ladder: Sequence[dict[str, Any]], ms: Sequence[float]
+) -> dict[str, Any]:
+    diffs = [100 * (w["delivered"] - d["delivered"]) for w, d in zip(whole, ladder, strict=True)]
+    worst = min(range(len(diffs)), key=diffs.__getitem__)
+    return {
+        "mean_diff_pt": statistics.fmean(diffs),
+        "worst_diff_pt": diffs[worst],
+        "worst_budget_ms": ms[worst],
+        "budgets_ahead": sum(1 for d in diffs if d >= AHEAD_POINTS),
+    }
+
+
+def mid_budget(plan: Sequence[dict[str, Any]], oracles: Sequence[str | None], sweep: dict[str, Any]) -> int:
+    hits = [i for i, o in enumerate(oracles) if o == MID_VARIANT]
+    if hits:
+        return hits[len(hits) // 2]
+    if MID_VARIANT in sweep:
+        own = math.ceil(sweep[MID_VARIANT]["p99_ms"] * 2) / 2
+        return min(range(len(plan)), key=lambda i: abs(plan[i]["ms"] - own))
+    return len(plan) // 2
+
+
+def under_load(port: int, images: Images, query: str, rate: float) -> dict[str, Any]:
+    """Open loop at ``rate`` for ``LOAD_S``: correct answers on time per second and per offered."""
+    run = client.open_loop(HOST, port, payloads(images, query), rate, LOAD_S)
+    row = tally(run)
+    return {
+        **row,
+        "correct_on_time_per_s": row["correct_on_time"] / run.wall_s,
+        "correct_on_time_per_offered": row["correct_on_time"] / row["requests"],
+    }
+
+
+def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    if a is None or b is None or not b["correct_on_time_per_s"]:
+        return None
+    return float(a["correct_on_time_per_s"] / b["correct_on_time_per_s"])
+
+
+@dataclass
+class Plan:
+    """What the pin sweep decides for both servers: budgets, oracles, the rates under load."""
+
+    sweep: dict[str, Any]
+    pools: dict[str, list[str]]  # each system's variants
+    budgets: list[dict[str, Any]]
+    oracles: dict[str, list[str | None]]  # per system, per budget
+    mid_ms: float
+    mid_oracle: str
+    rate: float
+    overload_from: str
+    overload_rate: float
+
+    @classmethod
+    def make(cls, sweep: dict[str, Any], variants: Sequence[dict[str, Any]], workers: int) -> Plan:
+        pools = {
+            "whole": [v["name"] for v in variants],
+            "ladder": [v["name"] for v in variants if v.get("subnet") is None],
+        }
+        plan = budgets(sweep)
+        oracles = {s: [oracle(sweep, pool, b["ms"]) for b in plan] for s, pool in pools.items()}
+        mid = mid_budget(plan, oracles["whole"], sweep)
+        # The mid budget's oracle; the fastest variant where nothing met it.
+        fastest = min(pools["whole"], key=lambda n: sweep[n]["p99_ms"])
+        mid_oracle = oracles["whole"][mid] or fastest
+        ladder_20 = oracle(sweep, pools["ladder"], OVERLOAD_BUDGET_MS) or min(
+            pools["ladder"], key=lambda n: sweep[n]["p99_ms"]
+        )
+        return cls(
+            sweep=sweep,
+            pools=pools,
+            budgets=plan,
+            oracles=oracles,
+            mid_ms=plan[mid]["ms"],
+            mid_oracle=mid_oracle,
+            # One sequential client's pace on the oracle, twice.
+            rate=2 * 1000 / sweep[mid_oracle]["client_p50_ms"],
+            overload_from=ladder_20,
+            overload_rate=OVERLOAD_FACTOR * workers * 1000 / sweep[ladder_20]["client_p50_ms"],
+        )
+
+
+def measure_system(port: int, system: str, images: Images, plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Delivered at every budget, under load at the mid budget, overload, mixed budgets."""
+    rows = []
+    for i, b in enumerate(plan.budgets):
+        progress(f"{system}: {b['ms']:g} ms ({b['kind']}), budget {i + 1} of {len(plan.budgets)}")
+        rows.append(delivered(port, images, b["ms"], plan.oracles[system][i], plan.sweep))
+    progress(f"{system}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
+    load = under_load(port, images, f"budget={plan.mid_ms:g}ms", plan.rate)
+    progress(f"{system}: overload, {OVERLOAD_BUDGET_MS:g} ms at {plan.overload_rate:.1f}/s")
+    overload = under_load(port, images, f"budget={OVERLOAD_BUDGET_MS:g}ms", plan.overload_rate)
+    progress(f"{system}: mixed budgets")
+    return {
+        "rows": rows,
+        "under_load": load,
+        "overload": overload,
+        "mixed": mixed.measure(port, images, MIXED_S, 1),
+    }
+
+
+def measure(
+    store_dir: Path, sample_dir: Path, workers: int, threads: int, out_dir: Path, progress: Progress
+) -> dict[str, Any]:
+    """The whole store (pin sweep first: it sets the plan), then the ladder alone."""
+    images = servers.Setup(store_dir, sample_dir, workers, threads, out_dir).held_out(STRIDE)
+    measured: dict[str, dict[str, Any]] = {}
+    pinned: dict[str, Any] = {}
+    with servers.edgefit(store_dir, workers, threads, out_dir) as server:
+        variants = served(server.port)
+        sweep = pin_sweep(server.port, [v["name"] for v in variants], images, progress)
+        plan = Plan.make(sweep, variants, workers)
+        measured["whole"] = measure_system(server.port, "whole", images, plan, progress)
+        fits = [n for n in plan.pools["whole"] if meets(sweep, n, plan.mid_ms)]
+        for name in sorted(fits, key=lambda n: -sweep[n]["accuracy"])[:MAX_PINNED_UNDER_LOAD]:
+            progress(f"whole: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s, pinned {name}")
+            pinned[name] = under_load(
+                server.port, images, f"model={name}&budget={plan.mid_ms:g}ms", plan.rate
+            )
+    env = {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}
+    with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=env) as server:
+        measured["ladder"] = measure_system(server.port, "ladder", images, plan, progress)
+
+    kinds = [b["kind"] for b in plan.budgets]
+    ms = [b["ms"] for b in plan.budgets]
+    load = {s: measured[s]["under_load"] for s in SYSTEMS}
+    best = max(pinned.values(), key=lambda r: r["correct_on_time_per_s"], default=None)
+    return {
+        "images": len(images),
+        "workers": workers,
+        "threads": threads,
+        "sweep": sweep,
+        "ladder": plan.pools["ladder"],
+        "budgets": [
+            {**b, **{s: measured[s]["rows"][i] for s in SYSTEMS}} for i, b in enumerate(plan.budgets)
+        ],
+        "summary": {s: summary(measured[s]["rows"], kinds) for s in SYSTEMS},
+        "paired": paired(measured["whole"]["rows"], measured["ladder"]["rows"], ms),
+        "under_load": {
+            "budget_ms": plan.mid_ms,
+            "oracle": plan.mid_oracle,
+            "rate_per_s": plan.rate,
+            "seconds": LOAD_S,
+            "systems": {**load, **{f"pinned {n}": r for n, r in pinned.items()}},
+            "whole_over_ladder": ratio(load["whole"], load["ladder"]),
+            "ladder_over_best_pinned": ratio(load["ladder"], best),
+        },
+        "overload": {
+            "budget_ms": OVERLOAD_BUDGET_MS,
+            "rate_per_s": plan.overload_rate,
+            "rate_from": plan.overload_from,
+            "seconds": LOAD_S,
+            "systems": {s: measured[s]["overload"] for s in SYSTEMS},
+        },
+        "mixed": {s: measured[s]["mixed"] for s in SYSTEMS},
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _pt(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f}"
+
+
+def _oracle(row: dict[str, Any]) -> str:
+    return "–" if row["oracle"] is None else f"{row['oracle']} {row['oracle_accuracy']:.1%}"
+
+
+def _mix(variants: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(variants.items(), key=lambda kv: -kv[1]))
+
+
+def _load_table(systems: dict[str, Any]) -> list[str]:
+    lines = [
+        "| system | offered | answered | 503 | budget met | correct on time /s | per offered | variants |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, s in systems.items():
+        lines.append(
+            f"| {name} | {s['requests']} | {s['answered']} | {s['shed_503']} | {_pct(s['budget_met'])} "
+            f"| {s['correct_on_time_per_s']:.1f} | {_pct(s['correct_on_time_per_offered'])} "
+            f"| {_mix(s['variants'])} |"
+        )
+    return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def headlines(r: dict[str, Any]) -> list[str]:
+    """Regret over the budgets per system, whole against ladder, and the loaded runs in one line each."""
+    lines = [
+        "| system | mean regret pt | max regret at midpoints pt | max regret pt | budget met (all budgets) "
+        "| lowest budget met | most moved |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in SYSTEMS:
+        m = r["summary"][s]
+        lines.append(
+            f"| {s} | {_pt(m['mean_regret_pt'])} | {_pt(m['max_regret_midpoint_pt'])} "
+            f"| {_pt(m['max_regret_pt'])} "
+            f"| {_pct(m['budget_met'])} | {_pct(m['lowest_budget_met'])} | {m['max_moved']:.0%} |"
+        )
+    p, load, over = r["paired"], r["under_load"], r["overload"]
+    w, d = over["systems"]["whole"], over["systems"]["ladder"]
+    return [
+        *lines,
+        "",
+        f"Whole − ladder, paired: mean {p['mean_diff_pt']:+.1f} pt, worst {p['worst_diff_pt']:+.1f} pt at "
+        f"{p['worst_budget_ms']:g} ms; whole ahead by ≥ {AHEAD_POINTS} pt at {p['budgets_ahead']} budgets.",
+        f"Under load ({load['budget_ms']:g} ms, {load['rate_per_s']:.1f}/s), correct answers on time per "
+        f"second: whole / ladder {_ratio(load['whole_over_ladder'])}, ladder / best pinned "
+        f"{_ratio(load['ladder_over_best_pinned'])}.",
+        f"Overload ({over['budget_ms']:g} ms, {over['rate_per_s']:.1f}/s), correct answers on time per "
+        f"offered request: whole {_pct(w['correct_on_time_per_offered'])} (met {_pct(w['budget_met'])}), "
+        f"ladder {_pct(d['correct_on_time_per_offered'])} (met {_pct(d['budget_met'])}).",
+    ]
+
+
+def markdown(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['images']} images (every second of the held-out half), sequential unless said otherwise; "
+        f"server: {r['workers']} workers x {r['threads']} threads; totals and budget met by the server's "
+        f"clock. Whole store: {len(r['sweep'])} variants; ladder: {', '.join(r['ladder'])}.",
+        "",
+        f"### Pin sweep: each variant pinned, {PASSES} passes",
+        "",
+        "| variant | accuracy | total p50 ms | total p99 ms | client p50 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, v in sorted(r["sweep"].items(), key=lambda kv: kv[1]["p99_ms"]):
+        lines.append(
+            f"| {name}{'' if name in r['ladder'] else ' (subnet)'} | {v['accuracy']:.1%} | {v['p50_ms']:.2f} "
+            f"| {v['p99_ms']:.2f} | {v['client_p50_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Delivered and regret per budget",
+        "",
+        "Oracle: the most accurate variant whose pinned totals met the budget on ≥ 99 % of requests. "
+        "Delivered: correct and on time over all images, two runs in a row (regret against their "
+        "mean); moved: share of requests whose variant differs between the two runs. No oracle (–): "
+        "no variant of that system met the budget pinned; its regret is left out of the summary.",
+        "",
+        "| budget | kind | whole oracle | whole delivered | regret pt | met | moved | ladder oracle "
+        "| ladder delivered | regret pt | met | moved | whole − ladder pt |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in r["budgets"]:
+        cells = []
+        for s in SYSTEMS:
+            row = b[s]
+            runs = " / ".join(f"{x['correct_on_time'] / r['images']:.1%}" for x in row["runs"])
+            cells.append(
+                f"{_oracle(row)} | {runs} | {_pt(row['regret_pt'])} | {_pct(row['budget_met'])} "
+                f"| {row['moved']:.0%}"
+            )
+        diff = 100 * (b["whole"]["delivered"] - b["ladder"]["delivered"])
+        lines.append(f"| {b['ms']:g} ms | {b['kind']} | {' | '.join(cells)} | {diff:+.1f} |")
+    load, over = r["under_load"], r["overload"]
+    lines += [
+        "",
+        *headlines(r),
+        "",
+        f"### Under load: {load['budget_ms']:g} ms, open loop at {load['rate_per_s']:.1f}/s for "
+        f"{load['seconds']:g} s",
+        "",
+        f"The budget where {MID_VARIANT} is the whole store's oracle (the middle one if several; its own "
+        f"p99 budget if none). The rate is twice one sequential client's pace on the oracle there "
+        f"({load['oracle']}: 1000 / its pinned p50 client round trip). Pinned: the "
+        f"{MAX_PINNED_UNDER_LOAD} most accurate variants that met the budget pinned, at most.",
+        "",
+        *_load_table(load["systems"]),
+        "",
+        f"### Overload: {over['budget_ms']:g} ms, open loop at {over['rate_per_s']:.1f}/s for "
+        f"{over['seconds']:g} s",
+        "",
+        f"Twice the ladder's sequential rate at {over['budget_ms']:g} ms ({over['rate_from']}, its oracle "
+        f"there, by its pinned p50 client round trip) times {r['workers']} workers.",
+        "",
+        *_load_table(over["systems"]),
+        "",
+        "### Mixed budgets: whole store against the ladder alone",
+        "",
+        "Delivered: answers with the image's class and on time, over the tier's requests.",
+        "",
+        "| clients | tier | whole met | ladder met | whole delivered | ladder delivered | whole served top-1 "
+        "| ladder served top-1 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    whole, ladder = r["mixed"]["whole"], r["mixed"]["ladder"]
+    for clients in map(str, mixed.CLIENTS):
+        for tier in mixed.TIERS:
+            w, d = whole[clients][tier], ladder[clients][tier]
+            top1 = [f"{x:.3f}" if x is not None else "–" for x in (w["served_top1"], d["served_top1"])]
+            lines.append(
+                f"| {clients} | {tier} | {_pct(w['budget_met'])} | {_pct(d['budget_met'])} "
+                f"| {_pct(w['delivered_accuracy'])} | {_pct(d['delivered_accuracy'])} "
+                f"| {top1[0]} | {top1[1]} |"
+            )
+    for s in SYSTEMS:
+        lines += ["", f"Mixed budgets in detail, {s}:", "", *mixed.markdown(r["mixed"][s])]
+    return lines
+
+
+def plot(r: dict[str, Any], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ms = [b["ms"] for b in r["budgets"]]
+    for s, color in zip(SYSTEMS, ("tab:blue", "tab:orange"), strict=True):
+        for key, style in (("delivered", "-"), ("oracle_accuracy", "--")):
+            ys = [b[s][key] for b in r["budgets"]]
+            label = f"{s}: {'delivered' if key == 'delivered' else 'oracle (best pinned)'}"
+            ax.plot(ms, [np.nan if y is None else 100 * y for y in ys], style, color=color, label=label)
+            for kind, marker in (("p99", "o"), ("midpoint", "x")):
+                pts = [
+                    (x, 100 * y)
+                    for x, y, b in zip(ms, ys, r["budgets"], strict=True)
+                    if b["kind"] == kind and y
+                ]
+                ax.scatter([x for x, _ in pts], [y for _, y in pts], marker=marker, color=color, s=18)
+    for b in r["budgets"]:
+        if b["kind"] == "p99":
+            ax.axvline(b["ms"], color="grey", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("budget, ms (dotted and o: a variant's pinned p99; x: midpoints)")
+    ax.set_ylabel("correct and on time, % of images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+    started = time.monotonic()
+    env = servers.setup()
+    m = servers.machine()
+
+    def progress(message: str) -> None:
+        print(f"[regret {time.monotonic() - started:5.0f}s] {message}", file=sys.stderr, flush=True)
+
+    progress(
+        f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}; {'QUICK' if QUICK else 'full'} run"
+    )
+    results = measure(env.store, env.sample, env.workers, env.threads, env.results, progress)
+    results.update(machine=m, load_average_at_end=os.getloadavg(), elapsed_s=time.monotonic() - started)
+    title = f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}"
+    caption = f"delivered against the best pinned variant, {results['images']} held-out images; {title}"
+    head = [
+        "# Regret against the best pinned variant" + (" (BENCH_QUICK smoke run)" if QUICK else ""),
+        "",
+        f"{title}; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}; "
+        f"run time {results['elapsed_s']:.0f} s. Command: `python bench/regret.py`.",
+        "",
+    ]
+    text = "\n".join(head + markdown(results)) + "\n"
+    (env.results / "regret.json").write_text(json.dumps(results, indent=1))
+    (env.results / "regret.md").write_text(text)
+    plot(results, caption, env.results / "regret.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
