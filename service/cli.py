@@ -412,6 +412,36 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# Commands that only read the store: they tidy it when they can, but never wait for a writer.
+READING_COMMANDS = ("list", "plot")
+
+
+def _run_store_command(args: argparse.Namespace) -> None:
+    """Runs a store command holding the store's lock, after removing what killed commands left
+    there (model_store.debris): commands that write wait for one running on the same store."""
+    from model_store.debris import remove_debris, store_lock
+
+    root = _store_dir(args)
+    reading = args.store_command in READING_COMMANDS
+
+    def waiting() -> None:
+        print(f"edgefit: waiting for another store command on {root} to finish", file=sys.stderr, flush=True)
+
+    with store_lock(root, wait=not reading, waiting=waiting) as held:
+        if held and os.access(root, os.W_OK):
+            try:
+                removed = remove_debris(root, unreferenced=True)
+            except OSError as exc:
+                print(f"edgefit: could not tidy {root}: {exc.strerror}", file=sys.stderr)
+            else:
+                if removed:
+                    print(
+                        f"edgefit: removed what killed store commands left: {', '.join(removed)}",
+                        file=sys.stderr,
+                    )
+        args.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # onnxruntime's quantiser logs chatter on the root logger at INFO: show only ours.
@@ -419,7 +449,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("model_store", "service"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        args.run(args)
+        if args.command == "store":
+            _run_store_command(args)
+        else:
+            args.run(args)
     except StoreError as exc:
         print(f"edgefit: error: {exc}", file=sys.stderr)
         sys.exit(1)

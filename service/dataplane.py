@@ -185,7 +185,7 @@ class DataPlane:
             models = await asyncio.to_thread(load_models, self.settings, previous)
             window = self.settings.latency_window
             fresh = self.settings.fresh_seconds
-            self.metrics.serve(models.variants.values())
+            self.metrics.serve(models.variants.values(), models.unavailable)
             self._served = _Served(
                 models=models,
                 latency=LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
@@ -205,6 +205,8 @@ class DataPlane:
             self.failure = None
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+            if models.unavailable:
+                log.error("serving without %s: %s", ", ".join(sorted(models.unavailable)), models.degraded())
             if previous is not None:
                 self._release_when_unused(previous)
             del previous
