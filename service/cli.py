@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.connections import protocol_class, raise_fd_limit
     from service.observability import configure_access_log
     from service.runtime.memory import limit_malloc_arenas
     from service.settings import Settings
@@ -76,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "workers": args.workers,
             "threads": args.threads,
             "variants": args.variants,
+            "connection_limit": args.connection_limit,
+            "header_timeout_seconds": args.header_timeout,
         }.items()
         if value is not None
     }
@@ -88,8 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the app writes one structured line per request itself
-        # A backstop far above the app's own admission control, which answers 503 + Retry-After.
-        limit_concurrency=settings.connection_limit,
+        # The head deadline and the connection cap (answered 503 + Retry-After, not reset).
+        http=protocol_class(settings, raise_fd_limit()),
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
@@ -325,6 +328,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="parallel inferences (EDGEFIT_WORKERS)")
     serve.add_argument("--threads", type=int, help="onnxruntime threads per inference (EDGEFIT_THREADS)")
     serve.add_argument("--variants", help="comma-separated subset to serve (EDGEFIT_VARIANTS)")
+    serve.add_argument(
+        "--connection-limit",
+        type=int,
+        help="open connections held at most (EDGEFIT_CONNECTION_LIMIT; default from the descriptor limit)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds to receive the request head (EDGEFIT_HEADER_TIMEOUT_SECONDS, default 10)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     store = commands.add_parser("store", help="maintain the model store").add_subparsers(
