@@ -10,7 +10,7 @@ from model_store.manifest import Variant
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
-from service.runtime.profiler import load_or_profile, profile_decode, profile_key, table_key
+from service.runtime.profiler import load_or_profile, load_or_profile_decode, profile_key, table_key
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,5 +129,8 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if previous is not None:
         decode = previous.decode_costs
     else:
-        decode = profile_decode({v.preprocessing for v in variants.values()})
+        preprocessings = {v.preprocessing for v in variants.values()}
+        decode = load_or_profile_decode(
+            preprocessings, cache_dir=settings.cache_dir, key=table_key(settings.threads)
+        )
     return ServedModels(store, variants, runners, profiles, decode, names, unavailable)
