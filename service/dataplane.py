@@ -206,7 +206,9 @@ class DataPlane:
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
             if models.unavailable:
-                log.error("serving without %s: %s", ", ".join(sorted(models.unavailable)), models.degraded())
+                log.error(
+                    "degraded: serving without %s; repair and reload", ", ".join(sorted(models.unavailable))
+                )
             if previous is not None:
                 self._release_when_unused(previous)
             del previous
