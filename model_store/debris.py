@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from model_store.store import StoreError, open_store
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
+# How store commands name the model files they write: ``{name}.{sha256[:12]}.onnx``.
+STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.onnx")
 
 
 @contextlib.contextmanager
@@ -80,7 +83,9 @@ def remove_debris(root: Path, *, unreferenced: bool) -> list[str]:
             return removed  # no readable manifest: nothing tells which files are the store's
         named = {v.file for v in manifest.variants} | {v.labels for v in manifest.variants}
         for path in sorted(root.iterdir()):
-            ours = path.suffix == ".onnx" or is_label_file_name(path.name)
+            # Only names store commands give (content-addressed): a user's own model file kept in
+            # the store directory, say the one being added, is not ours to remove.
+            ours = STORED_MODEL.fullmatch(path.name) or is_label_file_name(path.name)
             if ours and path.is_file() and path.name not in named:
                 path.unlink()
                 removed.append(path.name)

@@ -14,7 +14,7 @@ import pytest
 
 from model_store.debris import STAGING_PREFIX, clean_for_server, store_lock
 from model_store.store import open_store
-from tests.store.conftest import export_tiny
+from tests.store.conftest import add_tiny, export_tiny
 
 KILLS = 8
 
@@ -153,3 +153,14 @@ def test_a_running_command_is_waited_for_not_tidied_away(tmp_path: Path) -> None
     _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 1 and "manifest.json is missing" in err
     assert not (store / f"{STAGING_PREFIX}live").exists()
+
+
+def test_only_files_named_as_store_commands_name_them_are_tidied(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = tmp_path / "store"
+    add_tiny(store, tiny_onnx)
+    (store / "mine.onnx").write_bytes(tiny_onnx.read_bytes())  # the user's, e.g. about to be added
+    (store / "orphan.0123456789ab.onnx").write_bytes(b"moved in, then killed before the manifest")
+    listed = edgefit("store", "list", "--store", str(store))
+    assert listed.returncode == 0 and "orphan.0123456789ab.onnx" in listed.stderr
+    assert (store / "mine.onnx").is_file() and not (store / "orphan.0123456789ab.onnx").exists()
+    assert whole(store) == {"tiny-32-fp32"}
