@@ -194,6 +194,41 @@ def closed_loop_count(host: str, port: int, payloads: Sequence[Payload], count: 
     return Run(samples, time.perf_counter() - start, time.process_time() - cpu0)
 
 
+class Gate:
+    """For a server that an orchestrator kills and restarts: while it is down, requests are not
+    sent (a load balancer routes none to an unready instance), and the requests on the wire are
+    counted, so that those lost to a kill can be told from the others."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.up = True
+        self.in_flight = 0
+        self.held_back = 0  # requests that fell due while the server was down
+
+    def close(self) -> int:
+        """The server is going down now: returns the requests in flight."""
+        with self.lock:
+            self.up = False
+            return self.in_flight
+
+    def open(self) -> None:
+        with self.lock:
+            self.up = True
+
+    def enter(self) -> bool:
+        """Whether a request may be sent now (then it counts as in flight until ``leave``)."""
+        with self.lock:
+            if not self.up:
+                self.held_back += 1
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
 def open_loop(
     host: str,
     port: int,
@@ -202,13 +237,15 @@ def open_loop(
     duration_s: float,
     connections: int = 128,
     drain_s: float = 30.0,
+    gate: Gate | None = None,
 ) -> Run:
     """Offer ``rate_per_s`` requests per second for ``duration_s``, whatever the answers.
 
     Request ``i`` is due at ``i / rate``; a free connection sends it then. ``connections`` bounds
     the requests in flight: a send that waited for a connection is recorded as late, so a server
     that stalls cannot quietly lower the load it is offered. ``wall_s`` is the offering period,
-    so answers per ``wall_s`` is a rate over the load's own duration.
+    so answers per ``wall_s`` is a rate over the load's own duration. With a ``gate``, requests
+    due while it is closed are not sent.
     """
     total = int(rate_per_s * duration_s)
     samples: list[Sample] = []
@@ -231,6 +268,8 @@ def open_loop(
                 if delay > 0:
                     time.sleep(delay)
                 late = max(0.0, time.perf_counter() - due) * 1e3
+                if gate is not None and not gate.enter():
+                    continue
                 try:
                     sample = conn.request(payloads[i % len(payloads)])
                 except Exception as exc:  # one lost request, not a lost client
@@ -238,6 +277,9 @@ def open_loop(
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}")
                     continue
+                finally:
+                    if gate is not None:
+                        gate.leave()
                 sample.late_ms = late
                 mine.append(sample)
         finally:

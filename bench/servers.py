@@ -28,7 +28,7 @@ PEER_DIR = REPO / "bench" / "peer"
 PEER_VENV = REPO / "bench" / ".venv-peer"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Server:
     port: int
     pid: int
@@ -95,7 +95,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, interval_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -106,7 +108,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: f
                     return
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.5)
+        time.sleep(interval_s)
     raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s; see {log}")
 
 
@@ -123,10 +125,43 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+class Edgefit(Server):
+    """An ``edgefit serve`` this process started: it can be killed without warning and started
+    again with the same command, port and latency cache, as an orchestrator restarts a container."""
+
+    def __init__(self, port: int, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        super().__init__(port, 0)
+        self.cmd, self.env, self.log = cmd, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Starts it; returns the seconds until ``/readyz`` answered 200."""
+        started = time.perf_counter()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=out, stderr=out, start_new_session=True
+            )
+        self.pid = self.proc.pid
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        _wait_ready(url, self.proc, self.log, timeout_s=600, interval_s=0.05)
+        return time.perf_counter() - started
+
+    def kill(self) -> None:
+        """SIGKILL, no drain: what the out-of-memory killer or a lost node does."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
 @contextlib.contextmanager
 def edgefit(
     store: Path, workers: int, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[Server]:
+) -> Iterator[Edgefit]:
     """An ``edgefit serve`` on a free loopback port, ready (every variant profiled)."""
     port = free_port()
     log = log_dir / "edgefit.log"
@@ -151,13 +186,12 @@ def edgefit(
             "--store",
             str(store),
         ]
-        with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+        server = Edgefit(port, cmd, env, log)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, timeout_s=600)
-            yield Server(port, proc.pid)
+            server.start()
+            yield server
         finally:
-            _stop(proc)
+            server.stop()
 
 
 @contextlib.contextmanager

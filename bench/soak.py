@@ -8,21 +8,30 @@ reloads alternately drop and restore the variant with the largest file of its ow
 frees or opens a session, as a store update does (a reload of an unchanged store opens nothing).
 The server's RSS is sampled every second from ``/proc``.
 
-Reports errors (transport errors, 5xx), 503s shed, budget met per tier (the server's own
+Faults: ``SOAK_KILLS`` (default 5) times, spread over the run, the server is killed with SIGKILL
+and started again at once with the same command, port and latency cache, as an orchestrator
+restarts a container. Requests falling due while it is down are not sent (a load balancer routes
+none to an instance that is not ready; counted as held back), and reloads wait for it. Reported
+per kill: the requests in flight at it (the only ones allowed to fail) and the time from the new
+start to ready (limit ``SOAK_READY_LIMIT_S``, default 5).
+
+Reports errors (transport errors, 5xx), 503s shed, the kills, budget met per tier (the server's own
 ``budget_met``), RSS at ready / warm (after the capacity probe: traffic's working set in place)
 / at the end / its maximum, and the reloads (failed, duration). Writes ``bench/results/soak.json``
-and ``bench/results/soak.md``. Exit status 1 if any request failed, any reload failed, RSS at
+and ``bench/results/soak.md``. Exit status 1 if more requests failed than were in flight at the
+kills, any reload failed (other than one a kill cut short), a restart was not ready in time, RSS at
 ready or at the end passed ``SOAK_RSS_LIMIT_MB`` (default 400), or the run and its reloads grew
 RSS from warm by ``SOAK_GROWTH_LIMIT_MB`` (default 20) or more. The maximum is reported, not
 judged: a reload that changes files holds two sets of sessions for a moment.
 
-Environment: SOAK_SECONDS, SOAK_RELOADS, SOAK_LOAD (fraction of capacity, default 0.7),
-SOAK_RSS_LIMIT_MB, SOAK_GROWTH_LIMIT_MB, EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR, BENCH_WORKERS,
-BENCH_THREADS.
+Environment: SOAK_SECONDS, SOAK_RELOADS, SOAK_KILLS, SOAK_LOAD (fraction of capacity, default
+0.7), SOAK_RSS_LIMIT_MB, SOAK_GROWTH_LIMIT_MB, SOAK_READY_LIMIT_S, EDGEFIT_STORE_DIR,
+EDGEFIT_SAMPLE_DIR, BENCH_WORKERS, BENCH_THREADS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,13 +56,16 @@ def rss_mb(pid: int) -> float:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """The RSS of the server every second, whichever process it is now (it may be restarted)."""
+
+    def __init__(self, server: Any) -> None:
         super().__init__(daemon=True)
-        self.pid, self.samples, self.stop = pid, [rss_mb(pid)], threading.Event()
+        self.server, self.samples, self.stop = server, [rss_mb(server.pid)], threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
-            self.samples.append(rss_mb(self.pid))
+            with contextlib.suppress(OSError, RuntimeError):  # killed a moment ago
+                self.samples.append(rss_mb(self.server.pid))
 
 
 class ChangingStore:
@@ -78,15 +90,22 @@ class ChangingStore:
 
 
 def reload_under_load(
-    port: int, store: ChangingStore, count: int, seconds: float, results: list[dict[str, Any]]
+    port: int,
+    store: ChangingStore,
+    count: int,
+    seconds: float,
+    results: list[dict[str, Any]],
+    gate: client.Gate,
 ) -> None:
     """``count`` reloads spread over ``seconds`` (back to back if a reload takes longer), each
-    after changing the store."""
+    after changing the store; while the server is down (``gate``) they wait for it."""
     start = time.perf_counter()
     for i in range(count):
         delay = start + (i + 0.5) * seconds / count - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        while not gate.up:
+            time.sleep(0.05)
         store.change(i)
         began = time.perf_counter()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST")
@@ -98,7 +117,28 @@ def reload_under_load(
         except OSError as exc:
             status = 0
             print(f"reload {i}: {exc}", file=sys.stderr)
-        results.append({"status": status, "seconds": round(time.perf_counter() - began, 3)})
+        killed = status == 0 and not gate.up  # cut short by a kill: the orchestrator's doing
+        results.append({"status": status, "seconds": round(time.perf_counter() - began, 3), "killed": killed})
+
+
+def kill_under_load(
+    server: Any, gate: client.Gate, count: int, seconds: float, results: list[dict[str, Any]]
+) -> None:
+    """``count`` SIGKILLs spread over ``seconds``, each followed at once by a new start."""
+    start = time.perf_counter()
+    for k in range(count):
+        delay = start + (k + 0.5) * seconds / count - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        in_flight = gate.close()
+        server.kill()
+        ready_s = server.start()
+        rss_ready = rss_mb(server.pid)  # before traffic reaches it, as the first start's
+        gate.open()
+        results.append(
+            {"in_flight": in_flight, "ready_s": round(ready_s, 2), "rss_ready_mb": round(rss_ready, 1)}
+        )
+        print(f"kill {k + 1}: {in_flight} requests in flight; ready again in {ready_s:.2f} s")
 
 
 def main() -> int:
@@ -107,6 +147,8 @@ def main() -> int:
 
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     reloads = int(os.environ.get("SOAK_RELOADS", "50"))
+    kills = int(os.environ.get("SOAK_KILLS", "5"))
+    ready_limit = float(os.environ.get("SOAK_READY_LIMIT_S", "5"))
     load = float(os.environ.get("SOAK_LOAD", "0.7"))
     rss_limit = float(os.environ.get("SOAK_RSS_LIMIT_MB", "400"))
     growth_limit = float(os.environ.get("SOAK_GROWTH_LIMIT_MB", "20"))
@@ -117,7 +159,7 @@ def main() -> int:
     store = ChangingStore(env.store, Path(copy.name) / "store")
     print(f"reloads alternately drop and restore {store.toggled['name']} ({store.toggled['file']})")
     with copy, servers.edgefit(store.root, env.workers, env.threads, out_dir) as server:
-        rss = RssSampler(server.pid)
+        rss = RssSampler(server)
         rss_ready = rss.samples[0]
         rss.start()
         probe = client.closed_loop("127.0.0.1", server.port, drawn, 2 * env.workers, 15.0)
@@ -126,14 +168,22 @@ def main() -> int:
         rss_warm = rss_mb(server.pid)
         capacity = sum(1 for s in probe.samples if s.status == 200) / probe.wall_s
         rate = load * capacity
-        print(f"capacity {capacity:.1f}/s; offering {rate:.1f}/s for {seconds:.0f} s with {reloads} reloads")
-        reload_results: list[dict[str, Any]] = []
-        reloader = threading.Thread(
-            target=reload_under_load, args=(server.port, store, reloads, seconds, reload_results)
+        print(
+            f"capacity {capacity:.1f}/s; offering {rate:.1f}/s for {seconds:.0f} s with {reloads} reloads "
+            f"and {kills} kills"
         )
+        gate = client.Gate()
+        reload_results: list[dict[str, Any]] = []
+        kill_results: list[dict[str, Any]] = []
+        reloader = threading.Thread(
+            target=reload_under_load, args=(server.port, store, reloads, seconds, reload_results, gate)
+        )
+        killer = threading.Thread(target=kill_under_load, args=(server, gate, kills, seconds, kill_results))
         reloader.start()
-        run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds)
+        killer.start()
+        run = client.open_loop("127.0.0.1", server.port, drawn, rate, seconds, gate=gate)
         reloader.join()
+        killer.join()
         # What is left once the load is over: the last requests done, the old sessions released.
         time.sleep(10)
         rss.stop.set()
@@ -142,6 +192,8 @@ def main() -> int:
     served = mixed.summary(run)
     failed = [s for s in run.samples if s.status >= 500 and s.status != 503]
     reload_seconds = [r["seconds"] for r in reload_results]
+    in_flight_at_kills = sum(k["in_flight"] for k in kill_results)
+    ready_times = [k["ready_s"] for k in kill_results]
     report: dict[str, Any] = {
         "seconds": seconds,
         "capacity_per_s": round(capacity, 2),
@@ -165,9 +217,19 @@ def main() -> int:
         "reloads": {
             "done": len(reload_results),
             "toggled_variant": store.toggled["name"],
-            "failed": sum(1 for r in reload_results if r["status"] != 200),
+            "failed": sum(1 for r in reload_results if r["status"] != 200 and not r["killed"]),
+            "cut_short_by_a_kill": sum(1 for r in reload_results if r["killed"]),
             "seconds_median": statistics.median(reload_seconds) if reload_seconds else None,
             "seconds_max": max(reload_seconds) if reload_seconds else None,
+        },
+        "kills": {
+            "done": len(kill_results),
+            "in_flight": [k["in_flight"] for k in kill_results],
+            "ready_s": ready_times,
+            "rss_ready_mb": [k["rss_ready_mb"] for k in kill_results],
+            "held_back_while_down": gate.held_back,
+            # A kill costs the requests on the wire a transport error; a 5xx is never a kill's.
+            "failed_beyond_in_flight": max(0, len(run.errors) - in_flight_at_kills) + len(failed),
         },
         "workers": env.workers,
         "threads": env.threads,
@@ -185,7 +247,12 @@ def main() -> int:
         f"limit {growth_limit:g}), max {report['rss_mb']['max']} (limit {rss_limit:g} at ready and end)",
         f"- reloads: {report['reloads']['done']} done (alternately dropping and restoring "
         f"{report['reloads']['toggled_variant']}), {report['reloads']['failed']} failed, "
+        f"{report['reloads']['cut_short_by_a_kill']} cut short by a kill, "
         f"median {report['reloads']['seconds_median']} s, max {report['reloads']['seconds_max']} s",
+        f"- kills (SIGKILL, restarted at once): {len(kill_results)}; requests in flight at each "
+        f"{report['kills']['in_flight']}, failed beyond those {report['kills']['failed_beyond_in_flight']}; "
+        f"ready again after {ready_times} s (limit {ready_limit:g}); RSS at those readies "
+        f"{report['kills']['rss_ready_mb']} MB; {gate.held_back} requests held back while down",
         f"- load average at the end: {', '.join(f'{x:.2f}' for x in report['load_average_at_end'])}",
         "",
         "| tier | requests | answered | 503 | budget met (server) | total p99 ms |",
@@ -199,8 +266,8 @@ def main() -> int:
     (out_dir / "soak.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = (
-        not run.errors
-        and not failed
+        report["kills"]["failed_beyond_in_flight"] == 0
+        and all(t <= ready_limit for t in ready_times)
         and report["reloads"]["failed"] == 0
         and max(rss_ready, rss_end) <= rss_limit
         and rss_end - rss_warm < growth_limit

@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.connections import protocol_class, raise_fd_limit
     from service.observability import configure_access_log
     from service.runtime.memory import limit_malloc_arenas
     from service.settings import Settings
@@ -76,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "workers": args.workers,
             "threads": args.threads,
             "variants": args.variants,
+            "connection_limit": args.connection_limit,
+            "header_timeout_seconds": args.header_timeout,
         }.items()
         if value is not None
     }
@@ -88,8 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the app writes one structured line per request itself
-        # A backstop far above the app's own admission control, which answers 503 + Retry-After.
-        limit_concurrency=settings.connection_limit,
+        # The head deadline and the connection cap (answered 503 + Retry-After, not reset).
+        http=protocol_class(settings, raise_fd_limit()),
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
@@ -325,6 +328,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="parallel inferences (EDGEFIT_WORKERS)")
     serve.add_argument("--threads", type=int, help="onnxruntime threads per inference (EDGEFIT_THREADS)")
     serve.add_argument("--variants", help="comma-separated subset to serve (EDGEFIT_VARIANTS)")
+    serve.add_argument(
+        "--connection-limit",
+        type=int,
+        help="open connections held at most (EDGEFIT_CONNECTION_LIMIT; default from the descriptor limit)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds to receive the request head (EDGEFIT_HEADER_TIMEOUT_SECONDS, default 10)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     store = commands.add_parser("store", help="maintain the model store").add_subparsers(
@@ -412,6 +425,36 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# Commands that only read the store: they tidy it when they can, but never wait for a writer.
+READING_COMMANDS = ("list", "plot")
+
+
+def _run_store_command(args: argparse.Namespace) -> None:
+    """Runs a store command holding the store's lock, after removing what killed commands left
+    there (model_store.debris): commands that write wait for one running on the same store."""
+    from model_store.debris import remove_debris, store_lock
+
+    root = _store_dir(args)
+    reading = args.store_command in READING_COMMANDS
+
+    def waiting() -> None:
+        print(f"edgefit: waiting for another store command on {root} to finish", file=sys.stderr, flush=True)
+
+    with store_lock(root, wait=not reading, waiting=waiting) as held:
+        if held and os.access(root, os.W_OK):
+            try:
+                removed = remove_debris(root, unreferenced=True)
+            except OSError as exc:
+                print(f"edgefit: could not tidy {root}: {exc.strerror}", file=sys.stderr)
+            else:
+                if removed:
+                    print(
+                        f"edgefit: removed what killed store commands left: {', '.join(removed)}",
+                        file=sys.stderr,
+                    )
+        args.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # onnxruntime's quantiser logs chatter on the root logger at INFO: show only ours.
@@ -419,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("model_store", "service"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        args.run(args)
+        if args.command == "store":
+            _run_store_command(args)
+        else:
+            args.run(args)
     except StoreError as exc:
         print(f"edgefit: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -165,7 +165,7 @@ class DataPlane:
             models = await asyncio.to_thread(load_models, self.settings, previous)
             window = self.settings.latency_window
             fresh = self.settings.fresh_seconds
-            self.metrics.serve(models.variants.values())
+            self.metrics.serve(models.variants.values(), models.unavailable)
             self._served = _Served(
                 models=models,
                 pricer=Pricer(
@@ -189,6 +189,10 @@ class DataPlane:
             self.failure = None
             self._publish_predictions()
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
+            if models.unavailable:
+                log.error(
+                    "degraded: serving without %s; repair and reload", ", ".join(sorted(models.unavailable))
+                )
             if previous is not None:
                 self._release_when_unused(previous)
             del previous

@@ -158,6 +158,13 @@ class Metrics:
         )
         self.queue_depth = Gauge("edgefit_queue_depth", "Jobs waiting for an inference worker.", registry=r)
         self.ready = Gauge("edgefit_ready", "1 when ready to serve (as /readyz), else 0.", registry=r)
+        self.unavailable = Gauge(
+            "edgefit_variant_unavailable",
+            "1 for a variant of the store left out because its file failed verification or loading; "
+            "0 for the variants served.",
+            ["variant"],
+            registry=r,
+        )
         # Beside the contract's per-variant series, whose label sets stay as they are: which
         # endpoint the inference requests came through (a fixed set).
         self.endpoint_requests = Counter(
@@ -189,9 +196,13 @@ class Metrics:
         """The ``edgefit_requests_total`` child of this variant and outcome."""
         return self._outcomes[(variant, outcome)]
 
-    def serve(self, variants: Iterable[Variant]) -> None:
-        """Pre-initialise every label set of these variants, and describe them."""
+    def serve(self, variants: Iterable[Variant], unavailable: Iterable[str] = ()) -> None:
+        """Pre-initialise every label set of these variants, and describe them; mark the store's
+        ``unavailable`` variants."""
         self.variant_info.clear()
+        self.unavailable.clear()
+        for name in unavailable:
+            self.unavailable.labels(name).set(1)
         for v in variants:
             for outcome in OUTCOMES:
                 self._outcomes[(v.name, outcome)] = self.requests.labels(v.name, outcome)
@@ -204,6 +215,7 @@ class Metrics:
             )
             top1 = "" if v.top1 is None else f"{v.top1:.4f}"
             self.variant_info.labels(v.name, v.family, str(v.resolution), v.precision, top1).set(1)
+            self.unavailable.labels(v.name).set(0)
 
 
 def configure_access_log() -> None:

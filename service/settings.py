@@ -85,8 +85,23 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="Bearer token for /admin endpoints.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    connection_limit: int = Field(1024, ge=16, description="uvicorn's backstop on concurrent connections.")
-    keep_alive_seconds: int = Field(5, ge=1, le=300)
+    connection_limit: int | None = Field(
+        None,
+        ge=16,
+        description="Open connections held at most; past it a new connection first closes an idle "
+        "or slow one, else is answered 503 with Retry-After. Default: from the descriptor limit "
+        "(raised to the hard limit at start), at most 4096.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Deadline for receiving the request line and headers, from the connection "
+        "(or, kept alive, from the request's first byte).",
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, le=300, description="Idle keep-alive connections close after this."
+    )
     drain_seconds: int = Field(
         20, ge=1, le=600, description="On SIGTERM, how long in-flight requests may finish."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -78,8 +79,16 @@ class Server:
         return self.process.returncode
 
 
-def start_server(store: Path, log_dir: Path, *, wait_ready: bool = True, **env: str) -> Server:
-    """A real ``edgefit serve`` on a free loopback port, with ``EDGEFIT_*`` settings from ``env``."""
+def start_server(
+    store: Path,
+    log_dir: Path,
+    *,
+    wait_ready: bool = True,
+    fd_limit: tuple[int, int] | None = None,
+    **env: str,
+) -> Server:
+    """A real ``edgefit serve`` on a free loopback port, with ``EDGEFIT_*`` settings from ``env``;
+    ``fd_limit``: its (soft, hard) descriptor limit, as ``ulimit -n`` sets before a start."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     environment = {
@@ -94,6 +103,7 @@ def start_server(store: Path, log_dir: Path, *, wait_ready: bool = True, **env: 
         env=environment,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        preexec_fn=None if fd_limit is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit),
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 180

@@ -21,7 +21,18 @@ async def healthz() -> JSONResponse:
 async def readyz(plane: PlaneDep) -> JSONResponse:
     if not plane.ready:
         raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
-    return JSONResponse({"status": "ready", "variants": len(plane.variant_names)})
+    served = plane.served_models()
+    unavailable = {} if served is None else served.unavailable
+    degraded = None if served is None else served.degraded()
+    # Ready while any variant is served: the ones left out are named, for people and probes.
+    return JSONResponse(
+        {
+            "status": "ready",
+            "variants": len(plane.variant_names),
+            "detail": degraded or f"serving every variant of the store ({len(plane.variant_names)})",
+            "unavailable": unavailable,
+        }
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics")

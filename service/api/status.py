@@ -286,14 +286,14 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1100px}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 .badge{display:inline-block;padding:.1em .6em;border-radius:.8em;color:#fff;font-weight:600}
-.ready{background:#15803d}.unready{background:#b91c1c}
+.ready{background:#15803d}.unready{background:#b91c1c}.degraded{background:#b45309}
 #summary{font-size:1.1em;background:#f1f5f9;padding:.6em .8em;border-left:4px solid #2563eb}
 table{border-collapse:collapse;margin:.3em 0}td,th{padding:.2em .7em;border-bottom:1px solid #ddd;
 text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f8fafc}
 .muted{color:#666}.axis{stroke:#444}svg text{font-size:11px;fill:#333}
 .frontier-line{fill:none;stroke:#2563eb;stroke-width:1.5}
 circle.served{fill:#2563eb}circle.dominated{fill:#bbb}circle.recent{stroke:#f59e0b;stroke-width:3}
-.label{fill:#1e3a8a}.cols{display:flex;gap:2em;flex-wrap:wrap}
+.label{fill:#1e3a8a}.cols{display:flex;gap:2em;flex-wrap:wrap}td.why{text-align:left}
 """
 
 
@@ -309,6 +309,14 @@ def render(plane: DataPlane, metrics: Metrics, history: History) -> str:
         if plane.ready
         else f'<span class="badge unready">not ready</span> <span id="why">{_e(plane.readiness)}</span>'
     )
+    served = plane.served_models()
+    unavailable = {} if served is None else served.unavailable
+    if unavailable:
+        badge += ' <span class="badge degraded">degraded</span>'
+    unavailable_rows = [
+        f'<tr data-variant="{_e(name)}"><td class="name">{_e(name)}</td><td class="why">{_e(why)}</td></tr>'
+        for name, why in sorted(unavailable.items())
+    ]
     # The depth column only when the store has subnets ("d17": 17 of the family's blocks kept).
     with_depth = any(v["depth"] != "full" for v in variants)
     store_rows = [_store_row(v, with_depth) for v in variants]
@@ -349,6 +357,14 @@ def render(plane: DataPlane, metrics: Metrics, history: History) -> str:
 refreshes itself every {REFRESH_SECONDS} s. JSON: <a href="/models">/models</a>,
 <a href="/metrics">/metrics</a>, <a href="/readyz">/readyz</a>.</p>
 <p id="summary">{_e(summary(plane, lately, queued))}</p>
+{
+        '<h2>Unavailable variants</h2><p class="muted">Left out because a file of theirs failed '
+        "verification or loading; the others are served. Repair the file and reload "
+        "(POST /admin/reload) to serve them again.</p>"
+        + _table(("variant", "why"), unavailable_rows, "unavailable")
+        if unavailable_rows
+        else ""
+    }
 <div class="cols"><div>
 <h2>Now</h2>
 {

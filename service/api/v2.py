@@ -109,6 +109,10 @@ def _served(plane: PlaneDep, name: str, version: str | None = None) -> VariantRu
         raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
     runner = plane.runner(name)
     if runner is None:
+        served = plane.served_models()
+        why = None if served is None else served.unavailable.get(name)
+        if why is not None:
+            raise errors.NotFound(f"model {name!r} is unavailable: {why}")
         raise errors.NotFound(f"model {name!r} is not served; POST /v2/repository/index lists them")
     if version not in (None, MODEL_VERSION):
         raise errors.NotFound(f"model {name!r} has only version {MODEL_VERSION}")
@@ -159,9 +163,12 @@ async def ready(plane: PlaneDep) -> JSONResponse:
 @router.post("/repository/index", summary="The served models")
 async def repository_index(plane: PlaneDep) -> JSONResponse:
     state = "READY" if plane.ready else "UNAVAILABLE"
-    return JSONResponse(
-        [{"name": n, "version": MODEL_VERSION, "state": state} for n in sorted(plane.variant_names)]
-    )
+    models = {n: {"name": n, "version": MODEL_VERSION, "state": state} for n in plane.variant_names}
+    # As Triton lists a model that failed to load: UNAVAILABLE, with the reason.
+    served = plane.served_models()
+    for name, why in ({} if served is None else served.unavailable).items():
+        models[name] = {"name": name, "version": MODEL_VERSION, "state": "UNAVAILABLE", "reason": why}
+    return JSONResponse([models[n] for n in sorted(models)])
 
 
 def _metadata(name: str, runner: VariantRunner) -> JSONResponse:

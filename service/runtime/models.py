@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from model_store.debris import clean_for_server
 from model_store.manifest import Variant
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
-from service.runtime.profiler import load_or_profile, profile_decode, profile_key, table_key
+from service.runtime.profiler import load_or_profile, load_or_profile_decode, profile_key, table_key
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,19 @@ class ServedModels:
     profiles: dict[str, Profile]
     decode_costs: dict[str, tuple[float, ...]]
     labels: dict[str, tuple[str, ...]]
+    # The store's variants left out because a file of theirs failed (bit rot on flash, a bad
+    # copy): name -> why, in words. The others are served.
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def degraded(self) -> str | None:
+        """What is left out and why, in one line (for /readyz, the status page); None if nothing."""
+        if not self.unavailable:
+            return None
+        reasons = "; ".join(self.unavailable[n] for n in sorted(self.unavailable))
+        return (
+            f"degraded: {len(self.unavailable)} of {len(self.unavailable) + len(self.variants)} variants "
+            f"unavailable ({', '.join(sorted(self.unavailable))}), the others are served: {reasons}"
+        )
 
 
 def _session(model: bytes, variant: Variant, threads: int) -> VariantRunner:
@@ -42,10 +56,16 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     ``previous`` is the set being served, if any: its sessions and figures are reused for
     unchanged files (by sha256) and nothing profiled now is persisted, since traffic may be
     running meanwhile.
-    Raises ``StoreError`` for anything about the store that prevents serving it: an invalid
-    manifest, an unknown variant or label set, a file that does not match its hash or that
-    onnxruntime refuses — a server never serves a file it cannot vouch for.
+    A variant whose file does not match its hash, cannot be read or is refused by onnxruntime
+    (or whose label file is bad) is left out and named in ``unavailable``: a server never serves
+    a file it cannot vouch for, and serves the others. Raises ``StoreError`` when the store as a
+    whole cannot be served (an invalid manifest, an unknown variant asked for, no variant left),
+    and on a reload that would lose a variant served now to a bad file (the served set stays).
     """
+    if previous is None:
+        # Left by store commands killed on an earlier run; only the start tidies, when no
+        # command is running on the store.
+        clean_for_server(settings.store_dir)
     store = open_store(settings.store_dir)
     wanted = settings.variants or tuple(v.name for v in store.manifest.variants)
     try:
@@ -54,7 +74,6 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
-    names = {v.labels: store.labels(v) for v in variants.values()}
     # One session per file (by sha256): the resolutions of one network may share a file whose
     # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
     # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
@@ -62,17 +81,31 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
     loaded: dict[str, VariantRunner] = {}  # by sha256
     runners: dict[str, VariantRunner] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    unavailable: dict[str, str] = {}
     checked: set[str] = set()  # file names verified by this load, each read and hashed once
     for name, variant in variants.items():
-        runner = loaded.get(variant.sha256)
-        if runner is None or variant.file not in checked:
-            # The bytes that were hashed are the bytes loaded: no second open of the path.
-            verified = store.verify(variant)
-            checked.add(variant.file)
-            if runner is None:
-                runner = serving.get(variant.sha256) or _session(verified, variant, settings.threads)
-                loaded[variant.sha256] = runner
+        try:
+            if variant.labels not in names:
+                names[variant.labels] = store.labels(variant)
+            runner = loaded.get(variant.sha256)
+            if runner is None or variant.file not in checked:
+                # The bytes that were hashed are the bytes loaded: no second open of the path.
+                verified = store.verify(variant)
+                checked.add(variant.file)
+                if runner is None:
+                    runner = serving.get(variant.sha256) or _session(verified, variant, settings.threads)
+                    loaded[variant.sha256] = runner
+        except StoreError as exc:
+            if previous is not None and name in previous.variants:
+                raise  # a reload must not drop a variant it serves: the served set stays
+            unavailable[name] = str(exc)
+            log.error("variant %s is unavailable, serving the others: %s", name, exc)
+            continue
         runners[name] = runner.sharing_session(variant)
+    if not runners:
+        raise StoreError("no variant can be served: " + "; ".join(unavailable.values()))
+    variants = {name: v for name, v in variants.items() if name in runners}
     log.info(
         "verified %d variants in %d files from %s: %d sessions opened, %d kept",
         len(runners),
@@ -96,5 +129,8 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if previous is not None:
         decode = previous.decode_costs
     else:
-        decode = profile_decode({v.preprocessing for v in variants.values()})
-    return ServedModels(store, variants, runners, profiles, decode, names)
+        preprocessings = {v.preprocessing for v in variants.values()}
+        decode = load_or_profile_decode(
+            preprocessings, cache_dir=settings.cache_dir, key=table_key(settings.threads)
+        )
+    return ServedModels(store, variants, runners, profiles, decode, names, unavailable)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import PIL
 from PIL import Image
 
 from model_store.imaging import ImageHeader, draft_scale, load_tensor, read_header
@@ -123,7 +124,10 @@ def load_or_profile(
 
 
 def _save(path: Path, key: Mapping[str, str | int], files: Mapping[str, Profile]) -> None:
-    data = {"key": dict(key), "files": {sha: vars(p) for sha, p in files.items()}}
+    _write_json(path, {"key": dict(key), "files": {sha: vars(p) for sha, p in files.items()}})
+
+
+def _write_json(path: Path, data: object) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -168,11 +172,36 @@ DECODE_PROFILE_SIZES = ((320, 240), (500, 375), (1000, 750))
 DECODE_PROFILE_NOISE = (4.0, 30.0)
 
 
+def _decode_targets(preprocessings: Collection[Preprocessing]) -> set[Preprocessing]:
+    return {min(preprocessings, key=lambda p: p.crop), max(preprocessings, key=lambda p: p.crop)}
+
+
+def load_or_profile_decode(
+    preprocessings: Collection[Preprocessing], *, cache_dir: Path, key: Mapping[str, str | int]
+) -> dict[str, tuple[float, ...]]:
+    """``profile_decode``'s costs, reused from this machine's cache when they were measured for
+    the same preprocessing and decoder; else measured and saved. Measuring takes seconds, the
+    longest part of a start with a cached latency table: a restart after a crash should not."""
+    targets = sorted(p.model_dump_json() for p in _decode_targets(preprocessings))
+    full_key = {**key, "pillow": PIL.__version__, "targets": targets}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"decode-{digest}.json"
+    try:
+        data = json.loads(path.read_text())
+        if data.get("key") == full_key:
+            return {fmt: tuple(float(c) for c in costs) for fmt, costs in data["costs"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    costs = profile_decode(preprocessings)
+    _write_json(path, {"key": full_key, "costs": costs})
+    return costs
+
+
 def profile_decode(preprocessings: Collection[Preprocessing], runs: int = 3) -> dict[str, tuple[float, ...]]:
     """Each served format's decode cost on this machine: least squares over synthetic photos
     decoded for the smallest and the largest of ``preprocessings`` (median of ``runs`` each),
     coefficients kept non-negative (a negative one is dropped and the rest refitted)."""
-    targets = {min(preprocessings, key=lambda p: p.crop), max(preprocessings, key=lambda p: p.crop)}
+    targets = _decode_targets(preprocessings)
     costs = {}
     for fmt in ("JPEG", "PNG", "WEBP"):
         work, seconds = [], []

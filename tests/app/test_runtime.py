@@ -13,7 +13,14 @@ from model_store.imaging import load_tensor, read_header
 from model_store.manifest import Preprocessing
 from model_store.runner import VariantRunner
 from service.core.latency import decode_seconds
-from service.runtime.profiler import decode_work, fit_non_negative, profile_decode
+from service.runtime import profiler
+from service.runtime.profiler import (
+    decode_work,
+    fit_non_negative,
+    load_or_profile_decode,
+    profile_decode,
+    table_key,
+)
 from tests.app.conftest import tiny_model, tiny_variant
 
 
@@ -56,3 +63,18 @@ def test_the_decode_cost_fitted_on_synthetic_photos_prices_real_ones(sample_dir:
             seconds = time.perf_counter() - started
             predicted = decode_seconds(costs["JPEG"], decode_work(header, preprocessing))
             assert 0.1 < seconds / predicted < 10.0, (path.name, preprocessing.crop, seconds, predicted)
+
+
+def test_a_restart_reuses_this_machines_decode_costs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measuring them takes seconds, the longest part of a start with a cached latency table."""
+    key = table_key(1)
+    first = load_or_profile_decode({_lite(128), _lite(224)}, cache_dir=tmp_path, key=key)
+
+    def never(*_: object) -> None:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(profiler, "profile_decode", never)
+    assert load_or_profile_decode({_lite(224), _lite(128)}, cache_dir=tmp_path, key=key) == first
+    # Another preprocessing (or another machine, decoder...) is measured anew.
+    with pytest.raises(AssertionError, match="measured again"):
+        load_or_profile_decode({_lite(128), _lite(260)}, cache_dir=tmp_path, key=key)

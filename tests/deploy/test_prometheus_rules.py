@@ -59,6 +59,7 @@ def test_issue_alerts_exist_with_keepable_shape() -> None:
         "EdgefitNotReady",
         "EdgefitScrapeFailing",
         "EdgefitTargetMissing",
+        "EdgefitVariantUnavailable",
     }
     for name, expr in alerts.items():
         assert ALERT_SHAPE.match(expr), f"{name}: {expr!r} is not `signal <op> threshold`"

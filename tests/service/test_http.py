@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import socket
 import time
@@ -348,6 +349,49 @@ def test_503_not_ready_when_a_file_does_not_match_its_hash(
         assert_problem(response, 503, "not-ready")
         assert "refusing to serve" in s.log.read_text() and "refusing to serve" in ready.json()["detail"]
         assert "edgefit_ready 0.0" in httpx.get(f"{s.url}/metrics").text
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_corrupt_file_leaves_its_variant_out_and_a_reload_after_repair_serves_it(
+    store_dir: Path, tmp_path: Path, tabby: bytes, fast_int8: str
+) -> None:
+    from tests.conftest import start_server
+
+    store = open_store(store_dir)
+    kept, rotten = store.manifest.variant("lite0-224-fp32"), store.manifest.variant(fast_int8)
+    assert kept.file != rotten.file
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["variants"] = [v for v in manifest["variants"] if v["name"] in (kept.name, rotten.name)]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(store.path_of(kept), tmp_path)
+    good = store.path_of(rotten).read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x01  # one bit, as flash storage loses them
+    (tmp_path / rotten.file).write_bytes(bytes(flipped))
+    s = start_server(tmp_path, tmp_path)
+    try:
+        ready = httpx.get(f"{s.url}/readyz").json()
+        assert ready["variants"] == 1 and list(ready["unavailable"]) == [rotten.name], ready
+        assert rotten.name in ready["detail"] and "sha256" in ready["unavailable"][rotten.name]
+        assert (
+            f'edgefit_variant_unavailable{{variant="{rotten.name}"}} 1.0'
+            in httpx.get(f"{s.url}/metrics").text
+        )
+        assert rotten.name in httpx.get(f"{s.url}/").text.split('id="unavailable"')[1]
+        assert f"variant {rotten.name} is unavailable" in s.log.read_text()
+        answer = classify(s, tabby, budget="50ms")
+        assert answer.status_code == 200 and answer.json()["model"]["name"] == kept.name
+
+        (tmp_path / rotten.file).write_bytes(good)
+        assert httpx.post(f"{s.url}/admin/reload", timeout=120).status_code == 200
+        ready = httpx.get(f"{s.url}/readyz").json()
+        assert ready["variants"] == 2 and ready["unavailable"] == {}
+        assert (
+            f'edgefit_variant_unavailable{{variant="{rotten.name}"}} 0.0'
+            in httpx.get(f"{s.url}/metrics").text
+        )
+        assert classify(s, tabby, model=rotten.name).status_code == 200
     finally:
         assert s.stop() == 0
 
