@@ -56,8 +56,8 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
     for router in (status.router, models.router, health.router, v2.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
-    # RequestContext also dispatches POST /classify to its own ASGI endpoint, past FastAPI.
-    app.add_middleware(RequestContext)
+    # The hot path's own ASGI endpoint, past FastAPI's routing and dependency injection.
+    app.add_middleware(RequestContext, direct={classify.PATH: classify.endpoint})
 
     def openapi() -> dict[str, Any]:
         # /v2's infer reads its body by hand (for the binary extension): add its schemas.

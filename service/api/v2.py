@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, Stric
 
 from model_store.runner import VariantRunner
 from service import errors
-from service.api.classify import read_body
+from service.api.body import read_body
 from service.api.deps import MetricsDep, PlaneDep, SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
