@@ -15,6 +15,7 @@ from service.api import admin, classify, health, models, status, v2
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
 from service.dataplane import DataPlane
+from service.history import History
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
         logging.getLogger("edgefit.access").setLevel(settings.log_level)
         served = plane or DataPlane(settings, Metrics())
         app.state.settings, app.state.metrics, app.state.plane = settings, served.metrics, served
-        app.state.history = history = status.History()
+        app.state.history = history = History()
         # Loading runs beside the server, so /healthz answers (and /readyz says 503) meanwhile.
         tasks = [
             asyncio.create_task(served.load_until_served()),
