@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from model_store import imaging
-from service import errors
+from service import errors, imaging
 from service.api.body import image_bytes, read_body
 from service.api.errors import PROBLEM_TYPE, log_error, problem
 from service.core import params
@@ -65,15 +64,6 @@ def parse_params(query: Mapping[str, str]) -> ClassifyParams:
         ),
         top_k=_param(query, "top_k", params.parse_top_k) or 5,
     )
-
-
-def _header(image: bytes, settings: Settings) -> imaging.ImageHeader:
-    try:
-        return imaging.read_header(image, settings.max_image_pixels)
-    except imaging.ImageTooLarge as exc:
-        raise errors.ImageTooLarge(str(exc)) from None
-    except imaging.ImageError as exc:
-        raise errors.InvalidImage(str(exc)) from None
 
 
 def _ms(seconds: float) -> float:
@@ -145,7 +135,7 @@ async def _classify(
         receive, None if declared is None else declared.decode("latin-1"), settings, started
     )
     image = image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
-    header = _header(image, settings)
+    header = imaging.read_header(image, settings.max_image_pixels)
     result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
     name = result.variant.name
     total = time.perf_counter() - started
