@@ -55,32 +55,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
     names = {v.labels: store.labels(v) for v in variants.values()}
-    # One session per file (by sha256): the resolutions of one network may share a file whose
-    # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
-    # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
-    # file is still verified: a reload answers for the store as it is on disk.
-    serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
-    loaded: dict[str, VariantRunner] = {}  # by sha256
-    runners: dict[str, VariantRunner] = {}
-    checked: set[str] = set()  # file names verified by this load, each read and hashed once
-    for name, variant in variants.items():
-        runner = loaded.get(variant.sha256)
-        if runner is None or variant.file not in checked:
-            # The bytes that were hashed are the bytes loaded: no second open of the path.
-            verified = store.verify(variant)
-            checked.add(variant.file)
-            if runner is None:
-                runner = serving.get(variant.sha256) or _session(verified, variant, settings.threads)
-                loaded[variant.sha256] = runner
-        runners[name] = runner.sharing_session(variant)
-    log.info(
-        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
-        len(runners),
-        len(checked),
-        store.root,
-        len(loaded.keys() - serving.keys()),
-        len(loaded.keys() & serving.keys()),
-    )
+    runners = _open_runners(store, variants, previous, settings.threads)
     known = {}
     if previous is not None:
         known = {profile_key(previous.variants[n]): p for n, p in previous.profiles.items()}
@@ -98,3 +73,36 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     else:
         decode = profile_decode({v.preprocessing for v in variants.values()})
     return ServedModels(store, variants, runners, profiles, decode, names)
+
+
+def _open_runners(
+    store: Store, variants: dict[str, Variant], previous: ServedModels | None, threads: int
+) -> dict[str, VariantRunner]:
+    """A runner per variant, every file verified; sessions of files already served are kept."""
+    # One session per file (by sha256): the resolutions of one network may share a file whose
+    # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
+    # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
+    # file is still verified: a reload answers for the store as it is on disk.
+    serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
+    loaded: dict[str, VariantRunner] = {}  # by sha256
+    runners: dict[str, VariantRunner] = {}
+    checked: set[str] = set()  # file names verified by this load, each read and hashed once
+    for name, variant in variants.items():
+        runner = loaded.get(variant.sha256)
+        if runner is None or variant.file not in checked:
+            # The bytes that were hashed are the bytes loaded: no second open of the path.
+            verified = store.verify(variant)
+            checked.add(variant.file)
+            if runner is None:
+                runner = serving.get(variant.sha256) or _session(verified, variant, threads)
+                loaded[variant.sha256] = runner
+        runners[name] = runner.sharing_session(variant)
+    log.info(
+        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
+        len(runners),
+        len(checked),
+        store.root,
+        len(loaded.keys() - serving.keys()),
+        len(loaded.keys() & serving.keys()),
+    )
+    return runners
