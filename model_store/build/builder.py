@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from torch import nn
 
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
 from model_store.build.latency_table import whole_network_ms
@@ -34,7 +35,7 @@ from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_i
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
-from model_store.onnx_facts import read_facts
+from model_store.onnx_facts import OnnxFacts, read_facts
 from model_store.quantize import passes_agreement_gate, quantize_int8
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store, sha256_file
@@ -83,19 +84,7 @@ def build_pair(
     if subnet is not None:
         model = SubnetModule(model, subnet)
     fp32_path = staging / f"{fp32_name}.onnx"
-    export_onnx(model, resolution, fp32_path)
-    # Params and MACs are properties of the architecture: count them on the exported graph.
-    facts = read_facts(fp32_path)
-    wrap_file(fp32_path, fp32_path, preprocessing, resolution)
-    parity_images = every_nth(images, PARITY_IMAGES)
-    tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
-    error = parity_error(model, fp32_path, tensors, preprocessing)
-    if error > PARITY_TOLERANCE:
-        raise StoreError(
-            f"{fp32_name}: onnxruntime differs from PyTorch by {error:.2e} "
-            f"(limit {PARITY_TOLERANCE:.0e}); not written"
-        )
-    log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", fp32_name, error)
+    facts = _export_checked(model, resolution, fp32_path, images)
 
     pairs: list[tuple[str, Precision, Path]] = [(fp32_name, "fp32", fp32_path)]
     if quantize:
@@ -107,31 +96,64 @@ def build_pair(
         quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
         pairs.append((int8_name, "int8", int8_path))
 
-    variants = []
-    for name, precision, path in pairs:
-        file_name, digest = _place(path, staging, name)
-        published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None
-        variants.append(
-            Variant(
-                name=name,
-                family=recipe.family,
-                resolution=resolution,
-                precision=precision,
-                file=file_name,
-                sha256=digest,
-                size_bytes=(staging / file_name).stat().st_size,
-                params=facts.params,
-                macs=facts.macs,
-                input=image_input(INPUT_NAME, resolution),
-                output_name=OUTPUT_NAME,
-                preprocessing=preprocessing,
-                subnet=subnet,
-                top1=recipe.published_top1 if published else None,
-                top1_source="published" if published else None,
-                top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
-            )
+    return [
+        _entry(recipe, resolution, name, precision, *_place(path, staging, name), staging, facts, subnet)
+        for name, precision, path in pairs
+    ]
+
+
+def _export_checked(model: nn.Module, resolution: int, path: Path, images: list[LabelledImage]) -> OnnxFacts:
+    """Export ``model`` to ``path`` with the served input in front; refused (``StoreError``) unless
+    onnxruntime gives PyTorch's logits on a few of ``images``."""
+    preprocessing = lite_preprocessing(resolution)
+    export_onnx(model, resolution, path)
+    # Params and MACs are properties of the architecture: count them on the exported graph.
+    facts = read_facts(path)
+    wrap_file(path, path, preprocessing, resolution)
+    parity_images = every_nth(images, PARITY_IMAGES)
+    tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
+    error = parity_error(model, path, tensors, preprocessing)
+    if error > PARITY_TOLERANCE:
+        raise StoreError(
+            f"{path.stem}: onnxruntime differs from PyTorch by {error:.2e} "
+            f"(limit {PARITY_TOLERANCE:.0e}); not written"
         )
-    return variants
+    log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", path.stem, error)
+    return facts
+
+
+def _entry(
+    recipe: Recipe,
+    resolution: int,
+    name: str,
+    precision: Precision,
+    file_name: str,
+    digest: str,
+    staging: Path,
+    facts: OnnxFacts,
+    subnet: Subnet | None,
+) -> Variant:
+    """The manifest entry of one staged file; only the full network at its native resolution,
+    in fp32, carries the published top-1."""
+    published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None
+    return Variant(
+        name=name,
+        family=recipe.family,
+        resolution=resolution,
+        precision=precision,
+        file=file_name,
+        sha256=digest,
+        size_bytes=(staging / file_name).stat().st_size,
+        params=facts.params,
+        macs=facts.macs,
+        input=image_input(INPUT_NAME, resolution),
+        output_name=OUTPUT_NAME,
+        preprocessing=lite_preprocessing(resolution),
+        subnet=subnet,
+        top1=recipe.published_top1 if published else None,
+        top1_source="published" if published else None,
+        top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
+    )
 
 
 def share_one_file(
