@@ -150,7 +150,8 @@ def _preprocess_spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_add(args: argparse.Namespace) -> None:
-    from model_store.ingest import AddRequest, add
+    from model_store.add_request import AddRequest
+    from model_store.ingest import add
 
     request = AddRequest(
         prefix=args.name,
@@ -188,7 +189,7 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from model_store.evaluate import evaluate, labelled_images, record
+    from model_store.evaluate import evaluate, labelled_images, record, stage_progress
 
     store = open_store(_store_dir(args))
     names = _names(args.variants)
@@ -198,14 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise StoreError(f"no variant {exc.args[0]} in {store.root}") from exc
     images = labelled_images(Path(args.images))
     dataset = args.dataset or Path(args.images).name
-    bar = _progress_bars()
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        bar(f"evaluate on {dataset}", done, len(images) * len(variants))
-
+    advance = stage_progress(_progress_bars(), f"evaluate on {dataset}", len(images) * len(variants))
     results = evaluate(store, variants, images, progress=advance)
     store = store.write(record(store.manifest, dataset, results))
     for result in results:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,15 @@ from model_store.build.recipes import (
     variant_name,
 )
 from model_store.build.subnets import SubnetModule
-from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_images, record
+from model_store.evaluate import (
+    MAX_PIXELS,
+    LabelledImage,
+    Progress,
+    evaluate,
+    labelled_images,
+    record,
+    stage_progress,
+)
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
@@ -42,7 +50,6 @@ from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 DOMINANCE_RUNS = 10
 DOMINANCE_ROUNDS = 3
 # Logits of a resolution on the shared file against its own export (``share_one_file``).
@@ -228,14 +235,7 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         progress("export + quantize", steps, steps)
 
         staged = Store(staging, Manifest(variants=tuple(variants)))
-        total = len(images) * len(variants)
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            progress(f"evaluate on {dataset}", done, total)
-
+        advance = stage_progress(progress, f"evaluate on {dataset}", len(images) * len(variants))
         results = evaluate(staged, variants, images, progress=advance)
         manifest = record(staged.manifest, dataset, results)
         manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
