@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api import admin, classify, health, models, status, v2
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
+from service.api.v2_schema import OPENAPI_SCHEMAS
 from service.dataplane import DataPlane
 from service.history import History
 from service.observability import Metrics
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
         # /classify is no FastAPI route (service.api.classify): add its path item.
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(v2.OPENAPI_SCHEMAS)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
             schema["paths"] = {classify.PATH: classify.PATH_ITEM, **schema["paths"]}
             app.openapi_schema = schema
         return app.openapi_schema
