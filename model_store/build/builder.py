@@ -168,11 +168,11 @@ def share_one_file(
 ) -> list[Variant]:
     """Serve the family's full-depth fp32 resolutions from one file: its largest export with
     height and width left free. A server then holds one session, not one per resolution
-    (the weights are the same; measured: 26 MB per lite0 session).
+    (the weights are the same, and every session holds its own copy of them).
 
     The static "same" padding of these networks is computed per resolution, so sharing is
     checked, not assumed: a resolution moves to the shared file only if its logits there equal
-    those of its own export on the parity images (the same kernels run: measured 0.0 apart);
+    those of its own export on the parity images (the same kernels run, so they agree exactly);
     one that differs keeps its own file.
     """
     ladder = sorted(
