@@ -8,8 +8,9 @@ SHARED ?= ../shared
 SAMPLE := $(SHARED)/imagenet-sample
 STORE_DIR ?= model_store/artifacts
 INSTALLED := $(VENV)/.installed
+UNIT_INSTALLED := $(VENV)/.installed-unit
 
-.PHONY: setup run test lint typecheck unit system-deps loadtest bench soak test-container test-arm64 clean-store
+.PHONY: setup run test unit lint system-deps loadtest bench soak test-container test-arm64 clean-store
 
 setup: $(INSTALLED) $(STORE_DIR)/manifest.json
 
@@ -20,13 +21,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $@
 
 # Built only when absent: a store is data, not a build product to refresh on every change.
-# The ladder first, then this machine's frontier subnets of each family between its steps.
-# lite0 below 224 px: the frontier's fast end and its gaps (fp32: lite0's int8 below 224 px fails
-# the agreement gate on CPUs without int8 dot products). lite2 is not specialised by default: on
-# such a CPU its int8 subnets fail the gate too and its fp32 ones are slower than lite2-260-int8
-# (DEVELOPERS.md); `edgefit store specialize --family lite2` does it on demand. K = 12: the
-# domination check drops some picks (K = 10 wrote 7-9 subnets; 12 wrote 10-12 in four builds,
-# 18-20 variants, server RSS ready ~345-375 MB).
+# The ladder first, then this machine's frontier subnets of lite0 between its steps below 224 px,
+# where the frontier's fast end and its gaps are. lite2 is not specialised by default: on CPUs
+# without int8 dot products its int8 subnets fail the agreement gate and its fp32 ones are slower
+# than its full int8 network (DEVELOPERS.md); `edgefit store specialize --family lite2` does it on
+# demand. --k 12, more than the subnets wanted: the domination check drops some of the picks.
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \
@@ -46,6 +45,17 @@ lint: $(INSTALLED)
 
 test: setup system-deps lint
 	EDGEFIT_SAMPLE_DIR=$(SAMPLE) $(BIN)/pytest
+
+# The in-process tiers alone, on a clean clone: no store, no torch, no system packages (tiny ONNX
+# models built by the tests stand in for the store). The API fuzz tries every operation, then
+# fuzzes on for 10 s rather than make test's 60.
+$(UNIT_INSTALLED): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+unit: $(UNIT_INSTALLED)
+	EDGEFIT_SAMPLE_DIR=$(SAMPLE) EDGEFIT_FUZZ_SECONDS=10 $(BIN)/pytest tests/unit tests/app
 
 loadtest: $(INSTALLED)
 	bash loadtest/run.sh

@@ -79,6 +79,21 @@ def held_out_half(images: Sequence[LabelledImage]) -> list[LabelledImage]:
     return list(images[1::2])
 
 
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def stage_progress(report: Progress, stage: str, total: int) -> Callable[[int], None]:
+    """A ``progress`` for :func:`evaluate` that reports its running count as ``stage`` of ``total``."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        report(stage, done, total)
+
+    return advance
+
+
 def evaluate(
     store: Store,
     variants: Sequence[Variant],

@@ -33,6 +33,39 @@ def prefix_node_names(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name.startswith(PREFIX)]
 
 
+def _preprocessing_nodes(
+    graph: onnx.GraphProto, name: str, nchw: str, preprocessing: Preprocessing
+) -> list[onnx.NodeProto]:
+    """``uint8 NHWC`` input ``name`` -> normalised float ``nchw``: cast, channel order, mean and
+    std, transpose. Adds the constants they need to ``graph``'s initializers."""
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    # Multiplying by the reciprocal is what the host did before: same float arithmetic.
+    scale = (1.0 / np.asarray(preprocessing.std, dtype=np.float32)).astype(np.float32)
+    graph.initializer.extend(
+        [numpy_helper.from_array(mean, PREFIX + "mean"), numpy_helper.from_array(scale, PREFIX + "scale")]
+    )
+    nodes = [helper.make_node("Cast", [name], [PREFIX + "float"], name=PREFIX + "cast", to=TensorProto.FLOAT)]
+    pixels = PREFIX + "float"
+    if preprocessing.channel_order == "BGR":
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), PREFIX + "bgr"))
+        nodes.append(
+            helper.make_node(
+                "Gather", [pixels, PREFIX + "bgr"], [PREFIX + "bgr_pixels"], name=PREFIX + "to_bgr", axis=3
+            )
+        )
+        pixels = PREFIX + "bgr_pixels"
+    nodes += [
+        helper.make_node("Sub", [pixels, PREFIX + "mean"], [PREFIX + "centred"], name=PREFIX + "sub_mean"),
+        helper.make_node(
+            "Mul", [PREFIX + "centred", PREFIX + "scale"], [PREFIX + "normalised"], name=PREFIX + "div_std"
+        ),
+        helper.make_node(
+            "Transpose", [PREFIX + "normalised"], [nchw], name=PREFIX + "to_nchw", perm=[0, 3, 1, 2]
+        ),
+    ]
+    return nodes
+
+
 def with_image_input(
     model: onnx.ModelProto, preprocessing: Preprocessing, resolution: int
 ) -> onnx.ModelProto:
@@ -62,31 +95,7 @@ def with_image_input(
         if output.name == name:
             raise ValueError(f"input {name} is also an output")
 
-    mean = np.asarray(preprocessing.mean, dtype=np.float32)
-    # Multiplying by the reciprocal is what the host did before: same float arithmetic.
-    scale = (1.0 / np.asarray(preprocessing.std, dtype=np.float32)).astype(np.float32)
-    graph.initializer.extend(
-        [numpy_helper.from_array(mean, PREFIX + "mean"), numpy_helper.from_array(scale, PREFIX + "scale")]
-    )
-    nodes = [helper.make_node("Cast", [name], [PREFIX + "float"], name=PREFIX + "cast", to=TensorProto.FLOAT)]
-    pixels = PREFIX + "float"
-    if preprocessing.channel_order == "BGR":
-        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), PREFIX + "bgr"))
-        nodes.append(
-            helper.make_node(
-                "Gather", [pixels, PREFIX + "bgr"], [PREFIX + "bgr_pixels"], name=PREFIX + "to_bgr", axis=3
-            )
-        )
-        pixels = PREFIX + "bgr_pixels"
-    nodes += [
-        helper.make_node("Sub", [pixels, PREFIX + "mean"], [PREFIX + "centred"], name=PREFIX + "sub_mean"),
-        helper.make_node(
-            "Mul", [PREFIX + "centred", PREFIX + "scale"], [PREFIX + "normalised"], name=PREFIX + "div_std"
-        ),
-        helper.make_node(
-            "Transpose", [PREFIX + "normalised"], [nchw], name=PREFIX + "to_nchw", perm=[0, 3, 1, 2]
-        ),
-    ]
+    nodes = _preprocessing_nodes(graph, name, nchw, preprocessing)
     old_nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend([*nodes, *old_nodes])

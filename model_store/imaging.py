@@ -3,8 +3,9 @@
 The host decodes, resizes and crops; the model's graph does the rest (cast, channel order,
 normalisation, layout: ``model_store.image_input``), so the input is the crop's ``uint8`` pixels.
 
-Serving and the store's evaluation both call :func:`load_tensor`, so the accuracy the store
-records is the accuracy of exactly what is served.
+Serving (through ``service.imaging``, which gives these errors the service's status codes) and
+the store's evaluation both call :func:`load_tensor`, so the accuracy the store records is the
+accuracy of exactly what is served.
 
 Untrusted bytes are handled defensively: only the formats we serve are opened, the pixel count is
 checked from the header before anything is decoded, and truncated files are errors.

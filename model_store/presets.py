@@ -13,7 +13,6 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from model_store.build.recipes import CROP_PADDING, LITE_MEAN, LITE_STD
 from model_store.manifest import Preprocessing
 
 Interpolation = Literal["bilinear", "bicubic"]
@@ -21,6 +20,11 @@ Interpolation = Literal["bilinear", "bicubic"]
 # torchvision's (and timm's default) ImageNet normalisation, in 0..255 pixel units.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# EfficientNet-Lite's own input normalisation, (x - 127) / 128, and TF's evaluation crop, which
+# keeps 32 pixels of padding around the crop; the default store is built with these too.
+LITE_MEAN = (127.0, 127.0, 127.0)
+LITE_STD = (128.0, 128.0, 128.0)
+CROP_PADDING = 32
 
 
 @dataclass(frozen=True)

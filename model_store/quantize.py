@@ -63,9 +63,9 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             # 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 with 16-bit saturation
-            # (vpmaddubsw), which took lite0-224's agreement with fp32 from ~97 % to 89 % on an
-            # AVX2 EPYC; with 7-bit weights no pair saturates (95.6 %, 8.8 vs 8.1 ms). VNNI and
-            # ARM kernels do not saturate either way, and a store may be built on any of them.
+            # (vpmaddubsw), which costs full-range int8 its agreement with fp32; with 7-bit
+            # weights no pair saturates (DEVELOPERS.md has the figures). VNNI and ARM kernels
+            # do not saturate either way, and a store may be built on any of them.
             reduce_range=True,
             nodes_to_exclude=prefix_node_names(onnx.load(str(prepared))),
         )

@@ -37,8 +37,7 @@ def open_session(model: bytes, options: ort.SessionOptions) -> ort.InferenceSess
 
     onnxruntime's Python wrapper keeps the bytes it was given (``_model_bytes``, only to rebuild
     the session after a GPU provider fails): for the whole life of the session, as much memory
-    again as the file, for nothing on a CPU-only server. Measured: the default store's 15
-    sessions took 232 MB more with it (bench/memory.py).
+    again as the file, for nothing on a CPU-only server (``bench/memory.py`` measures it).
     """
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     session._model_bytes = None

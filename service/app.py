@@ -14,7 +14,9 @@ from fastapi.openapi.utils import get_openapi
 from service.api import admin, classify, health, models, status, v2
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
+from service.api.v2_schema import OPENAPI_SCHEMAS
 from service.dataplane import DataPlane
+from service.history import History
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -32,7 +34,7 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
         logging.getLogger("edgefit.access").setLevel(settings.log_level)
         served = plane or DataPlane(settings, Metrics())
         app.state.settings, app.state.metrics, app.state.plane = settings, served.metrics, served
-        app.state.history = history = status.History()
+        app.state.history = history = History()
         # Loading runs beside the server, so /healthz answers (and /readyz says 503) meanwhile.
         tasks = [
             asyncio.create_task(served.load_until_served()),
@@ -56,15 +58,15 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
     for router in (status.router, models.router, health.router, v2.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
-    # RequestContext also dispatches POST /classify to its own ASGI endpoint, past FastAPI.
-    app.add_middleware(RequestContext)
+    # The hot path's own ASGI endpoint, past FastAPI's routing and dependency injection.
+    app.add_middleware(RequestContext, direct={classify.PATH: classify.endpoint})
 
     def openapi() -> dict[str, Any]:
         # /v2's infer reads its body by hand (for the binary extension): add its schemas.
         # /classify is no FastAPI route (service.api.classify): add its path item.
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(v2.OPENAPI_SCHEMAS)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
             schema["paths"] = {classify.PATH: classify.PATH_ITEM, **schema["paths"]}
             app.openapi_schema = schema
         return app.openapi_schema

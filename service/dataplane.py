@@ -248,6 +248,10 @@ class DataPlane:
         """The set being served (None before the first load)."""
         return self._served.models if self._served else None
 
+    def unavailable(self) -> dict[str, str]:
+        """The store's variants left out (a file failed verification or loading), and why."""
+        return {} if self._served is None else dict(self._served.models.unavailable)
+
     @property
     def variant_names(self) -> Sequence[str]:
         return tuple(self._served.models.variants) if self._served else ()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,108 +77,106 @@ class VariantMetrics:
     selected: dict[str, Counter]
 
 
+@dataclass(frozen=True)
+class _Declare:
+    """Metric constructors bound to one registry."""
+
+    registry: CollectorRegistry
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str]) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        r = self.registry
-        self.requests = Counter(
-            "edgefit_requests",
-            "Classification requests by variant and outcome.",
-            ["variant", "outcome"],
-            registry=r,
+        declare = _Declare(self.registry)
+        counter, histogram, gauge = declare.counter, declare.histogram, declare.gauge
+        self.requests = counter(
+            "edgefit_requests", "Classification requests by variant and outcome.", ["variant", "outcome"]
         )
-        self.request_duration = Histogram(
-            "edgefit_request_duration_seconds",
-            "Server-side request time, first byte to answer.",
-            ["variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.request_duration = histogram(
+            "edgefit_request_duration_seconds", "Server-side request time, first byte to answer.", ["variant"]
         )
-        self.inference_duration = Histogram(
-            "edgefit_inference_duration_seconds",
-            "onnxruntime inference time.",
-            ["variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.inference_duration = histogram(
+            "edgefit_inference_duration_seconds", "onnxruntime inference time.", ["variant"]
         )
-        self.decode_duration = Histogram(
-            "edgefit_decode_duration_seconds",
-            "Image decode and preprocessing time.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.decode_duration = histogram(
+            "edgefit_decode_duration_seconds", "Image decode and preprocessing time."
         )
-        self.queue_wait = Histogram(
-            "edgefit_queue_wait_seconds",
-            "Time from admission to a worker starting the job.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.queue_wait = histogram(
+            "edgefit_queue_wait_seconds", "Time from admission to a worker starting the job."
         )
         # Beside the contract's unlabelled histogram: who waits, by budget tier (a fixed set).
-        self.queue_wait_by_tier = Histogram(
+        self.queue_wait_by_tier = histogram(
             "edgefit_queue_wait_by_tier_seconds",
             "Time from admission to a worker starting the job, by the request's budget tier.",
             ["tier"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.queue_wait_in_tier = {tier: self.queue_wait_by_tier.labels(tier) for tier in TIER_NAMES}
-        self.budget = Counter(
+        self.budget = counter(
             "edgefit_budget",
             "Answered requests that carried a budget, by whether it was met.",
             ["variant", "result"],
-            registry=r,
         )
-        self.slack = Histogram(
+        self.slack = histogram(
             "edgefit_budget_slack_seconds",
             "Budget minus server-side total (negative: late).",
             buckets=SLACK_BUCKETS,
-            registry=r,
         )
-        self.selected = Counter(
-            "edgefit_variant_selected",
-            "Variant choices by reason.",
-            ["variant", "reason"],
-            registry=r,
+        self.selected = counter(
+            "edgefit_variant_selected", "Variant choices by reason.", ["variant", "reason"]
         )
-        self.predicted_latency = Gauge(
+        self.predicted_latency = gauge(
             "edgefit_variant_predicted_latency_seconds",
             "The live latency table: predicted inference time quantiles per variant.",
             ["variant", "quantile"],
-            registry=r,
         )
-        self.variant_info = Gauge(
+        self.variant_info = gauge(
             "edgefit_variant_info",
             "Variants served, with their manifest facts.",
             ["variant", "family", "resolution", "precision", "top1"],
-            registry=r,
         )
-        self.inflight = Gauge(
-            "edgefit_inflight_requests", "Classification requests being handled.", registry=r
-        )
-        self.queue_depth = Gauge("edgefit_queue_depth", "Jobs waiting for an inference worker.", registry=r)
-        self.ready = Gauge("edgefit_ready", "1 when ready to serve (as /readyz), else 0.", registry=r)
-        self.unavailable = Gauge(
+        self.inflight = gauge("edgefit_inflight_requests", "Classification requests being handled.")
+        self.queue_depth = gauge("edgefit_queue_depth", "Jobs waiting for an inference worker.")
+        self.ready = gauge("edgefit_ready", "1 when ready to serve (as /readyz), else 0.")
+        self.unavailable = gauge(
             "edgefit_variant_unavailable",
-            "1 for a variant of the store left out because its file failed verification or loading; "
-            "0 for the variants served.",
+            "1 for a variant of the store left out (its file failed verification or loading), else 0.",
             ["variant"],
-            registry=r,
         )
-        # Beside the contract's per-variant series, whose label sets stay as they are: which
-        # endpoint the inference requests came through (a fixed set).
-        self.endpoint_requests = Counter(
+        self._endpoint_series(declare)
+        self._outcomes = {
+            (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
+            for outcome in ("client_error", "shed", "error")
+        }
+        self.variants: dict[str, VariantMetrics] = {}
+
+    def _endpoint_series(self, declare: _Declare) -> None:
+        """Beside the contract's per-variant series, whose label sets stay as they are: which
+        endpoint the inference requests came through (a fixed set)."""
+        self.endpoint_requests = declare.counter(
             "edgefit_endpoint_requests",
             "Inference requests by endpoint and outcome.",
             ["endpoint", "outcome"],
-            registry=r,
         )
-        self.endpoint_duration = Histogram(
+        self.endpoint_duration = declare.histogram(
             "edgefit_endpoint_request_duration_seconds",
             "Server-side request time by endpoint, first byte to answer.",
             ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         # Children are resolved once, here and in ``serve``: ``labels()`` takes a lock and builds
         # a key on every call, which the hot path need not pay.
@@ -186,11 +184,6 @@ class Metrics:
         self.endpoint_outcomes = {
             (e, outcome): self.endpoint_requests.labels(e, outcome) for e in ENDPOINTS for outcome in OUTCOMES
         }
-        self._outcomes = {
-            (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
-            for outcome in ("client_error", "shed", "error")
-        }
-        self.variants: dict[str, VariantMetrics] = {}
 
     def outcome(self, variant: str, outcome: str) -> Counter:
         """The ``edgefit_requests_total`` child of this variant and outcome."""

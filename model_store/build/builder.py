@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+from torch import nn
 
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
 from model_store.build.latency_table import whole_network_ms
@@ -30,18 +31,25 @@ from model_store.build.recipes import (
     variant_name,
 )
 from model_store.build.subnets import SubnetModule
-from model_store.evaluate import MAX_PIXELS, LabelledImage, evaluate, labelled_images, record
+from model_store.evaluate import (
+    MAX_PIXELS,
+    LabelledImage,
+    Progress,
+    evaluate,
+    labelled_images,
+    record,
+    stage_progress,
+)
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
-from model_store.onnx_facts import read_facts
+from model_store.onnx_facts import OnnxFacts, read_facts
 from model_store.quantize import passes_agreement_gate, quantize_int8
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 DOMINANCE_RUNS = 10
 DOMINANCE_ROUNDS = 3
 # Logits of a resolution on the shared file against its own export (``share_one_file``).
@@ -83,19 +91,7 @@ def build_pair(
     if subnet is not None:
         model = SubnetModule(model, subnet)
     fp32_path = staging / f"{fp32_name}.onnx"
-    export_onnx(model, resolution, fp32_path)
-    # Params and MACs are properties of the architecture: count them on the exported graph.
-    facts = read_facts(fp32_path)
-    wrap_file(fp32_path, fp32_path, preprocessing, resolution)
-    parity_images = every_nth(images, PARITY_IMAGES)
-    tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
-    error = parity_error(model, fp32_path, tensors, preprocessing)
-    if error > PARITY_TOLERANCE:
-        raise StoreError(
-            f"{fp32_name}: onnxruntime differs from PyTorch by {error:.2e} "
-            f"(limit {PARITY_TOLERANCE:.0e}); not written"
-        )
-    log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", fp32_name, error)
+    facts = _export_checked(model, resolution, fp32_path, images)
 
     pairs: list[tuple[str, Precision, Path]] = [(fp32_name, "fp32", fp32_path)]
     if quantize:
@@ -107,31 +103,64 @@ def build_pair(
         quantize_int8(fp32_path, int8_path, INPUT_NAME, calibration)
         pairs.append((int8_name, "int8", int8_path))
 
-    variants = []
-    for name, precision, path in pairs:
-        file_name, digest = _place(path, staging, name)
-        published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None
-        variants.append(
-            Variant(
-                name=name,
-                family=recipe.family,
-                resolution=resolution,
-                precision=precision,
-                file=file_name,
-                sha256=digest,
-                size_bytes=(staging / file_name).stat().st_size,
-                params=facts.params,
-                macs=facts.macs,
-                input=image_input(INPUT_NAME, resolution),
-                output_name=OUTPUT_NAME,
-                preprocessing=preprocessing,
-                subnet=subnet,
-                top1=recipe.published_top1 if published else None,
-                top1_source="published" if published else None,
-                top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
-            )
+    return [
+        _entry(recipe, resolution, name, precision, *_place(path, staging, name), staging, facts, subnet)
+        for name, precision, path in pairs
+    ]
+
+
+def _export_checked(model: nn.Module, resolution: int, path: Path, images: list[LabelledImage]) -> OnnxFacts:
+    """Export ``model`` to ``path`` with the served input in front; refused (``StoreError``) unless
+    onnxruntime gives PyTorch's logits on a few of ``images``."""
+    preprocessing = lite_preprocessing(resolution)
+    export_onnx(model, resolution, path)
+    # Params and MACs are properties of the architecture: count them on the exported graph.
+    facts = read_facts(path)
+    wrap_file(path, path, preprocessing, resolution)
+    parity_images = every_nth(images, PARITY_IMAGES)
+    tensors = [load_tensor(i.path.read_bytes(), preprocessing, MAX_PIXELS) for i in parity_images]
+    error = parity_error(model, path, tensors, preprocessing)
+    if error > PARITY_TOLERANCE:
+        raise StoreError(
+            f"{path.stem}: onnxruntime differs from PyTorch by {error:.2e} "
+            f"(limit {PARITY_TOLERANCE:.0e}); not written"
         )
-    return variants
+    log.info("%s: export matches PyTorch (max |Δlogit| %.1e)", path.stem, error)
+    return facts
+
+
+def _entry(
+    recipe: Recipe,
+    resolution: int,
+    name: str,
+    precision: Precision,
+    file_name: str,
+    digest: str,
+    staging: Path,
+    facts: OnnxFacts,
+    subnet: Subnet | None,
+) -> Variant:
+    """The manifest entry of one staged file; only the full network at its native resolution,
+    in fp32, carries the published top-1."""
+    published = precision == "fp32" and resolution == recipe.native_resolution and subnet is None
+    return Variant(
+        name=name,
+        family=recipe.family,
+        resolution=resolution,
+        precision=precision,
+        file=file_name,
+        sha256=digest,
+        size_bytes=(staging / file_name).stat().st_size,
+        params=facts.params,
+        macs=facts.macs,
+        input=image_input(INPUT_NAME, resolution),
+        output_name=OUTPUT_NAME,
+        preprocessing=lite_preprocessing(resolution),
+        subnet=subnet,
+        top1=recipe.published_top1 if published else None,
+        top1_source="published" if published else None,
+        top1_base=None if published else variant_name(recipe.arch, recipe.native_resolution, "fp32"),
+    )
 
 
 def share_one_file(
@@ -139,11 +168,11 @@ def share_one_file(
 ) -> list[Variant]:
     """Serve the family's full-depth fp32 resolutions from one file: its largest export with
     height and width left free. A server then holds one session, not one per resolution
-    (the weights are the same; measured: 26 MB per lite0 session).
+    (the weights are the same, and every session holds its own copy of them).
 
     The static "same" padding of these networks is computed per resolution, so sharing is
     checked, not assumed: a resolution moves to the shared file only if its logits there equal
-    those of its own export on the parity images (the same kernels run: measured 0.0 apart);
+    those of its own export on the parity images (the same kernels run, so they agree exactly);
     one that differs keeps its own file.
     """
     ladder = sorted(
@@ -206,14 +235,7 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         progress("export + quantize", steps, steps)
 
         staged = Store(staging, Manifest(variants=tuple(variants)))
-        total = len(images) * len(variants)
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            progress(f"evaluate on {dataset}", done, total)
-
+        advance = stage_progress(progress, f"evaluate on {dataset}", len(images) * len(variants))
         results = evaluate(staged, variants, images, progress=advance)
         manifest = record(staged.manifest, dataset, results)
         manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})

@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from model_store.runner import session_options
 
+CHECK_RUNS = 20
 _BLOCK = re.compile(r"_blocks\.(\d+)[/._]")
 
 
@@ -131,6 +132,21 @@ class PredictionCheck:
     def error(self) -> float:
         """Relative error of the prediction, ``|predicted - measured| / measured``."""
         return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+def check_prediction(
+    name: str, table: BlockTable, kept: tuple[int, ...], subnet: bytes, full: bytes, resolution: int
+) -> PredictionCheck:
+    """The table's prediction for a subnet against its measurement.
+
+    The full network is measured right beside the subnet and sets the table's scale at that
+    moment: on a shared machine the load changes between the table and its checks, and that
+    change is not the table's error (on a quiet machine the factor is 1).
+    """
+    full_ms = whole_network_ms(full, resolution, CHECK_RUNS)
+    measured = whole_network_ms(subnet, resolution, CHECK_RUNS)
+    scale = full_ms / table.predict_ms(range(len(table.block_ms)))
+    return PredictionCheck(name, scale * table.predict_ms(kept), measured, full_ms)
 
 
 def error_summary(checks: Sequence[PredictionCheck]) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_store.manifest import Preprocessing, Subnet, depth_tag
+from model_store.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,6 @@ LADDER = (
 )
 
 PRECISIONS = ("fp32", "int8")
-# EfficientNet-Lite's own input normalisation: (x - 127) / 128, RGB.
-LITE_MEAN = (127.0, 127.0, 127.0)
-LITE_STD = (128.0, 128.0, 128.0)
-# TF's EfficientNet evaluation crops with 32 pixels of padding around the crop.
-CROP_PADDING = 32
 CALIBRATION_IMAGES = 100
 PARITY_IMAGES = 8
 PARITY_TOLERANCE = 1e-3
@@ -53,11 +49,5 @@ def variant_name(arch: str, resolution: int, precision: str, subnet: Subnet | No
 
 
 def lite_preprocessing(resolution: int) -> Preprocessing:
-    return Preprocessing(
-        resize_shorter=resolution + CROP_PADDING,
-        crop=resolution,
-        interpolation="bilinear",
-        mean=LITE_MEAN,
-        std=LITE_STD,
-        channel_order="RGB",
-    )
+    """EfficientNet-Lite's preprocessing at ``resolution``: the ``lite`` preset of ``store add``."""
+    return PRESETS["lite"].at(resolution)

@@ -214,6 +214,91 @@ class SearchSpace:
     competitors: list[Candidate]
 
 
+class Evolution:
+    """The state of one search: the subnets scored so far and the moves that make children.
+
+    Every random draw comes from ``rng``, in a fixed order, so a seed repeats a search.
+    """
+
+    def __init__(self, space: SearchSpace, rng: random.Random) -> None:
+        self.space = space
+        self.rng = rng
+        self.resolutions = sorted(space.accuracy)
+        # (resolution, kept blocks) -> search-half top-1
+        self.scored: dict[tuple[int, tuple[int, ...]], float] = {}
+
+    def full(self, resolution: int) -> tuple[int, ...]:
+        return tuple(range(self.space.accuracy[resolution].total_blocks))
+
+    def score(self, resolution: int, kept: tuple[int, ...]) -> None:
+        if (resolution, kept) not in self.scored:
+            self.scored[resolution, kept] = self.space.accuracy[resolution].top1(kept)
+
+    def candidates(self) -> list[Candidate]:
+        """Every scored subnet at every precision the device has a table for."""
+        result = []
+        for (resolution, kept), top1 in self.scored.items():
+            total = self.space.accuracy[resolution].total_blocks
+            full = self.scored[resolution, self.full(resolution)]
+            subnet = None if len(kept) == total else Subnet(kept_blocks=kept, total_blocks=total)
+            for (table_resolution, precision), table in self.space.tables.items():
+                if table_resolution != resolution:
+                    continue
+                result.append(
+                    Candidate(
+                        variant_name(self.space.arch, resolution, precision, subnet),
+                        resolution,
+                        precision,
+                        kept,
+                        table.predict_ms(kept),
+                        top1,
+                        self.space.full_top1[resolution, precision] + top1 - full,
+                        subnet is None,
+                    )
+                )
+        return result
+
+    def initial_population(self, population: int) -> list[tuple[int, tuple[int, ...]]]:
+        """The full networks first: scoring them caches every prefix of the keep-all path, which
+        makes the children that skip one late block cheap. Then a few random subnets."""
+        seeds = [(r, self.full(r)) for r in self.resolutions]
+        per_resolution = max(1, population // len(self.resolutions))
+        return seeds + [(r, self.random_subnet(r)) for r in self.resolutions for _ in range(per_resolution)]
+
+    def random_subnet(self, resolution: int) -> tuple[int, ...]:
+        evaluator = self.space.accuracy[resolution]
+        skippable = evaluator.skippable
+        # Few skips: a subnet missing most of its blocks is far below every frontier.
+        skips = set(self.rng.sample(skippable, self.rng.randint(1, max(1, len(skippable) // 3))))
+        return tuple(i for i in range(evaluator.total_blocks) if i not in skips)
+
+    def child(self) -> tuple[int, tuple[int, ...]]:
+        """A parent from the current front, sometimes crossed with another of its resolution or
+        moved to another resolution, then mutated."""
+        parents = pareto_front(self.candidates())
+        parent = self.rng.choice(parents)
+        resolution, kept = parent.resolution, parent.kept_blocks
+        roll = self.rng.random()
+        if roll < 0.2 and len(self.resolutions) > 1:
+            resolution = self.rng.choice([r for r in self.resolutions if r != resolution])
+        elif roll < 0.5:
+            same = [p for p in parents if p.resolution == resolution]
+            kept = self.crossover(kept, self.rng.choice(same).kept_blocks, resolution)
+        return resolution, self.mutate(resolution, kept)
+
+    def mutate(self, resolution: int, kept: tuple[int, ...]) -> tuple[int, ...]:
+        """Each skippable block flips with probability 1/n; at least one flips."""
+        skippable = self.space.accuracy[resolution].skippable
+        flips = {s for s in skippable if self.rng.random() < 1 / len(skippable)} or {
+            self.rng.choice(skippable)
+        }
+        return tuple(sorted(set(kept) ^ flips))
+
+    def crossover(self, a: tuple[int, ...], b: tuple[int, ...], resolution: int) -> tuple[int, ...]:
+        total = self.space.accuracy[resolution].total_blocks
+        return tuple(i for i in range(total) if (i in a if self.rng.random() < 0.5 else i in b))
+
+
 def evolve(
     space: SearchSpace,
     budget_seconds: float,
@@ -224,91 +309,30 @@ def evolve(
     """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
     the scored and the store's full-depth variants).
 
-    Each round takes the family's current front as parents, mutates (each skippable block flips with
-    probability 1/n, at least one flips) and sometimes crosses two parents of one resolution or
-    moves a child to another resolution; children already scored are not scored again.
+    Each round takes the family's current front as parents and makes a child of them
+    (:meth:`Evolution.child`); children already scored are not scored again.
     """
-    rng = random.Random(seed)  # noqa: S311 -- a search, not a secret: seeded to be repeatable
+    search = Evolution(space, random.Random(seed))  # noqa: S311 -- a search, not a secret: seeded
     started = time.monotonic()
-    scored: dict[tuple[int, tuple[int, ...]], float] = {}
-    resolutions = sorted(space.accuracy)
-
-    def candidates() -> list[Candidate]:
-        result = []
-        for (resolution, kept), top1 in scored.items():
-            total = space.accuracy[resolution].total_blocks
-            full = scored[resolution, tuple(range(total))]
-            subnet = None if len(kept) == total else Subnet(kept_blocks=kept, total_blocks=total)
-            for (table_resolution, precision), table in space.tables.items():
-                if table_resolution != resolution:
-                    continue
-                result.append(
-                    Candidate(
-                        variant_name(space.arch, resolution, precision, subnet),
-                        resolution,
-                        precision,
-                        kept,
-                        table.predict_ms(kept),
-                        top1,
-                        space.full_top1[resolution, precision] + top1 - full,
-                        subnet is None,
-                    )
-                )
-        return result
-
-    def score(resolution: int, kept: tuple[int, ...]) -> None:
-        if (resolution, kept) not in scored:
-            scored[resolution, kept] = space.accuracy[resolution].top1(kept)
-
-    def random_subnet(resolution: int) -> tuple[int, ...]:
-        evaluator = space.accuracy[resolution]
-        skippable = evaluator.skippable
-        # Few skips: a subnet missing most of its blocks is far below every frontier.
-        skips = set(rng.sample(skippable, rng.randint(1, max(1, len(skippable) // 3))))
-        return tuple(i for i in range(evaluator.total_blocks) if i not in skips)
-
-    def mutate(resolution: int, kept: tuple[int, ...]) -> tuple[int, ...]:
-        skippable = space.accuracy[resolution].skippable
-        flips = {s for s in skippable if rng.random() < 1 / len(skippable)} or {rng.choice(skippable)}
-        return tuple(sorted(set(kept) ^ flips))
-
-    def crossover(a: tuple[int, ...], b: tuple[int, ...], resolution: int) -> tuple[int, ...]:
-        total = space.accuracy[resolution].total_blocks
-        return tuple(i for i in range(total) if (i in a if rng.random() < 0.5 else i in b))
-
-    # The full networks first: scoring them caches every prefix of the keep-all path, which
-    # makes the children that skip one late block cheap.
-    seeds = [(r, tuple(range(space.accuracy[r].total_blocks))) for r in resolutions]
-    seeds += [
-        (r, random_subnet(r)) for r in resolutions for _ in range(max(1, population // len(resolutions)))
-    ]
+    seeds = search.initial_population(population)
     for number, (resolution, kept) in enumerate(seeds, 1):
-        score(resolution, kept)
+        search.score(resolution, kept)
         progress(f"initial population {number}/{len(seeds)} ({time.monotonic() - started:.0f} s)")
     rounds = repeats = 0
     # A small space can be exhausted before the budget is: stop after many children seen before.
     while time.monotonic() - started < budget_seconds and repeats < 200:
         rounds += 1
-        parents = pareto_front(candidates())
-        parent = rng.choice(parents)
-        resolution, kept = parent.resolution, parent.kept_blocks
-        roll = rng.random()
-        if roll < 0.2 and len(resolutions) > 1:
-            resolution = rng.choice([r for r in resolutions if r != resolution])
-        elif roll < 0.5:
-            same = [p for p in parents if p.resolution == resolution]
-            kept = crossover(kept, rng.choice(same).kept_blocks, resolution)
-        child = mutate(resolution, kept)
-        if (resolution, child) in scored:
+        resolution, child = search.child()
+        if (resolution, child) in search.scored:
             repeats += 1
             continue
         repeats = 0
-        score(resolution, child)
-        front = pareto_front(candidates())
+        search.score(resolution, child)
+        front = pareto_front(search.candidates())
         progress(
-            f"round {rounds}: {len(scored)} subnets scored, front of {len(front)} "
+            f"round {rounds}: {len(search.scored)} subnets scored, front of {len(front)} "
             f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
         )
-    everything = candidates()
+    everything = search.candidates()
     # The store's full networks stand in the front, at their measured latency.
     return everything, pareto_front([*(c for c in everything if not c.full_depth), *space.competitors])

@@ -7,7 +7,6 @@ router, no dependency injection, no request object; the query is parsed once, th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -16,11 +15,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive, Scope, Send
 
-from model_store import imaging
-from service import errors
+from service import errors, imaging
+from service.api.body import image_bytes, read_body
 from service.api.errors import PROBLEM_TYPE, log_error, problem
 from service.core import params
 from service.core.selector import Constraints
@@ -29,7 +27,6 @@ from service.observability import NO_VARIANT, Metrics, access_log
 from service.settings import Settings
 
 PATH = "/classify"
-IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
 KNOWN_PARAMS = ("budget", "max_size", "min_accuracy", "top_k", "model", "strict")
 T = TypeVar("T")
 
@@ -67,111 +64,6 @@ def parse_params(query: Mapping[str, str]) -> ClassifyParams:
         ),
         top_k=_param(query, "top_k", params.parse_top_k) or 5,
     )
-
-
-async def read_body(receive: Receive, declared: str | None, settings: Settings, started: float) -> bytes:
-    """The whole body, refused as soon as it is known to be too large or too slow.
-
-    ``declared``: the request's Content-Length, if it sent one.
-    """
-    limit = settings.max_body_bytes
-    if declared is not None:
-        if not declared.isdigit():
-            raise errors.InvalidParameter("Content-Length is not a number")
-        if int(declared) > limit:
-            raise errors.BodyTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    deadline = started + settings.body_timeout_seconds
-    try:
-        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise errors.ClientClosed("the client disconnected before sending the whole body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise errors.BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise errors.BodyTimeout(
-            f"the body did not arrive within {settings.body_timeout_seconds:g} s"
-        ) from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def multipart_file(body: bytes, content_type: str) -> bytes:
-    """The content of the form field named ``file``."""
-    _, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise errors.InvalidImage("multipart body without a boundary")
-    parts: list[tuple[bytes, bytearray]] = []
-    header_field = bytearray()
-    header_value = bytearray()
-
-    def on_part_begin() -> None:
-        parts.append((b"", bytearray()))
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header_field.extend(data[start:end])
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header_value.extend(data[start:end])
-
-    def on_header_end() -> None:
-        if bytes(header_field).lower() == b"content-disposition":
-            parts[-1] = (bytes(header_value), parts[-1][1])
-        header_field.clear()
-        header_value.clear()
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].extend(data[start:end])
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception:  # python-multipart raises its own error types for malformed forms
-        raise errors.InvalidImage("the multipart body is malformed") from None
-    for disposition, data in parts:
-        _, fields = parse_options_header(disposition)
-        if fields.get(b"name") == b"file":
-            return bytes(data)
-    raise errors.InvalidImage("the multipart body has no field named 'file'")
-
-
-def _image_bytes(body: bytes, content_type: str) -> bytes:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type == "multipart/form-data":
-        return multipart_file(body, content_type)
-    if media_type and media_type not in IMAGE_TYPES:
-        raise errors.UnsupportedMediaType(
-            f"content type {media_type!r} is not accepted; send image/jpeg, image/png, image/webp, "
-            "application/octet-stream or multipart/form-data with a 'file' field"
-        )
-    return body
-
-
-def _header(image: bytes, settings: Settings) -> imaging.ImageHeader:
-    try:
-        return imaging.read_header(image, settings.max_image_pixels)
-    except imaging.ImageTooLarge as exc:
-        raise errors.ImageTooLarge(str(exc)) from None
-    except imaging.ImageError as exc:
-        raise errors.InvalidImage(str(exc)) from None
 
 
 def _ms(seconds: float) -> float:
@@ -242,8 +134,8 @@ async def _classify(
     body = await read_body(
         receive, None if declared is None else declared.decode("latin-1"), settings, started
     )
-    image = _image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
-    header = _header(image, settings)
+    image = image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
+    header = imaging.read_header(image, settings.max_image_pixels)
     result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
     name = result.variant.name
     total = time.perf_counter() - started

@@ -2,8 +2,8 @@
 the start time every budget is measured from, the request id, the access-log line, and the
 answer to any error nothing else handled.
 
-It is also the one dispatch of the hot path: ``POST /classify`` goes straight to its ASGI
-endpoint (``service.api.classify``); everything else goes through FastAPI.
+It is also the one dispatch of the hot path: the paths in ``direct`` (``/classify``, wired by
+``service.app``) go straight to their ASGI endpoints; everything else goes through FastAPI.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
-from service.api import classify
 from service.api.errors import render
 from service.observability import Metrics, access_log, log_access
 
@@ -34,8 +34,6 @@ def _endpoint(method: str, path: str) -> str | None:
     """The inference endpoint a request is for, if any (label of the per-endpoint metrics)."""
     if method != "POST":
         return None
-    if path == classify.PATH:
-        return "classify"
     return next((name for name, pattern in _ENDPOINTS if pattern.fullmatch(path)), None)
 
 
@@ -48,8 +46,11 @@ def _outcome(state: dict[str, Any], status: int) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    """``direct``: ASGI endpoints by exact path, called past FastAPI's routing."""
+
+    def __init__(self, app: ASGIApp, direct: Mapping[str, ASGIApp] | None = None) -> None:
         self.app = app
+        self.direct = dict(direct or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,10 +73,7 @@ class RequestContext:
 
         path = scope["path"]
         try:
-            if path == classify.PATH:
-                await classify.endpoint(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.direct.get(path, self.app)(scope, receive, send_with_id)
         except Exception:
             # The one place an unexpected error is logged (once, with its traceback) and answered,
             # inside this middleware so that the 500 carries X-Request-ID like every answer. Not

@@ -22,17 +22,18 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 
 from model_store.runner import VariantRunner
 from service import errors
-from service.api.classify import read_body
+from service.api.body import read_body
 from service.api.deps import MetricsDep, PlaneDep, SettingsDep
+from service.api.v2_schema import HEADER_LENGTH, INFER_BODY, InferRequest, InputTensor
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 VERSION = "0.1.0"
@@ -42,63 +43,11 @@ MAX_BATCH = 32
 # The JSON part of an infer request. JSON tensors cost about 4 bytes per pixel value and
 # several times that in memory while parsed; bigger tensors go as binary data.
 MAX_JSON_BYTES = 4 << 20
-HEADER_LENGTH = "Inference-Header-Content-Length"
 # onnxruntime's output types, as the protocol's datatype and the model configuration's data_type.
 _DATATYPES = {
     "tensor(float)": ("FP32", "TYPE_FP32"),
     "tensor(float16)": ("FP16", "TYPE_FP16"),
     "tensor(double)": ("FP64", "TYPE_FP64"),
-}
-
-# -- the request body -----------------------------------------------------------------------------
-
-ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr
-Dimension = Annotated[StrictInt, Field(ge=0, le=1 << 31)]
-
-
-class InputTensor(BaseModel):
-    name: str
-    shape: list[Dimension] = Field(max_length=8)
-    datatype: str
-    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
-    # Row-major, flat or nested; absent when the tensor travels as binary data.
-    data: list[Any] | None = None
-
-
-class RequestedOutput(BaseModel):
-    name: str
-    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
-
-
-class InferRequest(BaseModel):
-    """An inference request (the JSON part when binary tensor data follows)."""
-
-    id: str | None = None
-    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
-    inputs: list[InputTensor] = Field(min_length=1, max_length=8)
-    outputs: list[RequestedOutput] | None = Field(default=None, max_length=8)
-
-
-def _components() -> dict[str, Any]:
-    schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {**schema.pop("$defs"), "InferRequest": schema}
-
-
-# Added to the OpenAPI document's components by the app (the body is read by hand, for the
-# binary extension, so FastAPI does not see the model).
-OPENAPI_SCHEMAS = _components()
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"The JSON request, then the binary tensors; `{HEADER_LENGTH}` "
-                "gives the length of the JSON part.",
-            },
-        },
-    }
 }
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -109,8 +58,7 @@ def _served(plane: PlaneDep, name: str, version: str | None = None) -> VariantRu
         raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
     runner = plane.runner(name)
     if runner is None:
-        served = plane.served_models()
-        why = None if served is None else served.unavailable.get(name)
+        why = plane.unavailable().get(name)
         if why is not None:
             raise errors.NotFound(f"model {name!r} is unavailable: {why}")
         raise errors.NotFound(f"model {name!r} is not served; POST /v2/repository/index lists them")
@@ -165,8 +113,7 @@ async def repository_index(plane: PlaneDep) -> JSONResponse:
     state = "READY" if plane.ready else "UNAVAILABLE"
     models = {n: {"name": n, "version": MODEL_VERSION, "state": state} for n in plane.variant_names}
     # As Triton lists a model that failed to load: UNAVAILABLE, with the reason.
-    served = plane.served_models()
-    for name, why in ({} if served is None else served.unavailable).items():
+    for name, why in plane.unavailable().items():
         models[name] = {"name": name, "version": MODEL_VERSION, "state": "UNAVAILABLE", "reason": why}
     return JSONResponse([models[n] for n in sorted(models)])
 
@@ -405,7 +352,7 @@ async def _infer(
 @router.post(
     "/models/{name}/infer",
     summary="Inference: UINT8 [N, H, W, 3] images in, the raw output out (JSON or binary tensors)",
-    openapi_extra=_INFER_BODY,
+    openapi_extra=INFER_BODY,
 )
 async def infer(
     name: str, request: Request, plane: PlaneDep, settings: SettingsDep, metrics: MetricsDep
@@ -414,7 +361,7 @@ async def infer(
 
 
 @router.post(
-    "/models/{name}/versions/{version}/infer", summary="Inference (version 1)", openapi_extra=_INFER_BODY
+    "/models/{name}/versions/{version}/infer", summary="Inference (version 1)", openapi_extra=INFER_BODY
 )
 async def infer_version(
     name: str, version: str, request: Request, plane: PlaneDep, settings: SettingsDep, metrics: MetricsDep

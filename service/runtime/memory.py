@@ -2,8 +2,8 @@
 
 A load (start-up or reload) allocates and frees hundreds of MB: file bytes, parsed protobufs,
 graph copies during optimisation. glibc keeps freed memory in its arenas rather than returning
-it, so RSS stays at the load's peak; ``malloc_trim`` hands the free parts back (measured: 60 MB
-for the default store, bench/memory.py). Traffic does the same on a smaller scale, in every
+it, so RSS stays at the load's peak; ``malloc_trim`` hands the free parts back
+(``bench/memory.py`` measures how much). Traffic does the same on a smaller scale, in every
 thread's own arena (each inference's intermediate tensors come from malloc), and memory spread
 over many arenas is what ``malloc_trim`` returns least of: hence few arenas. Elsewhere than
 glibc this does nothing.
@@ -31,9 +31,9 @@ _LIBC = _libc()
 
 # glibc's mallopt parameter for the most arenas it creates (malloc.h).
 M_ARENA_MAX = -8
-# Measured (bench/soak.py, 3 minutes at 70 % of capacity with 15 reloads, the default store, 2
-# workers): RSS 10 s after the load 364.5 MB with glibc's default (8 arenas per core), 315.8 MB
-# with 2, with no loss of capacity or budget met (DEVELOPERS.md, "Where the memory goes").
+# Freed tensors spread over glibc's default 8 arenas per core are what malloc_trim returns least
+# of; two arenas keep the resident memory after traffic lower at no cost in capacity
+# (DEVELOPERS.md, "Where the memory goes", has the measurements).
 MALLOC_ARENAS = 2
 
 

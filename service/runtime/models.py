@@ -74,46 +74,8 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
-    # One session per file (by sha256): the resolutions of one network may share a file whose
-    # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
-    # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
-    # file is still verified: a reload answers for the store as it is on disk.
-    serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
-    loaded: dict[str, VariantRunner] = {}  # by sha256
-    runners: dict[str, VariantRunner] = {}
-    names: dict[str, tuple[str, ...]] = {}
-    unavailable: dict[str, str] = {}
-    checked: set[str] = set()  # file names verified by this load, each read and hashed once
-    for name, variant in variants.items():
-        try:
-            if variant.labels not in names:
-                names[variant.labels] = store.labels(variant)
-            runner = loaded.get(variant.sha256)
-            if runner is None or variant.file not in checked:
-                # The bytes that were hashed are the bytes loaded: no second open of the path.
-                verified = store.verify(variant)
-                checked.add(variant.file)
-                if runner is None:
-                    runner = serving.get(variant.sha256) or _session(verified, variant, settings.threads)
-                    loaded[variant.sha256] = runner
-        except StoreError as exc:
-            if previous is not None and name in previous.variants:
-                raise  # a reload must not drop a variant it serves: the served set stays
-            unavailable[name] = str(exc)
-            log.error("variant %s is unavailable, serving the others: %s", name, exc)
-            continue
-        runners[name] = runner.sharing_session(variant)
-    if not runners:
-        raise StoreError("no variant can be served: " + "; ".join(unavailable.values()))
+    runners, names, unavailable = _open_runners(store, variants, previous, settings.threads)
     variants = {name: v for name, v in variants.items() if name in runners}
-    log.info(
-        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
-        len(runners),
-        len(checked),
-        store.root,
-        len(loaded.keys() - serving.keys()),
-        len(loaded.keys() & serving.keys()),
-    )
     known = {}
     if previous is not None:
         known = {profile_key(previous.variants[n]): p for n, p in previous.profiles.items()}
@@ -134,3 +96,53 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
             preprocessings, cache_dir=settings.cache_dir, key=table_key(settings.threads)
         )
     return ServedModels(store, variants, runners, profiles, decode, names, unavailable)
+
+
+def _open_runners(
+    store: Store, variants: dict[str, Variant], previous: ServedModels | None, threads: int
+) -> tuple[dict[str, VariantRunner], dict[str, tuple[str, ...]], dict[str, str]]:
+    """A runner per variant that can be served, its label sets, and why each other cannot be.
+
+    Every file is verified; sessions of files already served are kept. Raises ``StoreError`` when
+    nothing can be served, or when a reload would drop a variant that is being served.
+    """
+    # One session per file (by sha256): the resolutions of one network may share a file whose
+    # height and width are free. A reload keeps the sessions of files it already serves: rebuilding
+    # them would cost time and memory for nothing (Triton, too, reloads only what changed). Every
+    # file is still verified: a reload answers for the store as it is on disk.
+    serving = {} if previous is None else {r.variant.sha256: r for r in previous.runners.values()}
+    loaded: dict[str, VariantRunner] = {}  # by sha256
+    runners: dict[str, VariantRunner] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    unavailable: dict[str, str] = {}
+    checked: set[str] = set()  # file names verified by this load, each read and hashed once
+    for name, variant in variants.items():
+        try:
+            if variant.labels not in names:
+                names[variant.labels] = store.labels(variant)
+            runner = loaded.get(variant.sha256)
+            if runner is None or variant.file not in checked:
+                # The bytes that were hashed are the bytes loaded: no second open of the path.
+                verified = store.verify(variant)
+                checked.add(variant.file)
+                if runner is None:
+                    runner = serving.get(variant.sha256) or _session(verified, variant, threads)
+                    loaded[variant.sha256] = runner
+        except StoreError as exc:
+            if previous is not None and name in previous.variants:
+                raise  # a reload must not drop a variant it serves: the served set stays
+            unavailable[name] = str(exc)
+            log.error("variant %s is unavailable, serving the others: %s", name, exc)
+            continue
+        runners[name] = runner.sharing_session(variant)
+    if not runners:
+        raise StoreError("no variant can be served: " + "; ".join(unavailable.values()))
+    log.info(
+        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
+        len(runners),
+        len(checked),
+        store.root,
+        len(loaded.keys() - serving.keys()),
+        len(loaded.keys() & serving.keys()),
+    )
+    return runners, names, unavailable

@@ -25,10 +25,10 @@ import onnxruntime as ort
 import PIL
 from PIL import Image
 
-from model_store.imaging import ImageHeader, draft_scale, load_tensor, read_header
 from model_store.manifest import Preprocessing, Variant
 from model_store.runner import VariantRunner, time_inference
 from service.core.latency import DecodeWork, Profile
+from service.imaging import ImageHeader, draft_scale, load_tensor, read_header
 from service.settings import available_cpus
 
 log = logging.getLogger(__name__)

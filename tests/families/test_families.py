@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from model_store.add_request import AddRequest
 from model_store.imaging import load_tensor
-from model_store.ingest import AddRequest, add
+from model_store.ingest import add
 from model_store.runner import VariantRunner
 from model_store.store import open_store
 from tests.conftest import Server, start_server

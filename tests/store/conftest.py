@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from model_store.ingest import AddRequest, add
+from model_store.add_request import AddRequest
+from model_store.ingest import add
 from model_store.manifest import Preprocessing
 from model_store.store import Store
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from model_store.add_request import AddRequest
 from model_store.build.export import load_pretrained
 from model_store.build.recipes import LADDER, variant_name
-from model_store.ingest import AddRequest, add
+from model_store.ingest import add
 from model_store.presets import PRESETS
 from model_store.store import open_store
 

@@ -1,8 +1,10 @@
-"""The status page's pure parts: the frontier, the counter window, the budget hint."""
+"""The status page's pure parts: the frontier, the counter window (``service.history``), the
+budget hint."""
 
 from __future__ import annotations
 
-from service.api.status import HISTORY_SECONDS, Counts, History, fitting, frontier, recent
+from service.api.status import fitting, frontier
+from service.history import HISTORY_SECONDS, Counts, History, recent
 
 
 def test_frontier_keeps_only_points_nothing_beats_on_both() -> None:
