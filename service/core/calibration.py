@@ -4,22 +4,24 @@ The point prediction of a variant's total (time spent so far + predicted queue w
 inference, each part at its typical value) is biased and noisy in ways no part models: server
 overhead, scheduling, spikes of the shared cores, a profile a little off. Instead of stacking
 quantiles of the parts (each pessimistic on its own, far too pessimistic summed), the margin is
-calibrated on the answers themselves, split conformal style, with scores centred per variant:
+calibrated on the answers themselves: split conformal prediction with scores normalised per
+variant (locally weighted conformal).
 
-- a variant's *bias* is the median of its recent residuals (total minus point prediction): a
-  few answers fix it, and it is what differs most between variants;
-- the *spread* around it is shared: the residuals less their variant's bias, of every variant's
-  answers. What spreads a total most, a pre-empted core or a slow event loop, adds the same time
-  to any variant, and a 0.99 quantile needs hundreds of answers, which no single variant has
-  until it has been chosen for seconds (one spike would otherwise decide its price).
+- A variant's *location* and *scale* are the median and the interquartile range of its own recent
+  residuals (total minus point prediction): a few dozen answers fix both, one spike moves
+  neither, and they are what differs between variants (an int8 variant's totals spread wider
+  than an fp32 one's of the same speed).
+- The *score* of an answer is its residual less its variant's location, over its scale; scores
+  of every variant's answers are pooled. A 0.99 quantile needs hundreds of answers, which no
+  single variant has until it has been chosen for seconds.
 
-margin = bias + the spread's ``q`` quantile (with the finite-sample correction), so point +
-margin is exceeded at about the promised rate. A variant with too few answers of its own takes
-every variant's bias. Residuals age out, so a variant not chosen lately is judged like any other
-again, and chosen, and so re-measured, whenever that says it fits: no estimate stays stale. The
-point prediction follows the machine's speed already, so residuals may be kept for a while.
-Requests without a budget have nothing to calibrate and teach nothing (they are overtaken by
-design).
+margin = location + scale x the scores' ``q`` quantile (with the finite-sample correction), so
+point + margin is exceeded at about the promised rate. A variant with too few answers of its own
+takes the location and scale of everyone's. Residuals age out, so a variant not chosen lately is
+priced like any other again, and chosen, and so re-measured, whenever that says it fits: no
+estimate stays stale. The point prediction follows the machine's speed already, so residuals may
+be kept for a while. Requests without a budget have nothing to calibrate and teach nothing (they
+are overtaken by design).
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from service.core.latency import Recent
+from service.core.latency import Recent, ranked
 
 # The share of answers a bound may be exceeded by: the promise is "met on 99 % of requests".
 PROMISE_QUANTILE = 0.99
-# A variant's own bias counts from this many answers on.
-MIN_OWN = 8
-# The spread counts from this many answers on (fewer say little about a 0.99 quantile).
-MIN_SPREAD = 64
+# A location and scale count from this many answers on.
+MIN_OWN = 16
+# The scores count from this many on (fewer say little about a 0.99 quantile).
+MIN_SCORES = 64
 # The margin before there are that many, as a fraction of the point prediction.
 FIRST_MARGIN_FRACTION = 1.0
-# Answers behind a variant's bias.
+# Answers behind a variant's location and scale, and behind everyone's.
 OWN_WINDOW = 64
+ALL_WINDOW = 256
+# No scale below this: a run of identical residuals must not make every score infinite.
+MIN_SCALE_SECONDS = 0.0001
 
 
 def conformal_quantile(ordered: Sequence[float], q: float) -> float:
@@ -48,21 +53,23 @@ def conformal_quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered), math.ceil((len(ordered) + 1) * q)) - 1]
 
 
+def location_scale(residuals: Sequence[float]) -> tuple[float, float] | None:
+    """Median and interquartile range of sorted residuals; None with fewer than ``MIN_OWN``."""
+    if len(residuals) < MIN_OWN:
+        return None
+    return ranked(residuals, 0.5), max(MIN_SCALE_SECONDS, ranked(residuals, 0.75) - ranked(residuals, 0.25))
+
+
 class Calibration:
-    """Residuals of recent budgeted answers: each variant's, and the shared spread; not
-    thread-safe."""
+    """Residuals of recent budgeted answers, each variant's and everyone's, and their pooled
+    scores; not thread-safe."""
 
     def __init__(self, *, window: int, fresh_seconds: float, quantile: float = PROMISE_QUANTILE) -> None:
         self.fresh_seconds = fresh_seconds
         self.quantile = quantile
         self._own: dict[str, Recent] = {}
-        self._all = Recent(window=OWN_WINDOW, fresh_seconds=fresh_seconds)
-        self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
-
-    def _bias(self, variant: str, now: float) -> float | None:
-        own = self._own.get(variant)
-        bias = None if own is None else own.quantile(0.5, now, MIN_OWN)
-        return self._all.quantile(0.5, now, MIN_OWN) if bias is None else bias
+        self._all = Recent(window=ALL_WINDOW, fresh_seconds=fresh_seconds)
+        self._scores = Recent(window=window, fresh_seconds=fresh_seconds)
 
     def observe(self, budget_seconds: float | None, variant: str, residual: float, now: float) -> None:
         """An answer's ``residual``: its total minus the point prediction it was chosen with."""
@@ -71,17 +78,22 @@ class Calibration:
         own = self._own.get(variant)
         if own is None:
             own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
-        # Spread only around a bias of its own: around everyone's, it would be the variants' gaps.
-        bias = own.quantile(0.5, now, MIN_OWN)
-        if bias is not None:
-            self._spread.add(residual - bias, now)
+        # Scored only against its own location and scale: against everyone's, the scores would
+        # hold the variants' differences.
+        fitted = location_scale(own.fresh(now))
+        if fitted is not None:
+            location, scale = fitted
+            self._scores.add((residual - location) / scale, now)
         own.add(residual, now)
         self._all.add(residual, now)
 
     def margin(self, variant: str, point: float, now: float) -> float:
         """What to add to ``variant``'s ``point`` prediction for a bound at the promised quantile."""
-        spread = self._spread.fresh(now)
-        bias = self._bias(variant, now)
-        if bias is None or len(spread) < MIN_SPREAD:
+        own = self._own.get(variant)
+        fitted = None if own is None else location_scale(own.fresh(now))
+        fitted = fitted or location_scale(self._all.fresh(now))
+        scores = self._scores.fresh(now)
+        if fitted is None or len(scores) < MIN_SCORES:
             return FIRST_MARGIN_FRACTION * point
-        return bias + conformal_quantile(spread, self.quantile)
+        location, scale = fitted
+        return location + scale * conformal_quantile(scores, self.quantile)

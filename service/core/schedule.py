@@ -12,9 +12,8 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
   never more than its requests have lately occupied at once (one client asking in turn needs
   one worker, however much of the traffic it is). Each kept worker must be free within that
   tier's *slack*: how long its requests can wait and still get the variant a free worker would
-  give them. (Slack up to their *fastest* variant's edge kept the budget on paper, but a request
-  arriving then had only fallbacks left: mixed 10/20/50 ms/none, 10 ms met 95.5 -> 97.3 %,
-  means of several runs each, DEVELOPERS.md.) A job keeps that promise for every tier tighter
+  give them (slack up to their *fastest* variant's edge kept the budget on paper, but a request
+  arriving then had only fallbacks left). A job keeps that promise for every tier tighter
   than its own (``ladder``); one that would break it is held back (``admissible``), and tighter
   jobs behind it go first. A job is held only while it can afford the wait, and never while the
   whole pool is idle, so holding never starves anything.

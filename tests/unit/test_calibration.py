@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
     MIN_OWN,
-    MIN_SPREAD,
+    MIN_SCORES,
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
@@ -58,12 +58,13 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     assert exceeded / judged <= allowed
 
 
-def test_a_variant_without_answers_of_its_own_takes_everyones_bias() -> None:
+def test_a_variant_without_answers_of_its_own_takes_everyones_location_and_scale() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    first = MIN_OWN + MIN_SPREAD  # a bias, then enough spread around it
+    first = MIN_OWN + MIN_SCORES  # a location and scale, then enough scores
     for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
         assert calibration.margin("small", 0.004, 0.001 * i) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
         calibration.observe(BUDGET, "small", 0.0004 + 0.0001 * (i % 3 - 1), 0.001 * i)
+    # Location 0.4 ms, scale 0.2 ms (0.5 - 0.3), scores' top 0.5: 0.5 ms.
     assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
     assert calibration.margin("big", 0.020, 0.1) == pytest.approx(0.0005)
     # Requests without a budget teach nothing: they are overtaken by design.
@@ -71,12 +72,12 @@ def test_a_variant_without_answers_of_its_own_takes_everyones_bias() -> None:
     assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
 
 
-def test_each_variant_has_its_own_bias_and_all_share_the_spread() -> None:
+def test_each_variant_has_its_own_location_and_scale_and_all_share_the_scores() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    for i in range(MIN_OWN + MIN_SPREAD // 2):
+    for i in range(MIN_OWN + MIN_SCORES // 2):
         calibration.observe(BUDGET, "v", -0.001 + 0.0002 * (i % 2), 0.0)  # its point is pessimistic
-        calibration.observe(BUDGET, "w", 0.005 + 0.0002 * (i % 2), 0.0)  # its point is optimistic
-    # Each one's median bias (the lower one of the two values), plus the shared spread's top: 0.2 ms.
+        calibration.observe(BUDGET, "w", 0.005 + 0.0006 * (i % 2), 0.0)  # optimistic, and spread wider
+    # Each one's median (the lower of its two values) + its scale (the gap) x the scores' top (1).
     assert calibration.margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0002, abs=1e-9)  # below the point
-    assert calibration.margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0002, abs=1e-9)
+    assert calibration.margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
     assert calibration.margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)  # aged out
