@@ -40,10 +40,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Answers behind each calibrated margin: a 0.99 quantile needs some hundred of them, and they age
-# out so that a burst of late answers stops steering choices some time after it is over.
+# Answers behind the calibrated margins' quantiles: a 0.99 quantile needs hundreds of them, and
+# they age out so that a burst of late answers stops steering choices soon after it is over.
 CALIBRATION_WINDOW = 1024
-CALIBRATION_FRESH_SECONDS = 60.0
+CALIBRATION_FRESH_SECONDS = 30.0
 # The v2 path's and the probes' place in the schedule: their inference at this quantile.
 FIT_QUANTILE = 0.95
 REPROBE_PERIOD_SECONDS = 1.0
@@ -66,7 +66,10 @@ class Classification:
     metrics: VariantMetrics
     reason: selector.Reason
     predicted_seconds: float  # time spent before choosing + predicted wait + the variant's price
-    margin_seconds: float  # the price's calibrated margin
+    margin_seconds: float  # the price's calibrated margins (service and wait)
+    chosen_after_seconds: float  # time spent before choosing
+    predicted_wait_seconds: float
+    point_seconds: float  # the price's point prediction of the service
     predictions: list[Prediction]
     queue_seconds: float
     decode_seconds: float
@@ -320,7 +323,7 @@ class DataPlane:
         except selector.BudgetUnmeetableNow as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
-        return choice, price, schedule.Job(place.key, price.candidate.predicted_seconds, place.limits)
+        return choice, price, schedule.Job(place.key, price.service_seconds, place.limits)
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -370,7 +373,12 @@ class DataPlane:
                 metrics=static.metrics,
                 reason=choice.reason,
                 predicted_seconds=choice.predicted_seconds,
-                margin_seconds=price.margin_seconds,
+                margin_seconds=price.candidate.predicted_seconds - price.point_seconds,
+                chosen_after_seconds=choice.predicted_seconds
+                - price.candidate.wait_seconds
+                - price.candidate.predicted_seconds,
+                predicted_wait_seconds=price.candidate.wait_seconds,
+                point_seconds=price.point_seconds,
                 predictions=[Prediction(i, names[i], score) for i, score in best],
                 queue_seconds=finished.queue_seconds,
                 decode_seconds=decode_s,
@@ -401,7 +409,11 @@ class DataPlane:
             work=result.decode_work,
             decode_seconds=result.decode_seconds,
             inference_seconds=result.inference_seconds,
-            late_seconds=total_seconds - (result.predicted_seconds - result.margin_seconds),
+            service_residual=total_seconds
+            - result.chosen_after_seconds
+            - result.queue_seconds
+            - result.point_seconds,
+            wait_error=result.queue_seconds - result.predicted_wait_seconds,
             now=now,
         )
         metrics = result.metrics

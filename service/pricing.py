@@ -28,8 +28,13 @@ IDLE_QUANTILE = 0.95
 
 @dataclass(frozen=True)
 class Price:
-    candidate: selector.Candidate  # its predicted_seconds: point (typical decode + inference) + margin
-    margin_seconds: float  # calibrated: the bound is the promised quantile of the answer's service
+    """``candidate.predicted_seconds`` = point + service margin + wait margin: with the time spent
+    and the predicted wait, the promised quantile of the request's total."""
+
+    candidate: selector.Candidate
+    point_seconds: float  # decode + inference, each at its typical value
+    service_seconds: float  # point + service margin: the job's run time in the schedule
+    wait_margin_seconds: float
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Pricer:
         """Each named variant's price for this image, with its queue wait at ``place``."""
         slowdown = self.latency.slowdown(now)
         decode_slowdown = self.decode.slowdown(header.format, TYPICAL, now)
+        wait_margin = self.calibration.wait_margin(budget_seconds, now)
         idle_decode: dict[Preprocessing, float] = {}
         prices = {}
         for name in names:
@@ -79,18 +85,19 @@ class Pricer:
                     header.format, decode_work(header, v.preprocessing)
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
-            margin = 0.0 if budget_seconds is None else self.calibration.margin(name, point, now)
-            job = schedule.Job(place.key, point + margin, place.limits)
+            job = schedule.Job(
+                place.key, point + self.calibration.service_margin(name, point, now), place.limits
+            )
             candidate = selector.Candidate(
                 name=name,
                 top1=v.top1,
                 size_bytes=v.size_bytes,
-                predicted_seconds=job.run_seconds,
+                predicted_seconds=job.run_seconds + wait_margin,
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),
             )
-            prices[name] = Price(candidate, margin)
+            prices[name] = Price(candidate, point, job.run_seconds, wait_margin)
         return prices
 
     def learn(
@@ -102,12 +109,12 @@ class Pricer:
         work: DecodeWork,
         decode_seconds: float,
         inference_seconds: float,
-        late_seconds: float,
+        service_residual: float,
+        wait_error: float,
         now: float,
     ) -> None:
-        """What an answer teaches the tables: its decode and inference times, and how late it was
-        against its point prediction (``late_seconds``: total minus time spent before choosing,
-        predicted wait and point) for the margins of the next ones."""
+        """What an answer teaches the tables: its decode and inference times, how much longer than
+        its point prediction its service took, and how much longer than predicted it queued."""
         self.latency.observe(name, inference_seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(budget_seconds, name, late_seconds, now)
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, now)

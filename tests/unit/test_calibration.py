@@ -45,14 +45,14 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     exceeded = judged = 0
     for i in range(2500):
         now = 0.01 * i
-        bound = point + calibration.margin("v", point, now)
+        bound = point + calibration.service_margin("v", point, now)
         total = point * (1 + bias) * rng.lognormvariate(0.0, spread)
         if rng.random() < spike_rate:
             total += spike
         if i >= 300:  # once the window is full
             judged += 1
             exceeded += total > bound
-        calibration.observe(BUDGET, "v", total - point, now)
+        calibration.observe("v", total - point, BUDGET, 0.0, now)
     # Conformal: at most 1 - q in expectation; 3.5 standard deviations of 2200 draws above it.
     allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
     assert exceeded / judged <= allowed
@@ -62,22 +62,36 @@ def test_a_variant_without_answers_of_its_own_takes_everyones_location_and_scale
     calibration = Calibration(window=256, fresh_seconds=5.0)
     first = MIN_OWN + MIN_SCORES  # a location and scale, then enough scores
     for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
-        assert calibration.margin("small", 0.004, 0.001 * i) == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
-        calibration.observe(BUDGET, "small", 0.0004 + 0.0001 * (i % 3 - 1), 0.001 * i)
-    # Location 0.4 ms, scale 0.2 ms (0.5 - 0.3), scores' top 0.5: 0.5 ms.
-    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
-    assert calibration.margin("big", 0.020, 0.1) == pytest.approx(0.0005)
-    # Requests without a budget teach nothing: they are overtaken by design.
-    calibration.observe(None, "small", 1.0, 0.1)
-    assert calibration.margin("small", 0.004, 0.1) == pytest.approx(0.0005)
+        margin = calibration.service_margin("small", 0.004, 0.001 * i)
+        assert margin == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
+        calibration.observe("small", 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, 0.001 * i)
+    # Location 0.4 ms, scale 0.2 ms (0.5 - 0.3), scores' top 0.5: 0.5 ms; answers without a
+    # budget teach the service part too.
+    assert calibration.service_margin("small", 0.004, 0.1) == pytest.approx(0.0005)
+    assert calibration.service_margin("big", 0.020, 0.1) == pytest.approx(0.0005)
 
 
 def test_each_variant_has_its_own_location_and_scale_and_all_share_the_scores() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     for i in range(MIN_OWN + MIN_SCORES // 2):
-        calibration.observe(BUDGET, "v", -0.001 + 0.0002 * (i % 2), 0.0)  # its point is pessimistic
-        calibration.observe(BUDGET, "w", 0.005 + 0.0006 * (i % 2), 0.0)  # optimistic, and spread wider
+        calibration.observe("v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, 0.0)  # its point is pessimistic
+        calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, 0.0)  # optimistic, spread wider
     # Each one's median (the lower of its two values) + its scale (the gap) x the scores' top (1).
-    assert calibration.margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0002, abs=1e-9)  # below the point
-    assert calibration.margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
-    assert calibration.margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)  # aged out
+    assert calibration.service_margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0002, abs=1e-9)
+    assert calibration.service_margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
+    # What a burst taught is soon forgotten: the first margin again.
+    assert calibration.service_margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
+
+
+def test_the_wait_margin_is_per_tier_never_negative_and_only_for_budgets() -> None:
+    calibration = Calibration(window=256, fresh_seconds=5.0)
+    assert calibration.wait_margin(BUDGET, 0.0) == 0.0
+    for i in range(100):
+        calibration.observe("v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, 0.0)  # queued 2 ms over, twice
+        calibration.observe("v", 0.0, 0.050, -0.003, 0.0)  # queued less than predicted
+        calibration.observe("v", 0.0, None, 0.5, 0.0)  # overtaken by design: teaches no wait
+    assert calibration.wait_margin(BUDGET, 0.0) == pytest.approx(0.002)
+    assert calibration.wait_margin(0.008, 0.0) == pytest.approx(0.002)  # the same tier
+    assert calibration.wait_margin(0.050, 0.0) == 0.0
+    assert calibration.wait_margin(None, 0.0) == 0.0
+    assert calibration.wait_margin(BUDGET, 6.0) == 0.0  # aged out
