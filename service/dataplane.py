@@ -43,7 +43,7 @@ T = TypeVar("T")
 # Answers behind the calibrated margins' quantiles: a 0.99 quantile needs hundreds of them, and
 # they age out so that a burst of late answers stops steering choices soon after it is over.
 CALIBRATION_WINDOW = 1024
-CALIBRATION_FRESH_SECONDS = 30.0
+CALIBRATION_FRESH_SECONDS = 60.0
 # The v2 path's and the probes' place in the schedule: their inference at this quantile.
 FIT_QUANTILE = 0.95
 REPROBE_PERIOD_SECONDS = 1.0

@@ -7,17 +7,17 @@ scheduling, spikes of the shared cores, a profile a little off. Instead of stack
 the parts (each pessimistic on its own, far too pessimistic summed), the margins are calibrated
 on the answers themselves, split conformal style:
 
-- **Service**, per variant, with scores normalised per variant (locally weighted conformal): a
-  variant's *location* and *scale* are the median and interquartile range of its own recent
-  service residuals (measured service minus point prediction): a few dozen answers fix both, one
-  spike moves neither, and they are what differs between variants (an int8 variant's totals
-  spread wider than an fp32 one's of the same speed). The *score* of an answer is its residual
-  less its variant's location, over its scale; every variant's scores are pooled, since a 0.99
-  quantile needs hundreds of answers. Service margin = location + scale x the scores' quantile.
-  Every answer teaches it, with or without a budget. A variant with too few answers of its own
-  takes everyone's location and scale; residuals age out within seconds, so a variant not chosen
-  lately is priced like any other and chosen, and so re-measured, whenever that says it fits,
-  and what a burst of load taught the variants it ran is forgotten soon after.
+- **Service**, per variant, with scores centred per variant: a variant's *location* is the
+  median of its own recent service residuals (measured service minus point prediction): a few
+  answers fix it, one spike does not move it, and it is what differs most between variants. The
+  *spread* around it is shared: every variant's residuals less their location. What spreads a
+  service most, a pre-empted core or a slow event loop, adds the same time to any variant (scaled
+  per variant, the spikes of the small ones priced the large ones out), and a 0.99 quantile
+  needs hundreds of answers, which no single variant has until it has been chosen for seconds.
+  Service margin = location + the spread's quantile. Every answer teaches it, with or without a
+  budget. A variant with too few answers of its own takes everyone's location; residuals age
+  out, so a variant not chosen lately is priced like any other and chosen, and so re-measured,
+  whenever that says it fits.
 - **Wait**, per budget tier: how much longer than predicted recent requests of the tier queued
   (other tiers go first or are held back differently). Zero while nothing queues.
 
@@ -34,18 +34,15 @@ from service.core.schedule import tier_name
 
 # The share of answers a bound may be exceeded by: the promise is "met on 99 % of requests".
 PROMISE_QUANTILE = 0.99
-# A location and scale count from this many answers on.
-MIN_OWN = 16
-# The scores count from this many on (fewer say little about a 0.99 quantile).
-MIN_SCORES = 64
+# A location counts from this many answers on.
+MIN_OWN = 8
+# The spread counts from this many answers on (fewer say little about a 0.99 quantile).
+MIN_SPREAD = 64
 # The margin before there are that many, as a fraction of the point prediction.
 FIRST_MARGIN_FRACTION = 1.0
-# Answers behind a variant's location and scale, and behind everyone's, and how long they count.
+# Answers behind a variant's location, and behind everyone's.
 OWN_WINDOW = 64
 ALL_WINDOW = 256
-LOCATION_FRESH_SECONDS = 5.0
-# No scale below this: a run of identical residuals must not make every score infinite.
-MIN_SCALE_SECONDS = 0.0001
 
 
 def conformal_quantile(ordered: Sequence[float], q: float) -> float:
@@ -55,15 +52,13 @@ def conformal_quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered), math.ceil((len(ordered) + 1) * q)) - 1]
 
 
-def location_scale(residuals: Sequence[float]) -> tuple[float, float] | None:
-    """Median and interquartile range of sorted residuals; None with fewer than ``MIN_OWN``."""
-    if len(residuals) < MIN_OWN:
-        return None
-    return ranked(residuals, 0.5), max(MIN_SCALE_SECONDS, ranked(residuals, 0.75) - ranked(residuals, 0.25))
+def location(residuals: Sequence[float]) -> float | None:
+    """The median of sorted residuals; None with fewer than ``MIN_OWN``."""
+    return ranked(residuals, 0.5) if len(residuals) >= MIN_OWN else None
 
 
 class Calibration:
-    """Recent service residuals (each variant's, everyone's, their pooled scores) and queue-wait
+    """Recent service residuals (each variant's, everyone's, the shared spread) and queue-wait
     errors per budget tier; not thread-safe."""
 
     def __init__(self, *, window: int, fresh_seconds: float, quantile: float = PROMISE_QUANTILE) -> None:
@@ -71,8 +66,8 @@ class Calibration:
         self.fresh_seconds = fresh_seconds
         self.quantile = quantile
         self._own: dict[str, Recent] = {}
-        self._all = Recent(window=ALL_WINDOW, fresh_seconds=LOCATION_FRESH_SECONDS)
-        self._scores = Recent(window=window, fresh_seconds=fresh_seconds)
+        self._all = Recent(window=ALL_WINDOW, fresh_seconds=fresh_seconds)
+        self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
 
     def observe(
@@ -87,13 +82,12 @@ class Calibration:
         budgeted request) how much longer than predicted it queued."""
         own = self._own.get(variant)
         if own is None:
-            own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=LOCATION_FRESH_SECONDS)
-        # Scored only against its own location and scale: against everyone's, the scores would
-        # hold the variants' differences.
-        fitted = location_scale(own.fresh(now))
-        if fitted is not None:
-            location, scale = fitted
-            self._scores.add((service_residual - location) / scale, now)
+            own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
+        # Spread only around a location of its own: around everyone's, it would hold the
+        # variants' differences.
+        centre = location(own.fresh(now))
+        if centre is not None:
+            self._spread.add(service_residual - centre, now)
         own.add(service_residual, now)
         self._all.add(service_residual, now)
         if budget_seconds is not None:
@@ -107,13 +101,13 @@ class Calibration:
     def service_margin(self, variant: str, point: float, now: float) -> float:
         """What to add to ``variant``'s point prediction of its service for the promised quantile."""
         own = self._own.get(variant)
-        fitted = None if own is None else location_scale(own.fresh(now))
-        fitted = fitted or location_scale(self._all.fresh(now))
-        scores = self._scores.fresh(now)
-        if fitted is None or len(scores) < MIN_SCORES:
+        centre = None if own is None else location(own.fresh(now))
+        if centre is None:
+            centre = location(self._all.fresh(now))
+        spread = self._spread.fresh(now)
+        if centre is None or len(spread) < MIN_SPREAD:
             return FIRST_MARGIN_FRACTION * point
-        location, scale = fitted
-        return location + scale * conformal_quantile(scores, self.quantile)
+        return centre + conformal_quantile(spread, self.quantile)
 
     def wait_margin(self, budget_seconds: float | None, now: float) -> float:
         """What to add to a request's predicted queue wait: never negative, 0 without errors."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
     MIN_OWN,
-    MIN_SCORES,
+    MIN_SPREAD,
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
@@ -58,28 +58,28 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     assert exceeded / judged <= allowed
 
 
-def test_a_variant_without_answers_of_its_own_takes_everyones_location_and_scale() -> None:
+def test_a_variant_without_answers_of_its_own_takes_everyones_location() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    first = MIN_OWN + MIN_SCORES  # a location and scale, then enough scores
+    first = MIN_OWN + MIN_SPREAD  # a location, then enough spread around it
     for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
         margin = calibration.service_margin("small", 0.004, 0.001 * i)
         assert margin == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
         calibration.observe("small", 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, 0.001 * i)
-    # Location 0.4 ms, scale 0.2 ms (0.5 - 0.3), scores' top 0.5: 0.5 ms; answers without a
+    # Location 0.4 ms, the spread's top 0.1 ms: 0.5 ms; answers without a
     # budget teach the service part too.
     assert calibration.service_margin("small", 0.004, 0.1) == pytest.approx(0.0005)
     assert calibration.service_margin("big", 0.020, 0.1) == pytest.approx(0.0005)
 
 
-def test_each_variant_has_its_own_location_and_scale_and_all_share_the_scores() -> None:
+def test_each_variant_has_its_own_location_and_all_share_the_spread() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
-    for i in range(MIN_OWN + MIN_SCORES // 2):
+    for i in range(MIN_OWN + MIN_SPREAD // 2):
         calibration.observe("v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, 0.0)  # its point is pessimistic
         calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, 0.0)  # optimistic, spread wider
-    # Each one's median (the lower of its two values) + its scale (the gap) x the scores' top (1).
-    assert calibration.service_margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0002, abs=1e-9)
+    # Each one's median (the lower of its two values) + the shared spread's top (0.6 ms).
+    assert calibration.service_margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0006, abs=1e-9)
     assert calibration.service_margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
-    # What a burst taught is soon forgotten: the first margin again.
+    # Aged out: the first margin again.
     assert calibration.service_margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
 
 
