@@ -72,7 +72,8 @@ test-arm64: setup
 clean-store:
 	rm -rf $(STORE_DIR)
 
-# The long reliability run (minutes; not CI): ~70 % of capacity, mixed budgets, 50 reloads under
-# load; errors, budget met per tier and RSS into bench/results/soak.{json,md}. SOAK_SECONDS=600.
+# The long reliability run (minutes; not CI): ~70 % of capacity, mixed budgets, 50 reloads and 5
+# SIGKILLs under load; errors, budget met per tier and RSS into bench/results/soak.{json,md}.
+# SOAK_SECONDS, SOAK_RELOADS, SOAK_KILLS and the limits: bench/soak.py's docstring.
 soak: setup
 	EDGEFIT_SAMPLE_DIR=$(SAMPLE) $(BIN)/python bench/soak.py

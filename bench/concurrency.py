@@ -1,4 +1,4 @@
-"""Which concurrency model serves best on this machine (issue 10): measured, not assumed.
+"""Which concurrency model serves best on this machine: measured, not assumed.
 
 The alternatives, for the headline variant on the same images:
 

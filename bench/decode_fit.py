@@ -1,7 +1,7 @@
-"""How well the server's start-up decode cost prices real photos (DEVELOPERS.md "How selection
-predicts"): the cost is fitted on synthetic photos exactly as ``edgefit serve`` fits it, then each
-held-out JPEG of the sample is decoded for every input size of the store, and the ratio measured /
-predicted is summarised per size. Equal ratios across sizes are what keeps the selector from
+"""How well the server's start-up decode cost prices real photos (DEVELOPERS.md, "Decode cost as
+a linear model"): the cost is fitted on synthetic photos exactly as ``edgefit serve`` fits it,
+then each held-out JPEG of the sample is decoded for every input size of the store, and the ratio
+measured / predicted is summarised per size. Equal ratios across sizes are what keeps the selector from
 pricing large variants out (the live correction is one ratio per format).
 
 ``python bench/decode_fit.py`` prints the table. Environment: EDGEFIT_STORE_DIR,

@@ -1,7 +1,7 @@
 """Where the server's time goes under load: py-spy attached to a running edgefit (BENCH_PROFILE=1).
 
-The issue asks that a missed target be explained by a profile rather than lowered; this samples
-the server while the closed-loop client runs and summarises the raw stacks per thread.
+A missed target is to be explained by a profile, not lowered: this samples the server while the
+closed-loop client runs and summarises the raw stacks per thread.
 """
 
 from __future__ import annotations

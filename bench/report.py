@@ -1,6 +1,6 @@
 """bench.json -> a markdown report (headlines first) and a plot.
 
-The targets are issue 10's; they are reported, never tuned to.
+The targets are fixed in advance; they are reported, never tuned to.
 """
 
 from __future__ import annotations

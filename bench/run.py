@@ -53,7 +53,7 @@ TIERS_MS = (10, 20, 50)
 OVERLOAD_BUDGET_MS = 20
 IMAGE_STRIDE = 20  # the named subset: every 20th file of the sorted sample, 50 images
 IDLE_RUNS = 40 if QUICK else 100  # per variant tried for the overload variant
-# The variant of the headlines (issue 10's acceptance): the typical pick on this machine.
+# The variant of the headlines: the typical pick on this machine.
 HEADLINE = "lite0-224-int8"
 
 T0 = time.monotonic()
