@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api import admin, classify, health, models, status, v2
+from service.api.documents import VariantEncodings
 from service.api.errors import install as install_error_handlers
 from service.api.middleware import RequestContext
 from service.api.v2_schema import OPENAPI_SCHEMAS
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
         served = plane or DataPlane(settings, Metrics())
         app.state.settings, app.state.metrics, app.state.plane = settings, served.metrics, served
         app.state.history = history = History()
+        app.state.encodings = VariantEncodings()
         # Loading runs beside the server, so /healthz answers (and /readyz says 503) meanwhile.
         tasks = [
             asyncio.create_task(served.load_until_served()),

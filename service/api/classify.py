@@ -19,11 +19,13 @@ from starlette.types import Receive, Scope, Send
 
 from service import errors, imaging
 from service.api.body import image_bytes, read_body
+from service.api.documents import VariantEncodings
 from service.api.errors import PROBLEM_TYPE, log_error, problem
 from service.core import params
 from service.core.selector import Constraints
-from service.dataplane import Classification, DataPlane
+from service.dataplane import DataPlane
 from service.observability import NO_VARIANT, Metrics, access_log
+from service.results import Classification
 from service.settings import Settings
 
 PATH = "/classify"
@@ -70,11 +72,13 @@ def _ms(seconds: float) -> float:
     return round(1000 * seconds, 3)
 
 
-def _answer(result: Classification, budget: float | None, total: float) -> tuple[bytes, bytes]:
+def _answer(
+    result: Classification, model: dict[str, Any], total: float, met: bool | None
+) -> tuple[bytes, bytes]:
     """The JSON body and the ``Server-Timing`` header value."""
-    met = None if budget is None else total <= budget
+    budget = result.budget_seconds
     body = {
-        "model": result.model,
+        "model": model,
         "predictions": [
             {"class_id": p.class_id, "label": p.label, "score": round(p.score, 6)} for p in result.predictions
         ],
@@ -113,17 +117,23 @@ async def _send(
 
 
 async def _classify(
-    scope: Scope, receive: Receive, send: Send, plane: DataPlane, settings: Settings, metrics: Metrics
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    plane: DataPlane,
+    settings: Settings,
+    encodings: VariantEncodings,
 ) -> str:
     """Answer one request with 200; returns the variant that answered. Raises ``ServiceError``."""
     state = scope["state"]
     started: float = state["started"]
     parsed = parse_params(dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)))
-    budget = parsed.constraints.budget_seconds
     # The access log's fields are gathered only when it is written.
     fields: dict[str, Any] | None = state["log"] if access_log.isEnabledFor(logging.INFO) else None
     if fields is not None:
+        budget = parsed.constraints.budget_seconds
         fields["budget_ms"] = None if budget is None else _ms(budget)
+    # Refused at the door, before a body that would only be thrown away is read.
     plane.admit()
     declared = content_type = None
     for name, value in scope["headers"]:
@@ -137,25 +147,26 @@ async def _classify(
     image = image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
     header = imaging.read_header(image, settings.max_image_pixels)
     result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
-    name = result.variant.name
     total = time.perf_counter() - started
-    answer, server_timing = _answer(result, budget, total)
+    met = result.budget_met(total)
+    model, variant_header = encodings.of(result.variant)
+    answer, server_timing = _answer(result, model, total, met)
     try:
         await _send(
             send,
             200,
             answer,
             b"application/json",
-            [(b"x-model-variant", result.variant_header), (b"server-timing", server_timing)],
+            [(b"x-model-variant", variant_header), (b"server-timing", server_timing)],
         )
     finally:
         # After the answer is out: the bookkeeping does not delay it.
-        plane.record(result, total, budget)
+        plane.record(result, total)
         if fields is not None:
             fields.update(
-                variant=name,
+                variant=result.variant.name,
                 reason=result.reason,
-                budget_met=None if budget is None else total <= budget,
+                budget_met=met,
                 predicted_ms=_ms(result.predicted_seconds),
                 margin_ms=_ms(result.margin_seconds),
                 total_ms=_ms(total),
@@ -163,7 +174,7 @@ async def _classify(
                 decode_ms=_ms(result.decode_seconds),
                 inference_ms=_ms(result.inference_seconds),
             )
-    return name
+    return result.variant.name
 
 
 async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,12 +184,13 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     plane: DataPlane = app_state.plane
     settings: Settings = app_state.settings
     metrics: Metrics = app_state.metrics
+    encodings: VariantEncodings = app_state.encodings
     variant, outcome = NO_VARIANT, "ok"
     metrics.inflight.inc()
     try:
         if scope["method"] != "POST":
             raise errors.MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
-        variant = await _classify(scope, receive, send, plane, settings, metrics)
+        variant = await _classify(scope, receive, send, plane, settings, encodings)
     except errors.ServiceError as exc:
         outcome = exc.outcome
         state = scope["state"]

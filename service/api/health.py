@@ -21,14 +21,12 @@ async def healthz() -> JSONResponse:
 async def readyz(plane: PlaneDep) -> JSONResponse:
     if not plane.ready:
         raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
-    served = plane.served_models()
-    degraded = None if served is None else served.degraded()
     # Ready while any variant is served: the ones left out are named, for people and probes.
     return JSONResponse(
         {
             "status": "ready",
             "variants": len(plane.variant_names),
-            "detail": degraded or f"serving every variant of the store ({len(plane.variant_names)})",
+            "detail": plane.degraded() or f"serving every variant of the store ({len(plane.variant_names)})",
             "unavailable": plane.unavailable(),
         }
     )

@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import PlaneDep
+from service.api.documents import models_document
 
 router = APIRouter()
 
 
 @router.get("/models", summary="Served variants: manifest fields, live latency, selection counts")
 async def models(plane: PlaneDep) -> JSONResponse:
-    return JSONResponse({"ready": plane.ready, "variants": plane.describe()})
+    return JSONResponse({"ready": plane.ready, "variants": models_document(plane.describe())})

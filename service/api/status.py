@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from service.api.deps import MetricsDep, PlaneDep
+from service.api.documents import models_document
 from service.dataplane import DataPlane
 from service.history import History, Recent
 from service.observability import Metrics
@@ -216,7 +217,7 @@ def _store_row(v: dict[str, Any]) -> dict[str, Any]:
 
 def page(plane: DataPlane, metrics: Metrics, history: History) -> dict[str, Any]:
     """The template's context: every figure on the page, formatted."""
-    variants = plane.describe()
+    variants = models_document(plane.describe())
     lately = history.lately(metrics)
     queued = plane.executor.queued
     budgeted = lately.met + lately.missed

@@ -29,11 +29,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from model_store.runner import VariantRunner
+from model_store.manifest import Variant
 from service import errors
 from service.api.body import read_body
 from service.api.deps import MetricsDep, PlaneDep, SettingsDep
 from service.api.v2_schema import HEADER_LENGTH, INFER_BODY, InferRequest, InputTensor
+from service.served_set import ServedVariant
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 VERSION = "0.1.0"
@@ -53,18 +54,18 @@ _DATATYPES = {
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _served(plane: PlaneDep, name: str, version: str | None = None) -> VariantRunner:
+def _served(plane: PlaneDep, name: str, version: str | None = None) -> ServedVariant:
     if not plane.ready:
         raise errors.NotReady(f"not ready: {plane.readiness}", retry_after_seconds=1)
-    runner = plane.runner(name)
-    if runner is None:
+    served = plane.variant(name)
+    if served is None:
         why = plane.unavailable().get(name)
         if why is not None:
             raise errors.NotFound(f"model {name!r} is unavailable: {why}")
         raise errors.NotFound(f"model {name!r} is not served; POST /v2/repository/index lists them")
     if version not in (None, MODEL_VERSION):
         raise errors.NotFound(f"model {name!r} has only version {MODEL_VERSION}")
-    return runner
+    return served
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,9 @@ class _Output:
     classes: int
 
 
-def _output(runner: VariantRunner) -> _Output:
-    (output,) = (o for o in runner.session.get_outputs() if o.name == runner.variant.output_name)
-    datatype, config_type = _DATATYPES[output.type]
-    return _Output(output.name, datatype, config_type, int(output.shape[-1]))
+def _output(served: ServedVariant) -> _Output:
+    datatype, config_type = _DATATYPES[served.output_type]
+    return _Output(served.variant.output_name, datatype, config_type, int(served.output_shape[-1]))
 
 
 # -- server and model metadata --------------------------------------------------------------------
@@ -118,8 +118,8 @@ async def repository_index(plane: PlaneDep) -> JSONResponse:
     return JSONResponse([models[n] for n in sorted(models)])
 
 
-def _metadata(name: str, runner: VariantRunner) -> JSONResponse:
-    model_input, output = runner.variant.input, _output(runner)
+def _metadata(name: str, served: ServedVariant) -> JSONResponse:
+    model_input, output = served.variant.input, _output(served)
     return JSONResponse(
         {
             "name": name,
@@ -131,8 +131,8 @@ def _metadata(name: str, runner: VariantRunner) -> JSONResponse:
     )
 
 
-def _config(name: str, runner: VariantRunner) -> JSONResponse:
-    model_input, output = runner.variant.input, _output(runner)
+def _config(name: str, served: ServedVariant) -> JSONResponse:
+    model_input, output = served.variant.input, _output(served)
     return JSONResponse(
         {
             "name": name,
@@ -209,9 +209,9 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where or 'request'}: {first['msg']}"
 
 
-def _tensor(spec: InputTensor, binary: memoryview, runner: VariantRunner) -> tuple[np.ndarray, int]:
+def _tensor(spec: InputTensor, binary: memoryview, variant: Variant) -> tuple[np.ndarray, int]:
     """The input tensor, checked against the model, and the binary bytes it took."""
-    expected = runner.variant.input
+    expected = variant.input
     if spec.name != expected.name:
         raise errors.InvalidParameter(
             f"unexpected input {spec.name!r}; the model's input is {expected.name!r}"
@@ -253,7 +253,7 @@ def _json_too_large(size: int) -> str:
     return f"the JSON part is {size} bytes; the limit is {MAX_JSON_BYTES}: send large tensors as binary data"
 
 
-def parse_infer_request(body: bytes, header_length: int | None, runner: VariantRunner) -> ParsedRequest:
+def parse_infer_request(body: bytes, header_length: int | None, variant: Variant) -> ParsedRequest:
     """The request's one input tensor and its wishes. Blocking (run off the event loop);
     raises ``ServiceError``."""
     json_length = len(body) if header_length is None else header_length
@@ -268,10 +268,10 @@ def parse_infer_request(body: bytes, header_length: int | None, runner: VariantR
     if len(request.inputs) != 1:
         raise errors.InvalidParameter(f"the model takes one input, not {len(request.inputs)}")
     binary = memoryview(body)[json_length:]
-    tensor, used = _tensor(request.inputs[0], binary, runner)
+    tensor, used = _tensor(request.inputs[0], binary, variant)
     if used != len(binary):
         raise errors.InvalidParameter(f"{len(binary) - used} bytes of binary data belong to no input")
-    output_name = runner.variant.output_name
+    output_name = variant.output_name
     binary_output = request.parameters.get("binary_data_output") is True
     for requested in request.outputs or ():
         if requested.name != output_name:
@@ -318,8 +318,8 @@ async def _infer(
     log: dict[str, Any] = request.scope["state"]["log"]
     metrics.inflight.inc()
     try:
-        runner = _served(plane, name, version)
-        output = _output(runner)
+        served = _served(plane, name, version)
+        output = _output(served)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise errors.UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send identity")
@@ -330,7 +330,7 @@ async def _infer(
             raise errors.BodyTooLarge(_json_too_large(int(declared)))
         plane.admit()
         body = await read_body(request.receive, request.headers.get("content-length"), settings, started)
-        parsed = await asyncio.to_thread(parse_infer_request, body, header_length, runner)
+        parsed = await asyncio.to_thread(parse_infer_request, body, header_length, served.variant)
         finished = await plane.infer_tensor(name, parsed.tensor)
         response = await asyncio.to_thread(encode_response, name, parsed, output, finished.value)
         total = time.perf_counter() - started

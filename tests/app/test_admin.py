@@ -63,7 +63,7 @@ def test_concurrent_reloads_run_one_at_a_time(settings: Settings, caplog: pytest
                 responses = await asyncio.gather(*(client.post("/admin/reload") for _ in range(3)))
                 return [r.status_code for r in responses]
 
-    with caplog.at_level(logging.INFO, logger="service.dataplane"):
+    with caplog.at_level(logging.INFO, logger="service.served_set"):
         assert asyncio.run(main()) == [200, 200, 200]
     steps = [
         "start" if m.startswith("loading the store") else "end"
@@ -106,13 +106,13 @@ def test_reload_keeps_the_sessions_of_unchanged_files(store: Path, tmp_path: Pat
     settings = settings_for(store, tmp_path / "cache")
     plane = DataPlane(settings, Metrics())
     with serve(settings, plane) as client:
-        before = plane.served_models()
+        before = plane.served_set.served_models()
         assert before is not None
         models = default_models()
         models["tiny-32-fp32"] = (32, tiny_model(32, seed=7))
         write_store(store, models)
         assert client.post("/admin/reload").status_code == 200
-        after = plane.served_models()
+        after = plane.served_set.served_models()
         assert after is not None and after is not before
         assert after.runners["tiny-16-fp32"].session is before.runners["tiny-16-fp32"].session
         assert after.runners["tiny-32-fp32"].session is not before.runners["tiny-32-fp32"].session
@@ -129,7 +129,7 @@ def test_variants_in_one_file_share_one_session(tmp_path: Path) -> None:
     settings = settings_for(store, tmp_path / "cache")
     plane = DataPlane(settings, Metrics())
     with serve(settings, plane) as client:
-        served = plane.served_models()
+        served = plane.served_set.served_models()
         assert served is not None
         assert served.runners["tiny-16-fp32"].session is served.runners["tiny-32-fp32"].session
         assert set(served.profiles) == {"tiny-16-fp32", "tiny-32-fp32"}
@@ -153,7 +153,7 @@ def test_a_reload_frees_the_previous_sessions(settings: Settings) -> None:
     """Nothing keeps a replaced set of sessions alive (each would hold its weights for ever)."""
     plane = DataPlane(settings, Metrics())
     with serve(settings, plane) as client:
-        served = plane.served_models()
+        served = plane.served_set.served_models()
         assert served is not None
         first = weakref.ref(served)
         del served

@@ -115,7 +115,7 @@ def test_answered_and_refused_requests_leave_nothing_counted_in_flight(client: T
     for params in (answered, refused, unmeetable):
         client.post("/classify", params=params, content=image_bytes("PNG"))
     plane = client.app.state.plane  # type: ignore[attr-defined]
-    assert sum(plane._in_flight.values()) == 0
+    assert sum(plane.chooser._in_flight.values()) == 0
 
 
 def test_body_limit(settings_small_body: TestClient) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service import dataplane
+from service import live_table
 from service.dataplane import DataPlane
 from service.observability import Metrics
+from service.served_set import Served
 from service.settings import Settings
 from tests.app.conftest import (
     assert_problem,
@@ -81,42 +82,43 @@ def test_start_up_retries_until_the_store_is_there(tmp_path: Path) -> None:
         wait_ready(client, seconds=5)  # the second attempt is 1 s after the first
 
 
-class FailingLoad(DataPlane):
+async def failing_load() -> None:
     """Loading fails with something no one planned for."""
-
-    async def load(self) -> None:
-        raise ZeroDivisionError("an internal detail that must not reach a client")
+    raise ZeroDivisionError("an internal detail that must not reach a client")
 
 
 def test_unexpected_start_up_failure_is_said_without_its_text(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plane = FailingLoad(settings, Metrics())
+    plane = DataPlane(settings, Metrics())
+    monkeypatch.setattr(plane.served_set, "load", failing_load)
     with caplog.at_level(logging.INFO), serve(settings, plane, ready=False) as client:
         detail = readyz_problem_within_a_second(client)
         assert "failed unexpectedly" in detail and "internal detail" not in detail
         assert "ZeroDivisionError" in caplog.text
 
 
-class FlakyTable(DataPlane):
-    """The first refresh of the live table fails."""
-
+def test_table_loop_logs_and_survives_errors(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = DataPlane(settings, Metrics())
+    refresh = plane.table.refresh
     rounds = 0
 
-    async def _refresh_table(self) -> None:
-        FlakyTable.rounds += 1
-        if FlakyTable.rounds == 1:
+    async def flaky_refresh(served: Served) -> None:
+        """The first refresh of the live table fails."""
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
             raise RuntimeError("probe failed")
-        await super()._refresh_table()
+        await refresh(served)
 
-
-def test_table_loop_logs_and_survives_errors(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    plane = FlakyTable(settings, Metrics())
+    monkeypatch.setattr(plane.table, "refresh", flaky_refresh)
     with caplog.at_level(logging.INFO), serve(settings, plane):
         deadline = time.monotonic() + 5
-        while FlakyTable.rounds < 3 and time.monotonic() < deadline:
+        while rounds < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert FlakyTable.rounds >= 3
+    assert rounds >= 3
     failures = [r for r in caplog.records if "live latency table failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info
 
@@ -125,7 +127,7 @@ def test_the_heap_is_handed_back_once_traffic_stops(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trims: list[float] = []
-    monkeypatch.setattr(dataplane, "release_free_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(live_table, "release_free_memory", lambda: trims.append(time.monotonic()))
     with serve(settings) as client:
         time.sleep(2.5)  # the start-up load's own trim is done; idle since
         before = len(trims)

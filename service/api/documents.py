@@ -1,0 +1,67 @@
+"""The JSON shapes of the data plane's facts: a variant as answers name it, and ``GET /models``.
+
+Shared by the routes that show them (``/classify``, ``/models``, the status page); no route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_store.manifest import Variant, depth_tag
+from service.live_table import VariantState
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 3)
+
+
+def _model_object(v: Variant) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "family": v.family,
+        "resolution": v.resolution,
+        "precision": v.precision,
+        "top1": v.top1,
+        "top1_source": v.top1_source,
+        "size_bytes": v.size_bytes,
+    }
+
+
+class VariantEncodings:
+    """Per variant, the answer's ``model`` object and the ``X-Model-Variant`` header value, made
+    once: the hot path only looks them up. A reload's new ``Variant`` of the same name replaces
+    its entry (the object is compared by identity, which costs nothing)."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, tuple[Variant, dict[str, Any], bytes]] = {}
+
+    def of(self, variant: Variant) -> tuple[dict[str, Any], bytes]:
+        """The ``model`` object (shared: never modify it) and the header value."""
+        known = self._by_name.get(variant.name)
+        if known is None or known[0] is not variant:
+            known = self._by_name[variant.name] = (variant, _model_object(variant), variant.name.encode())
+        return known[1], known[2]
+
+
+def models_document(states: list[VariantState]) -> list[dict[str, Any]]:
+    """``GET /models``' variants: manifest fields plus the live table and selection counts."""
+    return [
+        {
+            **s.variant.model_dump(mode="json", exclude={"file"}),
+            "classes": s.classes,
+            # "full", or "d17" for a subnet keeping 17 of its family's blocks.
+            "depth": depth_tag(s.variant.subnet),
+            "kept_block_count": None if s.variant.subnet is None else len(s.variant.subnet.kept_blocks),
+            "latency_ms": {
+                "p50": _ms(s.p50_seconds),
+                "p95": _ms(s.p95_seconds),
+                "profiled_p50": _ms(s.profiled_p50_seconds),
+                "profiled_p95": _ms(s.profiled_p95_seconds),
+                "last_run_seconds_ago": None
+                if s.last_run_seconds_ago is None
+                else round(s.last_run_seconds_ago, 3),
+            },
+            "selected": s.selected,
+        }
+        for s in states
+    ]

@@ -1,0 +1,92 @@
+"""Running a chosen job on an inference worker, within the hard inference timeout.
+
+The jobs themselves (decode and classify one image; run a batch of cropped images) are built
+here too, so that what runs on a worker is in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store.runner import VariantRunner, top_k
+from service import errors, imaging
+from service.core import schedule
+from service.observability import Metrics
+from service.runtime.executor import Finished, InferenceExecutor
+from service.settings import Settings
+
+T = TypeVar("T")
+# Decode seconds, inference seconds and the best classes as (class id, score).
+Classified = tuple[float, float, list[tuple[int, float]]]
+
+
+def classify_job(
+    image: bytes, runner: VariantRunner, top: int, max_pixels: int, run_options: ort.RunOptions
+) -> Callable[[], Classified]:
+    """Decode ``image`` for ``runner``'s variant and classify it; image errors are the client's."""
+    preprocessing = runner.variant.preprocessing
+
+    def job() -> Classified:
+        t0 = time.perf_counter()
+        tensor = imaging.load_tensor(image, preprocessing, max_pixels)
+        t1 = time.perf_counter()
+        logits = runner.infer(tensor, run_options)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, top_k(logits, top)
+
+    return job
+
+
+def tensor_job(
+    runner: VariantRunner, tensor: np.ndarray, run_options: ort.RunOptions
+) -> Callable[[], np.ndarray]:
+    """The raw output for a batch of cropped images."""
+    variant = runner.variant
+
+    def job() -> np.ndarray:
+        outputs = runner.session.run([variant.output_name], {variant.input.name: tensor}, run_options)
+        return np.asarray(outputs[0])
+
+    return job
+
+
+class Execution:
+    def __init__(self, settings: Settings, metrics: Metrics, executor: InferenceExecutor) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+
+    async def run(
+        self,
+        work: Callable[[], T],
+        scheduled: schedule.Job,
+        run_options: ort.RunOptions,
+        name: str,
+        budget: float | None,
+    ) -> Finished[T]:
+        """``work`` on a worker, within the hard inference timeout; counts its queue wait.
+        Raises ``errors.InferenceTimeout``, or what ``work`` raised."""
+        future = self.executor.submit(work, scheduled)
+        self.metrics.queue_depth.set(self.executor.queued)
+        timeout = self.settings.inference_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                # Shielded: a timed-out job still runs to its (terminated) end on its worker.
+                finished = await asyncio.shield(future)
+        except TimeoutError:
+            # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
+            run_options.terminate = True
+            raise errors.InferenceTimeout(
+                f"inference on {name} ran past {timeout:g} s and was aborted"
+            ) from None
+        finally:
+            self.metrics.queue_depth.set(self.executor.queued)
+        self.metrics.queue_wait.observe(finished.queue_seconds)
+        self.metrics.queue_wait_in_tier[schedule.tier_name(budget)].observe(finished.queue_seconds)
+        return finished

@@ -1,0 +1,183 @@
+"""The live latency table: what each answer teaches it, what it publishes, how it stays current.
+
+After every answer (``record``) the tables behind the prices learn its timings and the metrics
+count it. Once a second the predicted latencies are published as gauges; when the server is
+idle, the variant measured longest ago is probed so that its figures follow the machine, and the
+heap that traffic left behind is handed back. Everything here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from model_store.manifest import Variant
+from service.core import schedule
+from service.observability import Metrics
+from service.results import Classification
+from service.runtime.executor import InferenceExecutor
+from service.runtime.memory import release_free_memory
+from service.selection import FIT_QUANTILE
+from service.served_set import Served
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPROBE_PERIOD_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """A served variant with its live figures (seconds), for ``GET /models`` and the status page."""
+
+    variant: Variant
+    classes: int
+    p50_seconds: float
+    p95_seconds: float
+    profiled_p50_seconds: float
+    profiled_p95_seconds: float
+    last_run_seconds_ago: float | None  # None: never run since it was loaded
+    selected: int
+
+
+class LiveTable:
+    def __init__(self, settings: Settings, metrics: Metrics, executor: InferenceExecutor) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+        self._last_request = 0.0
+        # When the heap was last handed back to the system (see ``refresh``).
+        self._trimmed = 0.0
+
+    def saw_request(self) -> float:
+        """A request is being served: the server is not idle. Returns the time (``perf_counter``)."""
+        self._last_request = now = time.perf_counter()
+        return now
+
+    def record(self, result: Classification, total_seconds: float) -> None:
+        """What an answer teaches the latency table and the metrics; ``total_seconds`` as the HTTP
+        layer measured it (first byte to answer)."""
+        now = time.perf_counter()
+        budget = result.budget_seconds
+        result.served.pricer.learn(
+            result.variant.name,
+            budget,
+            image_format=result.image_format,
+            work=result.decode_work,
+            decode_seconds=result.decode_seconds,
+            inference_seconds=result.inference_seconds,
+            service_residual=total_seconds
+            - result.chosen_after_seconds
+            - result.queue_seconds
+            - result.point_seconds,
+            wait_error=result.queue_seconds - result.predicted_wait_seconds,
+            now=now,
+        )
+        metrics = result.metrics
+        metrics.inference_duration.observe(result.inference_seconds)
+        self.metrics.decode_duration.observe(result.decode_seconds)
+        metrics.request_duration.observe(total_seconds)
+        met = result.budget_met(total_seconds)
+        if budget is not None:
+            (metrics.budget_met if met else metrics.budget_missed).inc()
+            self.metrics.slack.observe(budget - total_seconds)
+
+    def publish(self, served: Served) -> None:
+        """The predicted latency gauges of ``served``'s variants, as the table has them now."""
+        now = time.perf_counter()
+        gauge = self.metrics.predicted_latency
+        latency = served.pricer.latency
+        slowdown = latency.slowdown(now)
+        for name in served.models.variants:
+            gauge.labels(name, "0.5").set(latency.predict(name, 0.5, now, slowdown))
+            gauge.labels(name, "0.95").set(latency.predict(name, 0.95, now, slowdown))
+
+    async def keep_current(self, current: Callable[[], Served | None]) -> None:
+        """Forever: refresh the table of the set ``current()`` serves.
+
+        A failing round is logged and the next one runs as usual: the table must not silently
+        stop following the machine.
+        """
+        while True:
+            await asyncio.sleep(REPROBE_PERIOD_SECONDS)
+            served = current()
+            if served is None:
+                continue
+            try:
+                await self.refresh(served)
+            except Exception:
+                log.exception(
+                    "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
+                )
+
+    async def refresh(self, served: Served) -> None:
+        """Publish the table; when idle, hand the heap back and re-probe the stalest variant."""
+        self.publish(served)
+        now = time.perf_counter()
+        idle = (
+            self.executor.queued == 0
+            and self.executor.running == 0
+            and now - self._last_request > REPROBE_PERIOD_SECONDS
+        )
+        if not idle:
+            return
+        if self._trimmed < self._last_request:
+            # Traffic leaves free heap in every worker's malloc arena (each inference's
+            # intermediate tensors come from malloc): once idle, hand it back.
+            self._trimmed = now
+            await asyncio.to_thread(release_free_memory)
+        latency = served.pricer.latency
+        stale = [
+            (latency.last_run(n) or 0.0, n)
+            for n in served.models.variants
+            if now - (latency.last_run(n) or 0.0) > self.settings.reprobe_idle_seconds
+        ]
+        if stale:
+            _, name = min(stale)
+            await self._probe(served, name)
+
+    async def _probe(self, served: Served, name: str) -> None:
+        runner = served.entries[name].runner
+        size = runner.variant.resolution
+        tensor = np.zeros((1, size, size, 3), dtype=np.uint8)
+
+        def job() -> float:
+            started = time.perf_counter()
+            runner.infer(tensor)
+            return time.perf_counter() - started
+
+        now = time.perf_counter()
+        # Runs only on an idle server; last in line should anything arrive meanwhile.
+        probe = schedule.Job(schedule.dispatch_key(now, None), served.pricer.latency.idle(name, FIT_QUANTILE))
+        finished = await self.executor.run(job, probe)
+        served.pricer.latency.observe(name, finished.value, time.perf_counter())
+
+    def describe(self, served: Served) -> list[VariantState]:
+        """Every served variant with its live figures and how often it was chosen."""
+        now = time.perf_counter()
+        latency = served.pricer.latency
+        states = []
+        for name, v in served.models.variants.items():
+            last_run = latency.last_run(name)
+            states.append(
+                VariantState(
+                    variant=v,
+                    classes=len(served.models.labels[v.labels]),
+                    p50_seconds=latency.predict(name, 0.5, now),
+                    p95_seconds=latency.predict(name, 0.95, now),
+                    profiled_p50_seconds=latency.idle(name, 0.5),
+                    profiled_p95_seconds=latency.idle(name, 0.95),
+                    last_run_seconds_ago=None if last_run is None else now - last_run,
+                    selected=served.selections[name],
+                )
+            )
+        return states
+
+    def slowdown(self, served: Served | None) -> float:
+        """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""
+        return 1.0 if served is None else served.pricer.latency.slowdown(time.perf_counter())

@@ -1,0 +1,126 @@
+"""Admission and the choice of a variant: where a request's job would sit in the schedule, what
+each variant would cost there (``service.pricing``) and which one the selector takes.
+
+It keeps the arrival mix (who has been asking, with what budgets), whose tiers the schedule keeps
+capacity for, and how many requests of each tier are in the server at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from service import errors
+from service.core import schedule, selector
+from service.core.admission import predicted_wait, retry_after
+from service.imaging import ImageHeader
+from service.pricing import Place, Price
+from service.runtime.executor import InferenceExecutor
+from service.served_set import Served
+from service.settings import Settings
+
+# The v2 path's and the probes' place in the schedule: their inference at this quantile.
+FIT_QUANTILE = 0.95
+
+
+@dataclass(frozen=True)
+class Choice:
+    selection: selector.Selection
+    price: Price
+    job: schedule.Job  # the job's place and predicted run time in the schedule
+
+
+class Chooser:
+    def __init__(self, settings: Settings, executor: InferenceExecutor) -> None:
+        self.settings = settings
+        self.executor = executor
+        # The capacity the scheduler keeps for tight deadlines follows this mix, and how many of
+        # each tier's requests were in the server at once (``_in_flight``, by tier name, from
+        # selection to the end of the inference).
+        self._mix = schedule.ArrivalMix(
+            window=4 * settings.latency_window, fresh_seconds=settings.fresh_seconds
+        )
+        self._in_flight: Counter[str] = Counter()
+
+    def admit(self) -> float:
+        """The predicted queue wait; refuses at once (``errors.Overloaded``) past its bound."""
+        ex = self.executor
+        wait = predicted_wait(ex.queued, ex.running, ex.workers, ex.service_time.value)
+        if wait > self.settings.max_queue_wait_seconds:
+            raise errors.Overloaded(
+                f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
+                retry_after_seconds=retry_after(wait),
+            )
+        return wait
+
+    @contextlib.contextmanager
+    def in_flight(self, tier: str) -> Iterator[int]:
+        """Counts a request of ``tier`` while it is here; yields how many are (itself included)."""
+        self._in_flight[tier] += 1
+        try:
+            yield self._in_flight[tier]
+        finally:
+            self._in_flight[tier] -= 1
+
+    def choose(
+        self,
+        served: Served,
+        header: ImageHeader,
+        constraints: selector.Constraints,
+        started: float,
+        concurrent: int,
+    ) -> Choice:
+        """The variant for this request, priced at its place in the schedule. Raises
+        ``ServiceError`` (422 no variant allowed or able, 503 overloaded)."""
+        now = time.perf_counter()
+        # Admitted again although the door admitted it before reading the body: the upload may
+        # have taken seconds, and the queue is judged as it is when this job joins it.
+        wait = self.admit()
+        budget = constraints.budget_seconds
+        queue, busy = self.executor.snapshot(now)
+        workers = self.executor.workers
+        place = Place(
+            schedule.dispatch_key(started, budget),
+            schedule.ladder(workers, self._mix.tiers(now), budget),
+            queue,
+            busy,
+            workers,
+        )
+        # A pinned request needs only its variant's price.
+        names = tuple(served.entries) if constraints.pinned is None else (constraints.pinned,)
+        prices = served.pricer.price(names, header, budget, place, now)
+        candidates = [p.candidate for p in prices.values()]
+        # The tier keeps capacity for what its requests get from a worker free at once; its slack
+        # counts from selection (the time already spent is not the kept workers' to save).
+        elapsed = now - started
+        wanted = selector.unhurried(candidates, constraints, elapsed_seconds=elapsed)
+        service = min(c.predicted_seconds for c in candidates) if wanted is None else wanted.predicted_seconds
+        self._mix.add(now, budget, math.inf if budget is None else budget - service, concurrent)
+        try:
+            choice = selector.select(
+                candidates,
+                constraints,
+                elapsed_seconds=elapsed,
+                backlog_seconds=schedule.backlog(queue, workers),
+            )
+        except selector.NoVariantAllowed as exc:
+            raise errors.NoVariantAllowed(str(exc)) from None
+        except selector.BudgetUnmeetable as exc:
+            raise errors.BudgetUnmeetable(str(exc)) from None
+        except selector.BudgetUnmeetableNow as exc:
+            raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
+        price = prices[choice.name]
+        return Choice(choice, price, schedule.Job(place.key, price.service_seconds, place.limits))
+
+    def unbudgeted_job(self, served: Served, name: str, images: int, now: float) -> schedule.Job:
+        """A job without a budget (``/v2``): it queues after budgeted work and keeps the capacity
+        their tiers need."""
+        return schedule.Job(
+            schedule.dispatch_key(now, None),
+            images * served.pricer.latency.predict(name, FIT_QUANTILE, now),
+            schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
+        )
