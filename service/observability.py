@@ -104,7 +104,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=self.registry)
         declare = _Declare(self.registry)
-        counter, histogram, gauge = declare.counter, declare.histogram, declare.gauge
+        counter, histogram = declare.counter, declare.histogram
         self.requests = counter(
             "edgefit_requests", "Classification requests by variant and outcome.", ["variant", "outcome"]
         )
@@ -140,6 +140,17 @@ class Metrics:
         self.selected = counter(
             "edgefit_variant_selected", "Variant choices by reason.", ["variant", "reason"]
         )
+        self._gauges(declare)
+        self._endpoint_series(declare)
+        self._outcomes = {
+            (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
+            for outcome in ("client_error", "shed", "error")
+        }
+        self.variants: dict[str, VariantMetrics] = {}
+
+    def _gauges(self, declare: _Declare) -> None:
+        """The live table, the variants served and left out, and the server's load and readiness."""
+        gauge = declare.gauge
         self.predicted_latency = gauge(
             "edgefit_variant_predicted_latency_seconds",
             "The live latency table: predicted inference time quantiles per variant.",
@@ -158,12 +169,6 @@ class Metrics:
             "1 for a variant of the store left out (its file failed verification or loading), else 0.",
             ["variant"],
         )
-        self._endpoint_series(declare)
-        self._outcomes = {
-            (NO_VARIANT, outcome): self.requests.labels(NO_VARIANT, outcome)
-            for outcome in ("client_error", "shed", "error")
-        }
-        self.variants: dict[str, VariantMetrics] = {}
 
     def _endpoint_series(self, declare: _Declare) -> None:
         """Beside the contract's per-variant series, whose label sets stay as they are: which

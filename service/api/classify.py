@@ -116,6 +116,20 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
+def _body_headers(scope: Scope) -> tuple[str | None, str]:
+    """The declared ``Content-Length`` (None if absent) and ``Content-Type`` ("" if absent)."""
+    declared = content_type = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value
+        elif name == b"content-type":
+            content_type = value
+    return (
+        None if declared is None else declared.decode("latin-1"),
+        "" if content_type is None else content_type.decode("latin-1"),
+    )
+
+
 async def _classify(
     scope: Scope,
     receive: Receive,
@@ -135,16 +149,9 @@ async def _classify(
         fields["budget_ms"] = None if budget is None else _ms(budget)
     # Refused at the door, before a body that would only be thrown away is read.
     plane.admit()
-    declared = content_type = None
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            declared = value
-        elif name == b"content-type":
-            content_type = value
-    body = await read_body(
-        receive, None if declared is None else declared.decode("latin-1"), settings, started
-    )
-    image = image_bytes(body, "" if content_type is None else content_type.decode("latin-1"))
+    declared, content_type = _body_headers(scope)
+    body = await read_body(receive, declared, settings, started)
+    image = image_bytes(body, content_type)
     header = imaging.read_header(image, settings.max_image_pixels)
     result = await plane.classify(image, header, parsed.constraints, parsed.top_k, started)
     total = time.perf_counter() - started
