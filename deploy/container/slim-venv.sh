@@ -6,7 +6,8 @@
 #   - onnxruntime's tools/, transformers/, quantization/ (model conversion and tuning, import
 #     torch or onnx) and libonnxruntime.so (the C API library: the Python module is statically
 #     linked and does not load it);
-#   - numpy's build and test helpers (distutils, f2py, testing, _pyinstaller) and C headers;
+#   - numpy's build and test helpers (distutils, f2py, testing, _pyinstaller, the _simd and
+#     *_tests extension modules) and C headers;
 #   - Pillow's font, colour-management, AVIF and Tk modules (the service decodes JPEG, PNG and
 #     WebP only), then every bundled library that no remaining extension module loads;
 #   - type stubs, Cython sources and headers;
@@ -24,7 +25,8 @@ site=$(echo "$venv"/lib/python3*/site-packages)
 rm -rf "$site/onnxruntime/tools" "$site/onnxruntime/transformers" "$site/onnxruntime/quantization" \
     "$site"/onnxruntime/capi/libonnxruntime.so.*
 rm -rf "$site/numpy/distutils" "$site/numpy/f2py" "$site/numpy/testing" "$site/numpy/_pyinstaller" \
-    "$site/numpy/_core/include" "$site/numpy/_core/lib"
+    "$site/numpy/_core/include" "$site/numpy/_core/lib" \
+    "$site"/numpy/_core/_simd.* "$site"/numpy/_core/_*_tests.*
 rm -f "$site"/PIL/_imagingft.* "$site"/PIL/_imagingcms.* "$site"/PIL/_avif.* "$site"/PIL/_imagingtk.* \
     "$venv"/bin/f2py \
     "$venv"/bin/numpy-config
