@@ -22,7 +22,6 @@ from service.observability import Metrics
 from service.results import Classification
 from service.runtime.executor import InferenceExecutor
 from service.runtime.memory import release_free_memory
-from service.selection import FIT_QUANTILE
 from service.served_set import Served
 from service.settings import Settings
 
@@ -153,7 +152,7 @@ class LiveTable:
 
         now = time.perf_counter()
         # Runs only on an idle server; last in line should anything arrive meanwhile.
-        probe = schedule.Job(schedule.dispatch_key(now, None), served.pricer.latency.idle(name, FIT_QUANTILE))
+        probe = schedule.Job(schedule.dispatch_key(now, None), served.pricer.inference_seconds(name, now))
         finished = await self.executor.run(job, probe)
         served.pricer.latency.observe(name, finished.value, time.perf_counter())
 

@@ -100,6 +100,12 @@ class Pricer:
             prices[name] = Price(candidate, point, job.run_seconds, wait_margin)
         return prices
 
+    def inference_seconds(self, name: str, now: float) -> float:
+        """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a
+        request's service: its point as things run now plus its calibrated margin."""
+        point = self.latency.idle(name, TYPICAL) * self.latency.slowdown(now)
+        return point + self.calibration.service_margin(name, point, now)
+
     def learn(
         self,
         name: str,

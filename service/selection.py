@@ -23,9 +23,6 @@ from service.runtime.executor import InferenceExecutor
 from service.served_set import Served
 from service.settings import Settings
 
-# The v2 path's and the probes' place in the schedule: their inference at this quantile.
-FIT_QUANTILE = 0.95
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -121,6 +118,6 @@ class Chooser:
         their tiers need."""
         return schedule.Job(
             schedule.dispatch_key(now, None),
-            images * served.pricer.latency.predict(name, FIT_QUANTILE, now),
+            images * served.pricer.inference_seconds(name, now),
             schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
         )
