@@ -70,8 +70,10 @@ class LiveTable:
             work=result.decode_work,
             decode_seconds=result.decode_seconds,
             inference_seconds=result.inference_seconds,
-            point_seconds=result.point_seconds,
-            service_seconds=total_seconds - result.chosen_after_seconds - result.queue_seconds,
+            service_residual=total_seconds
+            - result.chosen_after_seconds
+            - result.queue_seconds
+            - result.point_seconds,
             wait_error=result.queue_seconds - result.predicted_wait_seconds,
             now=now,
         )

@@ -115,16 +115,12 @@ class Pricer:
         work: DecodeWork,
         decode_seconds: float,
         inference_seconds: float,
-        point_seconds: float,
-        service_seconds: float,
+        service_residual: float,
         wait_error: float,
         now: float,
     ) -> None:
-        """What an answer teaches the tables: its decode and inference times, how its service
-        compared with the point prediction it was chosen with, and how much longer than predicted
-        it queued."""
+        """What an answer teaches the tables: its decode and inference times, how much longer than
+        its point prediction its service took, and how much longer than predicted it queued."""
         self.latency.observe(name, inference_seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(
-            name, point_seconds, service_seconds - point_seconds, budget_seconds, wait_error, now
-        )
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, now)

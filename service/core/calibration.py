@@ -10,15 +10,14 @@ on the answers themselves, split conformal style:
 - **Service**, per variant, with scores centred per variant: a variant's *location* is the
   median of its own recent service residuals (measured service minus point prediction): a few
   answers fix it, one spike does not move it, and it is what differs most between variants. The
-  *spread* around it is shared, relative to the point: every variant's residuals less their
-  location, over their point. A large variant's service wanders by more milliseconds than a
-  small one's (more time to be pre-empted in), in proportion to its length, so one additive
-  spread covered the small variants twice over and missed the largest one answer in ten; a
-  0.99 quantile needs hundreds of answers, which no single variant has until it has been chosen
-  for seconds. Service margin = location + the spread's quantile x the point. Every answer
-  teaches it, with or without a budget. A variant with too few answers of its own takes
-  everyone's location; residuals age out, so a variant not chosen lately is priced like any
-  other and chosen, and so re-measured, whenever that says it fits.
+  *spread* around it is shared: every variant's residuals less their location. What spreads a
+  service most, a pre-empted core or a slow event loop, adds the same time to any variant (scaled
+  per variant, the spikes of the small ones priced the large ones out), and a 0.99 quantile
+  needs hundreds of answers, which no single variant has until it has been chosen for seconds.
+  Service margin = location + the spread's quantile. Every answer teaches it, with or without a
+  budget. A variant with too few answers of its own takes everyone's location; residuals age
+  out, so a variant not chosen lately is priced like any other and chosen, and so re-measured,
+  whenever that says it fits.
 - **Wait**, per budget tier: how much longer than predicted recent requests of the tier queued
   (other tiers go first or are held back differently). Zero while nothing queues.
 
@@ -74,14 +73,13 @@ class Calibration:
     def observe(
         self,
         variant: str,
-        point: float,
         service_residual: float,
         budget_seconds: float | None,
         wait_error: float,
         now: float,
     ) -> None:
-        """An answer: the point prediction of its service it was chosen with, its service less that
-        point, and (for a budgeted request) how much longer than predicted it queued."""
+        """An answer: its service less the point prediction it was chosen with, and (for a
+        budgeted request) how much longer than predicted it queued."""
         own = self._own.get(variant)
         if own is None:
             own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
@@ -89,7 +87,7 @@ class Calibration:
         # variants' differences.
         centre = location(own.fresh(now))
         if centre is not None:
-            self._spread.add((service_residual - centre) / point, now)
+            self._spread.add(service_residual - centre, now)
         own.add(service_residual, now)
         self._all.add(service_residual, now)
         if budget_seconds is not None:
@@ -109,7 +107,7 @@ class Calibration:
         spread = self._spread.fresh(now)
         if centre is None or len(spread) < MIN_SPREAD:
             return FIRST_MARGIN_FRACTION * point
-        return centre + conformal_quantile(spread, self.quantile) * point
+        return centre + conformal_quantile(spread, self.quantile)
 
     def wait_margin(self, budget_seconds: float | None, now: float) -> float:
         """What to add to a request's predicted queue wait: never negative, 0 without errors."""

@@ -52,7 +52,7 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
         if i >= 300:  # once the window is full
             judged += 1
             exceeded += total > bound
-        calibration.observe("v", point, total - point, BUDGET, 0.0, now)
+        calibration.observe("v", total - point, BUDGET, 0.0, now)
     # Conformal: at most 1 - q in expectation; 3.5 standard deviations of 2200 draws above it.
     allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
     assert exceeded / judged <= allowed
@@ -61,59 +61,35 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
 def test_a_variant_without_answers_of_its_own_takes_everyones_location() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     first = MIN_OWN + MIN_SPREAD  # a location, then enough spread around it
-    for i in range(first):  # "small" answers 0.4 ms over its 4 ms point, give or take 0.1
+    for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
         margin = calibration.service_margin("small", 0.004, 0.001 * i)
         assert margin == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
-        calibration.observe("small", 0.004, 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, 0.001 * i)
-    # Location 0.4 ms, the spread's top 0.1 ms in 4 (2.5 % of the point): 0.5 ms; answers
-    # without a budget teach the service part too. A 20 ms variant: the same location, its
-    # spread five times wider.
+        calibration.observe("small", 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, 0.001 * i)
+    # Location 0.4 ms, the spread's top 0.1 ms: 0.5 ms; answers without a
+    # budget teach the service part too.
     assert calibration.service_margin("small", 0.004, 0.1) == pytest.approx(0.0005)
-    assert calibration.service_margin("big", 0.020, 0.1) == pytest.approx(0.0004 + 0.0005)
+    assert calibration.service_margin("big", 0.020, 0.1) == pytest.approx(0.0005)
 
 
 def test_each_variant_has_its_own_location_and_all_share_the_spread() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     for i in range(MIN_OWN + MIN_SPREAD // 2):
-        calibration.observe("v", 0.010, -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, 0.0)  # its point is pessimistic
-        calibration.observe("w", 0.010, 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, 0.0)  # optimistic, spread wider
-    # Each one's median (the lower of its two values) + the shared spread's top (6 % of the point).
+        calibration.observe("v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, 0.0)  # its point is pessimistic
+        calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, 0.0)  # optimistic, spread wider
+    # Each one's median (the lower of its two values) + the shared spread's top (0.6 ms).
     assert calibration.service_margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0006, abs=1e-9)
     assert calibration.service_margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
-    assert calibration.service_margin("w", 0.020, 0.0) == pytest.approx(0.005 + 0.0012, abs=1e-9)
     # Aged out: the first margin again.
     assert calibration.service_margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
-
-
-@settings(max_examples=10, derandomize=True, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), jitter=st.floats(0.02, 0.3))
-def test_small_and_large_variants_each_keep_the_promise(seed: int, jitter: float) -> None:
-    # A 2 ms and a 25 ms variant answer in turn, each wandering in proportion to its length (a
-    # longer inference has longer to be pre-empted in): the shared spread covers both.
-    rng = random.Random(seed)  # noqa: S311 (noise, not secrets)
-    calibration = Calibration(window=1024, fresh_seconds=600.0)
-    points = {"small": 0.002, "large": 0.025}
-    exceeded = dict.fromkeys(points, 0)
-    judged = 0
-    for i in range(4000):
-        now = 0.01 * i
-        for name, point in points.items():
-            bound = point + calibration.service_margin(name, point, now)
-            total = point * 1.1 * rng.lognormvariate(0.0, jitter)
-            exceeded[name] += i >= 600 and total > bound
-            calibration.observe(name, point, total - point, BUDGET, 0.0, now)
-        judged += i >= 600
-    allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
-    assert max(exceeded.values()) / judged <= allowed
 
 
 def test_the_wait_margin_is_per_tier_never_negative_and_only_for_budgets() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     assert calibration.wait_margin(BUDGET, 0.0) == 0.0
     for i in range(100):
-        calibration.observe("v", 0.010, 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, 0.0)  # queued 2 ms over, twice
-        calibration.observe("v", 0.010, 0.0, 0.050, -0.003, 0.0)  # queued less than predicted
-        calibration.observe("v", 0.010, 0.0, None, 0.5, 0.0)  # overtaken by design: teaches no wait
+        calibration.observe("v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, 0.0)  # queued 2 ms over, twice
+        calibration.observe("v", 0.0, 0.050, -0.003, 0.0)  # queued less than predicted
+        calibration.observe("v", 0.0, None, 0.5, 0.0)  # overtaken by design: teaches no wait
     assert calibration.wait_margin(BUDGET, 0.0) == pytest.approx(0.002)
     assert calibration.wait_margin(0.008, 0.0) == pytest.approx(0.002)  # the same tier
     assert calibration.wait_margin(0.050, 0.0) == 0.0
