@@ -28,6 +28,9 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 REPROBE_PERIOD_SECONDS = 1.0
+# The choices made because the variant's price fitted the budget: their misses steer the level
+# the prices are calibrated at (a pinned variant or a fallback was late by no price's fault).
+PRICED_CHOICES = ("best_fit", "contention")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class LiveTable:
         layer measured it (first byte to answer)."""
         now = time.perf_counter()
         budget = result.budget_seconds
+        met = result.budget_met(total_seconds)
         result.served.pricer.learn(
             result.variant.name,
             budget,
@@ -75,13 +79,13 @@ class LiveTable:
             - result.queue_seconds
             - result.point_seconds,
             wait_error=result.queue_seconds - result.predicted_wait_seconds,
+            missed=None if met is None or result.reason not in PRICED_CHOICES else not met,
             now=now,
         )
         metrics = result.metrics
         metrics.inference_duration.observe(result.inference_seconds)
         self.metrics.decode_duration.observe(result.decode_seconds)
         metrics.request_duration.observe(total_seconds)
-        met = result.budget_met(total_seconds)
         if budget is not None:
             (metrics.budget_met if met else metrics.budget_missed).inc()
             self.metrics.slack.observe(budget - total_seconds)

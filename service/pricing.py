@@ -86,7 +86,8 @@ class Pricer:
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
             job = schedule.Job(
-                place.key, point + self.calibration.service_margin(name, point, now), place.limits
+                place.key, point + self.calibration.service_margin(name, point, budget_seconds, now),
+                place.limits,
             )
             candidate = selector.Candidate(
                 name=name,
@@ -104,7 +105,7 @@ class Pricer:
         """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a
         request's service: its point as things run now plus its calibrated margin."""
         point = self.latency.idle(name, TYPICAL) * self.latency.slowdown(now)
-        return point + self.calibration.service_margin(name, point, now)
+        return point + self.calibration.service_margin(name, point, None, now)
 
     def learn(
         self,
@@ -117,10 +118,12 @@ class Pricer:
         inference_seconds: float,
         service_residual: float,
         wait_error: float,
+        missed: bool | None,
         now: float,
     ) -> None:
         """What an answer teaches the tables: its decode and inference times, how much longer than
-        its point prediction its service took, and how much longer than predicted it queued."""
+        its point prediction its service took, how much longer than predicted it queued, and
+        whether it was late (None: its variant was not chosen by its price)."""
         self.latency.observe(name, inference_seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(name, service_residual, budget_seconds, wait_error, now)
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, missed, now)
