@@ -28,9 +28,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 REPROBE_PERIOD_SECONDS = 1.0
-# The choices made because the variant's price fitted the budget: their misses steer the level
-# the prices are calibrated at (a pinned variant or a fallback was late by no price's fault).
-PRICED_CHOICES = ("best_fit", "contention")
 
 
 @dataclass(frozen=True)
@@ -74,12 +71,19 @@ class LiveTable:
             work=result.decode_work,
             decode_seconds=result.decode_seconds,
             inference_seconds=result.inference_seconds,
-            service_residual=total_seconds
+            service_residual=result.decode_seconds + result.inference_seconds - result.point_seconds,
+            # Everything else after the choice: the queue, and the answer's way back through the
+            # event loop (under load, the event loop's lag: no variant's doing).
+            wait_error=total_seconds
             - result.chosen_after_seconds
-            - result.queue_seconds
-            - result.point_seconds,
-            wait_error=result.queue_seconds - result.predicted_wait_seconds,
-            missed=None if met is None or result.reason not in PRICED_CHOICES else not met,
+            - result.decode_seconds
+            - result.inference_seconds
+            - result.predicted_wait_seconds,
+            # Late beyond its budget and its price: a fallback priced past its budget teaches
+            # whether that price was too dear; a pinned variant's price chose nothing.
+            late=None
+            if budget is None or result.reason == "pinned"
+            else total_seconds > max(budget, result.predicted_seconds),
             now=now,
         )
         metrics = result.metrics

@@ -118,12 +118,12 @@ class Pricer:
         inference_seconds: float,
         service_residual: float,
         wait_error: float,
-        missed: bool | None,
+        late: bool | None,
         now: float,
     ) -> None:
         """What an answer teaches the tables: its decode and inference times, how much longer than
-        its point prediction its service took, how much longer than predicted it queued, and
-        whether it was late (None: its variant was not chosen by its price)."""
+        its point prediction its service took, how much longer than predicted it waited, and
+        whether it came after both its budget and its price (None: pinned, or no budget)."""
         self.latency.observe(name, inference_seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(name, service_residual, budget_seconds, wait_error, missed, now)
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, late, now)

@@ -1,7 +1,8 @@
 """How far above its point prediction a request's total may run, at the quantile the promise needs.
 
-A request's total is the time spent before its variant is chosen, its queue wait, and its
-*service*: decode + inference on a worker, and the answer. Each part is predicted at its typical
+A request's total is the time spent before its variant is chosen, its *service* (decode +
+inference on a worker) and its *wait*: for a worker, and for the event loop to send the answer
+once the worker is done. Each part is predicted at its typical
 value (the point prediction) and is biased and noisy in ways no part models: server overhead,
 scheduling, spikes of the shared cores, a profile a little off. Instead of stacking quantiles of
 the parts (each pessimistic on its own, far too pessimistic summed), the margins are calibrated
@@ -11,18 +12,22 @@ on the answers themselves, split conformal style:
   median of its own recent service residuals (measured service minus point prediction): a few
   answers fix it, one spike does not move it, and it is what differs most between variants. The
   *spread* around it is shared: every variant's residuals less their location. What spreads a
-  service most, a pre-empted core or a slow event loop, adds the same time to any variant (scaled
-  per variant, the spikes of the small ones priced the large ones out), and a 0.99 quantile
+  service most, a pre-empted core, adds the same time to any variant (scaled per variant, the
+  spikes of the small ones priced the large ones out), and a 0.99 quantile
   needs hundreds of answers, which no single variant has until it has been chosen for seconds.
   Service margin = location + the spread's quantile. Every answer teaches it, with or without a
   budget. A variant with too few answers of its own takes everyone's location; residuals age
   out, so a variant not chosen lately is priced like any other and chosen, and so re-measured,
   whenever that says it fits.
-- **Wait**, per budget tier: how much longer than predicted recent requests of the tier queued
-  (other tiers go first or are held back differently). Zero while nothing queues.
+- **Wait**, per budget tier: how much longer than predicted recent requests of the tier waited
+  (other tiers go first or are held back differently), never negative. It is load's, not a
+  variant's: counted in the service, an overloaded event loop's lag made the variants that ran
+  through it look slow, and the variants that had not run lately the fastest.
 - **The level**, per budget tier, is steered by the tier's own misses (adaptive conformal
   inference, Gibbs and Candes 2021): each miss raises the quantile, each answer on time lowers
-  it a little, so that over time the tier misses at the promised rate and no less. A bound at
+  it a little, so that over time the tier misses at the promised rate and no less. A fallback,
+  priced past its budget, teaches whether it came after its price: when none fits, a level that
+  only misses could move would stay where it priced everything out. A bound at
   the 0.99 quantile for every request misses far less than 1 % of a tier's answers, because
   most requests are not at the edge of their budget, and each of those unspent misses is a
   more accurate variant not chosen; the promise is about the answers, not each bound.
@@ -95,13 +100,13 @@ class Calibration:
         service_residual: float,
         budget_seconds: float | None,
         wait_error: float,
-        missed: bool | None,
+        late: bool | None,
         now: float,
     ) -> None:
         """An answer: its service less the point prediction it was chosen with, and (for a
-        budgeted request) how much longer than predicted it queued; ``missed``: whether it was late,
-        for an answer whose variant was chosen because its bound fitted the budget (None for any
-        other: pinned, a fallback, no budget)."""
+        budgeted request) how much longer than predicted it waited; ``late``: whether it came after
+        both its budget and its bound (None: pinned, or no budget). Within budget, it kept the
+        promise; within a bound priced past the budget (a fallback), that bound was not too low."""
         own = self._own.get(variant)
         if own is None:
             own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
@@ -119,9 +124,9 @@ class Calibration:
                     window=self.window, fresh_seconds=self.fresh_seconds
                 )
             waits.add(wait_error, now)
-        if budget_seconds is not None and missed is not None:
+        if budget_seconds is not None and late is not None:
             tier = tier_name(budget_seconds)
-            level = self._levels.get(tier, self.quantile) + self.level_step * (missed - (1 - self.quantile))
+            level = self._levels.get(tier, self.quantile) + self.level_step * (late - (1 - self.quantile))
             self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))
 
     def level(self, budget_seconds: float | None) -> float:
