@@ -6,6 +6,8 @@ profiled inference scaled by how fast inferences run now) plus a margin calibrat
 answers (``service.core.calibration``). Every variant is priced the same way, whether it was
 chosen lately or not, so comparing two variants compares like with like. Each answer teaches the
 tables back (``learn``).
+
+A confidence cascade plan is priced from its stages' prices (``price_plan``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from model_store import imaging
-from model_store.manifest import Preprocessing, Variant
+from model_store.manifest import Cascade, Preprocessing, Variant
 from service.core import schedule, selector
 from service.core.calibration import Calibration
 from service.core.latency import DecodeModel, DecodeWork, LatencyModel
@@ -35,6 +37,7 @@ class Price:
     point_seconds: float  # decode + inference, each at its typical value
     service_seconds: float  # point + service margin: the job's run time in the schedule
     wait_margin_seconds: float
+    decode_seconds: float  # the point's decode
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,33 @@ class Pricer:
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),
             )
-            prices[name] = Price(candidate, point, job.run_seconds, wait_margin)
+            prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
         return prices
+
+    def price_plan(self, plan: Cascade, prices: Mapping[str, Price], place: Place, now: float) -> Price:
+        """A cascade plan's price from its stages' ``prices`` (at ``place``). Its job is the first
+        stage: the image decoded once, for the stage that needs more pixels, and the small
+        variant's inference. Its worst case adds the big variant's inference; its mean adds that
+        at the recorded escalation rate. Each inference keeps its own calibrated margin."""
+        small, big = prices[plan.small], prices[plan.big]
+        decoding = max(small.decode_seconds, big.decode_seconds)
+        first = decoding + small.service_seconds - small.decode_seconds
+        second = big.service_seconds - big.decode_seconds
+        wait_margin = small.wait_margin_seconds
+        candidate = selector.Candidate(
+            name=plan.name,
+            top1=plan.top1,
+            size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
+            predicted_seconds=first + second + wait_margin,
+            idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
+            wait_seconds=schedule.wait_at_place(
+                schedule.Job(place.key, first, place.limits), place.queue, place.busy, now
+            ),
+            blocks=schedule.blocks(schedule.Job(place.key, first + second, place.limits), place.workers),
+            mean_seconds=first + plan.escalation_rate * second + wait_margin,
+        )
+        point = decoding + small.point_seconds - small.decode_seconds
+        return Price(candidate, point, first, wait_margin, decoding)
 
     def inference_seconds(self, name: str, now: float) -> float:
         """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a

@@ -203,6 +203,8 @@ def select(
     # A plan answering late would be late twice over, or not as accurate as promised.
     variants = [c for c in pool if c.mean_seconds is None]
     if not variants:
-        raise NoVariantAllowed("only a cascade satisfies max_size and min_accuracy, and it does not fit the budget")
+        raise NoVariantAllowed(
+            "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
+        )
     fastest = min(variants, key=total)
     return Selection(fastest.name, "fallback", total(fastest))
