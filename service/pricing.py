@@ -113,16 +113,16 @@ class Pricer:
         first = decoding + small.service_seconds - small.decode_seconds
         second = big.service_seconds - big.decode_seconds
         wait_margin = small.wait_margin_seconds
+        # What is queued now is the first stage; the second is priced and scheduled on its own.
+        job = schedule.Job(place.key, first, place.limits)
         candidate = selector.Candidate(
             name=plan.name,
             top1=plan.top1,
             size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
             predicted_seconds=first + second + wait_margin,
             idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
-            wait_seconds=schedule.wait_at_place(
-                schedule.Job(place.key, first, place.limits), place.queue, place.busy, now
-            ),
-            blocks=schedule.blocks(schedule.Job(place.key, first + second, place.limits), place.workers),
+            wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
+            blocks=schedule.blocks(job, place.workers),
             mean_seconds=first + plan.escalation_rate * second + wait_margin,
         )
         point = decoding + small.point_seconds - small.decode_seconds
