@@ -242,9 +242,7 @@ def main() -> int:
     env = servers.setup()
     m = servers.machine()
 
-    def progress(message: str) -> None:
-        print(f"[cascade {time.monotonic() - started:5.0f}s] {message}", file=sys.stderr, flush=True)
-
+    progress = servers.progress("cascade")
     results = measure(env.store, env.sample, env.workers, env.threads, env.results, progress)
     results.update(machine=m, load_average_at_end=os.getloadavg(), elapsed_s=time.monotonic() - started)
     head = [

@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_store.manifest import Cascade, Manifest
+from model_store.manifest import Manifest
 from tests.app.conftest import image_bytes, serve, settings_for, tiny_model, write_store
+from tests.unit.test_manifest import cascade
 
 SMALL, BIG = "tiny-16-fp32", "tiny-32-fp32"
 PLAN = f"{SMALL}>{BIG}"
@@ -93,16 +94,7 @@ def slow_when_bright(resolution: int, side: int = 512) -> bytes:
 def cascade_store(root: Path) -> Path:
     """``SMALL`` (slow on bright images) and ``BIG``, and a plan more accurate than either."""
     store = write_store(root, {SMALL: (16, slow_when_bright(16)), BIG: (32, tiny_model(32, 2, scale=1e-3))})
-    plan = Cascade(
-        small=SMALL,
-        big=BIG,
-        threshold=0.5,
-        top1=0.65,
-        top1_dataset="tiny/odd-positions",
-        held_out_accuracy=0.9,
-        escalation_rate=0.3,
-        planned_cost_ms=1.0,
-    )
+    plan = cascade(small=SMALL, big=BIG, threshold=0.5, top1=0.65, escalation_rate=0.3)
     store.write(Manifest(variants=store.manifest.variants, cascades=(plan,)))
     return root
 
