@@ -188,12 +188,19 @@ def markdown(r: dict[str, Any]) -> list[str]:
             f"| {s['cpu_ms_per_answer']:.2f} / {c['cpu_ms_per_answer']:.2f} | {runs} |"
         )
     diffs = [100 * (row["cascade"]["delivered"] - row["single"]["delivered"]) for row in r["rows"]]
-    o = r["overload"]
-    ratio = "–" if o["cascade_over_single"] is None else f"{o['cascade_over_single']:.2f}"
     lines += [
         "",
         f"Cascades − cascade=false: worst {min(diffs):+.1f} pt, ≥ 1 pt ahead at {sum(d >= 1 for d in diffs)} "
         f"of {len(diffs)} budgets.",
+    ]
+    return lines + _loaded(r)
+
+
+def _loaded(r: dict[str, Any]) -> list[str]:
+    """The overload table and the escalation rates under traffic."""
+    o = r["overload"]
+    ratio = "–" if o["cascade_over_single"] is None else f"{o['cascade_over_single']:.2f}"
+    lines = [
         "",
         f"### 2x overload: {o['budget_ms']:g} ms, open loop at {o['rate_per_s']:.1f}/s "
         f"for {o['seconds']:g} s",

@@ -225,6 +225,10 @@ class EdgefitUser(FastHttpUser):
         cascade = doc.get("cascade")
         if cascade:
             self._fire("CASCADE", f"{cascade['plan']} {cascade['outcome']}", timing["inference_ms"])
+        self._fire_server(timing)
+
+    def _fire_server(self, timing: dict[str, float]) -> None:
+        """The server's own timing of an answer, as ``SERVER`` rows."""
         overhead = timing["total_ms"] - timing["queue_ms"] - timing["decode_ms"] - timing["inference_ms"]
         for name, value in (
             ("queue_ms", timing["queue_ms"]),

@@ -194,6 +194,14 @@ def select(
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
+    fastest = _late(pool, constraints, budget, total)
+    return Selection(fastest.name, "fallback", total(fastest))
+
+
+def _late(
+    pool: Sequence[Candidate], constraints: Constraints, budget: float, total: Callable[[Candidate], float]
+) -> Candidate:
+    """Nothing fits: the fastest allowed variant, to answer late; ``strict`` refuses instead."""
     if constraints.strict:
         # "Could an idle server meet it?" ignores the time this request already spent here:
         # under load that time is the load's doing, not the budget's.
@@ -206,5 +214,4 @@ def select(
         raise NoVariantAllowed(
             "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
         )
-    fastest = min(variants, key=total)
-    return Selection(fastest.name, "fallback", total(fastest))
+    return min(variants, key=total)
