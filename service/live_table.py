@@ -76,27 +76,20 @@ class LiveTable:
         budget = result.budget_seconds
         pricer = result.served.pricer
         first = result.stages[0]
-        if len(result.stages) == 1:
-            pricer.learn(
-                first.variant.name,
-                budget,
-                image_format=result.image_format,
-                work=result.decode_work,
-                decode_seconds=first.decode_seconds,
-                inference_seconds=first.inference_seconds,
-                service_residual=total_seconds
-                - result.chosen_after_seconds
-                - result.queue_seconds
-                - result.point_seconds,
-                wait_error=result.queue_seconds - result.predicted_wait_seconds,
-                now=now,
-            )
-        else:
-            # A cascade's two stages teach the tables their timings; the calibration learns from
-            # one-stage services only, the ones its point predictions describe.
-            pricer.decode.observe(result.image_format, result.decode_work, first.decode_seconds, now)
-            for stage in result.stages:
-                pricer.latency.observe(stage.variant.name, stage.inference_seconds, now)
+        residual = total_seconds - result.chosen_after_seconds - result.queue_seconds - result.point_seconds
+        wait_error = first.queue_seconds - result.predicted_wait_seconds
+        # A cascade's answers calibrate the plan's own margin (``Pricer.price_plan``).
+        pricer.learn(
+            first.variant.name if result.plan is None else result.plan.name,
+            budget,
+            image_format=result.image_format,
+            work=result.decode_work,
+            decode_seconds=first.decode_seconds,
+            inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
+            service_residual=residual,
+            wait_error=wait_error,
+            now=now,
+        )
         for stage in result.stages:
             stage.metrics.inference_duration.observe(stage.inference_seconds)
         if result.plan is not None:

@@ -38,6 +38,8 @@ class Price:
     service_seconds: float  # point + service margin: the job's run time in the schedule
     wait_margin_seconds: float
     decode_seconds: float  # the point's decode
+    # A cascade plan's second stage, at its typical value (its point is the first stage's).
+    escalation_point_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,21 @@ class Pricer:
         return prices
 
     def price_plan(self, plan: Cascade, prices: Mapping[str, Price], place: Place, now: float) -> Price:
-        """A cascade plan's price from its stages' ``prices`` (at ``place``). Its job is the first
-        stage: the image decoded once, for the stage that needs more pixels, and the small
-        variant's inference. Its worst case adds the big variant's inference; its mean adds that
-        at the recorded escalation rate. Each inference keeps its own calibrated margin."""
+        """A cascade plan's price from its stages' ``prices`` (at ``place``), with the first stage
+        as its job: the image decoded once, for the stage that needs more pixels, and the small
+        variant's inference within its bound.
+
+        Its worst case is the point of both stages plus one margin calibrated on the plan's own
+        answers (``learn``), not the two stages' bounds stacked: their spreads come from the
+        same shared cores, and a sum of two 0.99 quantiles would price every plan out. Its mean
+        adds the rest of the worst case at the recorded escalation rate."""
         small, big = prices[plan.small], prices[plan.big]
         decoding = max(small.decode_seconds, big.decode_seconds)
+        point = decoding + small.point_seconds - small.decode_seconds
+        second_point = big.point_seconds - big.decode_seconds
+        worst = point + second_point
+        worst += self.calibration.service_margin(plan.name, worst, now)
         first = decoding + small.service_seconds - small.decode_seconds
-        second = big.service_seconds - big.decode_seconds
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
         job = schedule.Job(place.key, first, place.limits)
@@ -119,14 +128,13 @@ class Pricer:
             name=plan.name,
             top1=plan.top1,
             size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
-            predicted_seconds=first + second + wait_margin,
+            predicted_seconds=max(worst, first) + wait_margin,
             idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
             wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
             blocks=schedule.blocks(job, place.workers),
-            mean_seconds=first + plan.escalation_rate * second + wait_margin,
+            mean_seconds=first + plan.escalation_rate * max(0.0, worst - first) + wait_margin,
         )
-        point = decoding + small.point_seconds - small.decode_seconds
-        return Price(candidate, point, first, wait_margin, decoding)
+        return Price(candidate, point, first, wait_margin, decoding, second_point)
 
     def inference_seconds(self, name: str, now: float) -> float:
         """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a
@@ -142,13 +150,15 @@ class Pricer:
         image_format: str,
         work: DecodeWork,
         decode_seconds: float,
-        inference_seconds: float,
+        inferences: Sequence[tuple[str, float]],
         service_residual: float,
         wait_error: float,
         now: float,
     ) -> None:
-        """What an answer teaches the tables: its decode and inference times, how much longer than
-        its point prediction its service took, and how much longer than predicted it queued."""
-        self.latency.observe(name, inference_seconds, now)
+        """What an answer of ``name`` (a variant, or a cascade plan) teaches the tables: its decode,
+        each inference that ran (``(variant, seconds)``), how much longer than its point
+        prediction its service took, and how much longer than predicted it queued."""
+        for variant, seconds in inferences:
+            self.latency.observe(variant, seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
         self.calibration.observe(name, service_residual, budget_seconds, wait_error, now)

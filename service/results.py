@@ -65,7 +65,7 @@ class Classification:
     margin_seconds: float  # the price's calibrated margins (service and wait)
     chosen_after_seconds: float  # time spent before choosing
     predicted_wait_seconds: float
-    point_seconds: float  # the price's point prediction of the (first stage's) service
+    point_seconds: float  # the price's point prediction of the service (of the stages that ran)
     predictions: list[Prediction]
     stages: tuple[Stage, ...]
     # For ``DataPlane.record``, after the answer is sent: the set that answered it and what its
@@ -126,7 +126,7 @@ def classification(
         - price.candidate.wait_seconds
         - price.candidate.predicted_seconds,
         predicted_wait_seconds=price.candidate.wait_seconds,
-        point_seconds=price.point_seconds,
+        point_seconds=price.point_seconds + (price.escalation_point_seconds if len(stages) > 1 else 0.0),
         predictions=[Prediction(i, labels[i], score) for i, score in best],
         stages=tuple(stages),
         served=served,
