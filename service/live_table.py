@@ -28,6 +28,9 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 REPROBE_PERIOD_SECONDS = 1.0
+# The choices made because the variant's price fitted the budget: their misses steer the level
+# the prices are calibrated at (a pinned variant or a fallback was late by no price's fault).
+PRICED_CHOICES = ("best_fit", "contention")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class LiveTable:
         layer measured it (first byte to answer)."""
         now = time.perf_counter()
         budget = result.budget_seconds
+        met = result.budget_met(total_seconds)
         pricer = result.served.pricer
         first = result.stages[0]
         residual = total_seconds - result.chosen_after_seconds - result.queue_seconds - result.point_seconds
@@ -88,6 +92,7 @@ class LiveTable:
             inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
             service_residual=residual,
             wait_error=wait_error,
+            missed=None if met is None or result.reason not in PRICED_CHOICES else not met,
             now=now,
         )
         for stage in result.stages:
@@ -96,7 +101,6 @@ class LiveTable:
             self._count_cascade(result)
         self.metrics.decode_duration.observe(result.decode_seconds)
         result.metrics.request_duration.observe(total_seconds)
-        met = result.budget_met(total_seconds)
         if budget is not None:
             (result.metrics.budget_met if met else result.metrics.budget_missed).inc()
             self.metrics.slack.observe(budget - total_seconds)

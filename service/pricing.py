@@ -91,7 +91,9 @@ class Pricer:
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
             job = schedule.Job(
-                place.key, point + self.calibration.service_margin(name, point, now), place.limits
+                place.key,
+                point + self.calibration.service_margin(name, point, budget_seconds, now),
+                place.limits,
             )
             candidate = selector.Candidate(
                 name=name,
@@ -105,7 +107,14 @@ class Pricer:
             prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
         return prices
 
-    def price_plan(self, plan: Cascade, prices: Mapping[str, Price], place: Place, now: float) -> Price:
+    def price_plan(
+        self,
+        plan: Cascade,
+        prices: Mapping[str, Price],
+        budget_seconds: float | None,
+        place: Place,
+        now: float,
+    ) -> Price:
         """A cascade plan's price from its stages' ``prices`` (at ``place``), with the first stage
         as its job: the image decoded once, for the stage that needs more pixels, and the small
         variant's inference within its bound.
@@ -119,7 +128,7 @@ class Pricer:
         point = decoding + small.point_seconds - small.decode_seconds
         second_point = big.point_seconds - big.decode_seconds
         worst = point + second_point
-        worst += self.calibration.service_margin(plan.name, worst, now)
+        worst += self.calibration.service_margin(plan.name, worst, budget_seconds, now)
         first = decoding + small.service_seconds - small.decode_seconds
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
@@ -136,11 +145,12 @@ class Pricer:
         )
         return Price(candidate, point, first, wait_margin, decoding, second_point)
 
-    def inference_seconds(self, name: str, now: float) -> float:
-        """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a
-        request's service: its point as things run now plus its calibrated margin."""
+    def inference_seconds(self, name: str, now: float, budget_seconds: float | None = None) -> float:
+        """One inference on ``name`` without a decode (``/v2`` tensors, probes, a cascade's second
+        stage), priced like a request's service: its point as things run now plus its calibrated
+        margin at the budget's level."""
         point = self.latency.idle(name, TYPICAL) * self.latency.slowdown(now)
-        return point + self.calibration.service_margin(name, point, now)
+        return point + self.calibration.service_margin(name, point, budget_seconds, now)
 
     def learn(
         self,
@@ -153,12 +163,14 @@ class Pricer:
         inferences: Sequence[tuple[str, float]],
         service_residual: float,
         wait_error: float,
+        missed: bool | None,
         now: float,
     ) -> None:
         """What an answer of ``name`` (a variant, or a cascade plan) teaches the tables: its decode,
         each inference that ran (``(variant, seconds)``), how much longer than its point
-        prediction its service took, and how much longer than predicted it queued."""
+        prediction its service took, how much longer than predicted it queued, and whether it was
+        late (None: it was not chosen by its price)."""
         for variant, seconds in inferences:
             self.latency.observe(variant, seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(name, service_residual, budget_seconds, wait_error, now)
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, missed, now)

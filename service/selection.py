@@ -92,7 +92,7 @@ class Chooser:
         prices = served.pricer.price(names, header, budget, place, now)
         if constraints.cascade and constraints.pinned is None:
             for plan in served.plans.values():
-                prices[plan.name] = served.pricer.price_plan(plan, prices, place, now)
+                prices[plan.name] = served.pricer.price_plan(plan, prices, budget, place, now)
         candidates = [p.candidate for p in prices.values()]
         # The tier keeps capacity for what its requests get from a worker free at once; its slack
         # counts from selection (the time already spent is not the kept workers' to save).
@@ -123,7 +123,7 @@ class Chooser:
         request's deadline): its job if it still fits the budget, else None."""
         now = time.perf_counter()
         queue, busy = self.executor.snapshot(now)
-        run = served.pricer.inference_seconds(name, now)
+        run = served.pricer.inference_seconds(name, now, budget)
         job = schedule.Job(
             schedule.dispatch_key(started, budget),
             run,

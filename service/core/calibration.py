@@ -20,6 +20,12 @@ on the answers themselves, split conformal style:
   whenever that says it fits.
 - **Wait**, per budget tier: how much longer than predicted recent requests of the tier queued
   (other tiers go first or are held back differently). Zero while nothing queues.
+- **The level**, per budget tier, is steered by the tier's own misses (adaptive conformal
+  inference, Gibbs and Candes 2021): each miss raises the quantile, each answer on time lowers
+  it a little, so that over time the tier misses at the promised rate and no less. A bound at
+  the 0.99 quantile for every request misses far less than 1 % of a tier's answers, because
+  most requests are not at the edge of their budget, and each of those unspent misses is a
+  more accurate variant not chosen; the promise is about the answers, not each bound.
 
 The quantiles use the finite-sample correction (the ceil((n + 1) q)-th smallest).
 """
@@ -43,6 +49,10 @@ FIRST_MARGIN_FRACTION = 1.0
 # Answers behind a variant's location, and behind everyone's.
 OWN_WINDOW = 64
 ALL_WINDOW = 256
+# How far one answer moves its tier's level (adaptive conformal inference's step), and the
+# levels it may take: never looser than a 0.95 quantile, never beyond the largest residual.
+LEVEL_STEP = 0.005
+LEVELS = (0.95, 1.0)
 
 
 def conformal_quantile(ordered: Sequence[float], q: float) -> float:
@@ -61,14 +71,23 @@ class Calibration:
     """Recent service residuals (each variant's, everyone's, the shared spread) and queue-wait
     errors per budget tier; not thread-safe."""
 
-    def __init__(self, *, window: int, fresh_seconds: float, quantile: float = PROMISE_QUANTILE) -> None:
+    def __init__(
+        self,
+        *,
+        window: int,
+        fresh_seconds: float,
+        quantile: float = PROMISE_QUANTILE,
+        level_step: float = LEVEL_STEP,
+    ) -> None:
         self.window = window
         self.fresh_seconds = fresh_seconds
         self.quantile = quantile
+        self.level_step = level_step
         self._own: dict[str, Recent] = {}
         self._all = Recent(window=ALL_WINDOW, fresh_seconds=fresh_seconds)
         self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
+        self._levels: dict[str, float] = {}
 
     def observe(
         self,
@@ -76,10 +95,13 @@ class Calibration:
         service_residual: float,
         budget_seconds: float | None,
         wait_error: float,
+        missed: bool | None,
         now: float,
     ) -> None:
         """An answer: its service less the point prediction it was chosen with, and (for a
-        budgeted request) how much longer than predicted it queued."""
+        budgeted request) how much longer than predicted it queued; ``missed``: whether it was late,
+        for an answer whose variant was chosen because its bound fitted the budget (None for any
+        other: pinned, a fallback, no budget)."""
         own = self._own.get(variant)
         if own is None:
             own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
@@ -97,9 +119,22 @@ class Calibration:
                     window=self.window, fresh_seconds=self.fresh_seconds
                 )
             waits.add(wait_error, now)
+        if budget_seconds is not None and missed is not None:
+            tier = tier_name(budget_seconds)
+            level = self._levels.get(tier, self.quantile) + self.level_step * (missed - (1 - self.quantile))
+            self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))
 
-    def service_margin(self, variant: str, point: float, now: float) -> float:
-        """What to add to ``variant``'s point prediction of its service for the promised quantile."""
+    def level(self, budget_seconds: float | None) -> float:
+        """The quantile the bounds of a budget's tier are priced at now; without a budget, the
+        promise's."""
+        return (
+            self.quantile
+            if budget_seconds is None
+            else self._levels.get(tier_name(budget_seconds), self.quantile)
+        )
+
+    def service_margin(self, variant: str, point: float, budget_seconds: float | None, now: float) -> float:
+        """What to add to ``variant``'s point prediction of its service, at the budget's level."""
         own = self._own.get(variant)
         centre = None if own is None else location(own.fresh(now))
         if centre is None:
@@ -107,10 +142,10 @@ class Calibration:
         spread = self._spread.fresh(now)
         if centre is None or len(spread) < MIN_SPREAD:
             return FIRST_MARGIN_FRACTION * point
-        return centre + conformal_quantile(spread, self.quantile)
+        return centre + conformal_quantile(spread, self.level(budget_seconds))
 
     def wait_margin(self, budget_seconds: float | None, now: float) -> float:
         """What to add to a request's predicted queue wait: never negative, 0 without errors."""
         waits = None if budget_seconds is None else self._waits.get(tier_name(budget_seconds))
         errors = None if waits is None else waits.fresh(now)
-        return max(0.0, conformal_quantile(errors, self.quantile)) if errors else 0.0
+        return max(0.0, conformal_quantile(errors, self.level(budget_seconds))) if errors else 0.0

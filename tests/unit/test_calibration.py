@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
+    LEVELS,
     MIN_OWN,
     MIN_SPREAD,
     PROMISE_QUANTILE,
@@ -45,14 +46,14 @@ def test_the_bound_is_exceeded_at_no_more_than_the_promised_rate(
     exceeded = judged = 0
     for i in range(2500):
         now = 0.01 * i
-        bound = point + calibration.service_margin("v", point, now)
+        bound = point + calibration.service_margin("v", point, None, now)
         total = point * (1 + bias) * rng.lognormvariate(0.0, spread)
         if rng.random() < spike_rate:
             total += spike
         if i >= 300:  # once the window is full
             judged += 1
             exceeded += total > bound
-        calibration.observe("v", total - point, BUDGET, 0.0, now)
+        calibration.observe("v", total - point, BUDGET, 0.0, None, now)
     # Conformal: at most 1 - q in expectation; 3.5 standard deviations of 2200 draws above it.
     allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
     assert exceeded / judged <= allowed
@@ -62,36 +63,91 @@ def test_a_variant_without_answers_of_its_own_takes_everyones_location() -> None
     calibration = Calibration(window=256, fresh_seconds=5.0)
     first = MIN_OWN + MIN_SPREAD  # a location, then enough spread around it
     for i in range(first):  # "small" answers 0.4 ms over its point, give or take 0.1
-        margin = calibration.service_margin("small", 0.004, 0.001 * i)
+        margin = calibration.service_margin("small", 0.004, None, 0.001 * i)
         assert margin == pytest.approx(FIRST_MARGIN_FRACTION * 0.004)
-        calibration.observe("small", 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, 0.001 * i)
+        calibration.observe("small", 0.0004 + 0.0001 * (i % 3 - 1), None, 0.0, None, 0.001 * i)
     # Location 0.4 ms, the spread's top 0.1 ms: 0.5 ms; answers without a
     # budget teach the service part too.
-    assert calibration.service_margin("small", 0.004, 0.1) == pytest.approx(0.0005)
-    assert calibration.service_margin("big", 0.020, 0.1) == pytest.approx(0.0005)
+    assert calibration.service_margin("small", 0.004, None, 0.1) == pytest.approx(0.0005)
+    assert calibration.service_margin("big", 0.020, None, 0.1) == pytest.approx(0.0005)
 
 
 def test_each_variant_has_its_own_location_and_all_share_the_spread() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     for i in range(MIN_OWN + MIN_SPREAD // 2):
-        calibration.observe("v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, 0.0)  # its point is pessimistic
-        calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, 0.0)  # optimistic, spread wider
+        calibration.observe(
+            "v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, None, 0.0
+        )  # its point is pessimistic
+        calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, None, 0.0)  # optimistic, spread wider
     # Each one's median (the lower of its two values) + the shared spread's top (0.6 ms).
-    assert calibration.service_margin("v", 0.010, 0.0) == pytest.approx(-0.001 + 0.0006, abs=1e-9)
-    assert calibration.service_margin("w", 0.010, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
+    assert calibration.service_margin("v", 0.010, None, 0.0) == pytest.approx(-0.001 + 0.0006, abs=1e-9)
+    assert calibration.service_margin("w", 0.010, None, 0.0) == pytest.approx(0.005 + 0.0006, abs=1e-9)
     # Aged out: the first margin again.
-    assert calibration.service_margin("v", 0.010, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
+    assert calibration.service_margin("v", 0.010, None, 6.0) == pytest.approx(FIRST_MARGIN_FRACTION * 0.010)
 
 
 def test_the_wait_margin_is_per_tier_never_negative_and_only_for_budgets() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     assert calibration.wait_margin(BUDGET, 0.0) == 0.0
     for i in range(100):
-        calibration.observe("v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, 0.0)  # queued 2 ms over, twice
-        calibration.observe("v", 0.0, 0.050, -0.003, 0.0)  # queued less than predicted
-        calibration.observe("v", 0.0, None, 0.5, 0.0)  # overtaken by design: teaches no wait
+        calibration.observe(
+            "v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, None, 0.0
+        )  # queued 2 ms over, twice
+        calibration.observe("v", 0.0, 0.050, -0.003, None, 0.0)  # queued less than predicted
+        calibration.observe("v", 0.0, None, 0.5, None, 0.0)  # overtaken by design: teaches no wait
     assert calibration.wait_margin(BUDGET, 0.0) == pytest.approx(0.002)
     assert calibration.wait_margin(0.008, 0.0) == pytest.approx(0.002)  # the same tier
     assert calibration.wait_margin(0.050, 0.0) == 0.0
     assert calibration.wait_margin(None, 0.0) == 0.0
     assert calibration.wait_margin(BUDGET, 6.0) == 0.0  # aged out
+
+
+def test_a_tiers_level_rises_with_its_misses_and_falls_with_answers_on_time() -> None:
+    calibration = Calibration(window=256, fresh_seconds=5.0)
+    assert calibration.level(BUDGET) == PROMISE_QUANTILE
+    calibration.observe("v", 0.0, BUDGET, 0.0, True, 0.0)
+    assert calibration.level(BUDGET) > PROMISE_QUANTILE
+    assert calibration.level(0.050) == PROMISE_QUANTILE  # another tier: untouched
+    for _ in range(2000):  # on time, again and again: down to the loosest level, no further
+        calibration.observe("v", 0.0, 0.050, 0.0, False, 0.0)
+    assert calibration.level(0.050) == LEVELS[0]
+    for _ in range(50):  # late, again and again: up to the largest residual, no further
+        calibration.observe("v", 0.0, 0.050, 0.0, True, 0.0)
+    assert calibration.level(0.050) == LEVELS[1]
+    before = calibration.level(BUDGET)
+    calibration.observe("v", 0.0, BUDGET, 0.0, None, 0.0)  # pinned or a fallback: no lesson
+    calibration.observe("v", 0.0, None, 0.0, None, 0.0)
+    assert calibration.level(BUDGET) == before
+    assert calibration.level(None) == PROMISE_QUANTILE
+
+
+def _edge_of_budget(level_step: float) -> tuple[float, float]:
+    """A slow, accurate variant whose service wanders, a fast one always on time, one budget: the
+    slow one answers when its bound fits. Returns its share of the answers and the tier's miss
+    rate."""
+    rng = random.Random(7)  # noqa: S311 (noise, not secrets)
+    calibration = Calibration(window=1024, fresh_seconds=600.0, level_step=level_step)
+    budget, slow = 0.013, 0
+    missed = judged = 0
+    for i in range(6000):
+        now = 0.01 * i
+        point = rng.uniform(0.008, 0.011)  # this image's decode and the slow variant's inference
+        fits = point + calibration.service_margin("slow", point, budget, now) <= budget
+        if not fits:  # the fast one answers, on time, and teaches the shared spread
+            point = 0.004
+        service = point * rng.lognormvariate(0.0, 0.08) + (0.004 if rng.random() < 0.02 else 0.0)
+        late = service > budget
+        calibration.observe("slow" if fits else "fast", service - point, budget, 0.0, late, now)
+        if i >= 1000:
+            judged += 1
+            slow += fits
+            missed += late
+    return slow / judged, missed / judged
+
+
+def test_steering_the_level_chooses_the_accurate_variant_more_and_keeps_the_promise() -> None:
+    fixed_share, fixed_missed = _edge_of_budget(0.0)
+    steered_share, steered_missed = _edge_of_budget(0.005)
+    assert fixed_missed < 1 - PROMISE_QUANTILE  # a 0.99 bound per request: unspent misses
+    assert steered_share > fixed_share + 0.05
+    assert steered_missed <= (1 - PROMISE_QUANTILE) * 1.2

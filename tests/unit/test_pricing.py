@@ -36,7 +36,7 @@ def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> N
     header = ImageHeader("JPEG", 500, 375, 100_000)
     place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2)
     prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
-    plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, place, 0.0)
+    plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, 0.05, place, 0.0)
     small, big = prices[SMALL], prices[BIG]
     # Decoded once, for the big stage's input; the first stage is the small inference within its bound.
     assert plan.decode_seconds == big.decode_seconds > small.decode_seconds
