@@ -180,3 +180,11 @@ def test_the_server_setting_turns_plans_off(tmp_path: Path) -> None:
         response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
         assert response.status_code == 200 and "stages" not in response.json()
         assert client.get("/models").json()["cascades"] == []
+
+
+def test_a_plan_whose_stage_is_not_served_is_not_offered(tmp_path: Path) -> None:
+    store = cascade_store(tmp_path / "store")
+    with serve(settings_for(store, tmp_path / "cache", variants=(BIG,))) as client:
+        assert client.get("/models").json()["cascades"] == []
+        response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
+        assert response.status_code == 200 and "stages" not in response.json()
