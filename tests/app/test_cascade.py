@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import io
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,9 +123,12 @@ def cascade_count(client: TestClient, outcome: str) -> float:
     raise AssertionError(f"no edgefit_cascade_total{{variant={SMALL}, outcome={outcome}}}")
 
 
-def test_an_unsure_first_stage_escalates_and_the_answer_lists_both_stages(client: TestClient) -> None:
+def test_an_unsure_first_stage_escalates_and_the_answer_lists_both_stages(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
     before = cascade_count(client, "escalated")
-    response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
+    with caplog.at_level(logging.INFO, logger="edgefit.access"):
+        response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
     assert response.status_code == 200, response.text
     body = response.json()
     assert [s["name"] for s in body["stages"]] == [SMALL, BIG]
@@ -134,6 +139,8 @@ def test_an_unsure_first_stage_escalates_and_the_answer_lists_both_stages(client
         sum(s["inference_ms"] for s in body["stages"]), abs=0.01
     )
     assert cascade_count(client, "escalated") == before + 1
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if '"path":"/classify"' in r.getMessage()]
+    assert line["cascade"] == PLAN and line["escalation"] == "escalated" and line["variant"] == BIG
 
 
 def test_an_escalation_that_no_longer_fits_answers_with_the_first_stage(client: TestClient) -> None:
