@@ -10,7 +10,7 @@ chosen pair is worse than a single variant.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from model_store.cascades import Answers, Plan, Scored, plan_cascades
@@ -45,20 +45,24 @@ def inference_cost(store: Store, variant: Variant) -> float:
     return statistics.median(time_inference(runner, COST_RUNS, COST_WARMUP))
 
 
-def score(
-    store: Store, images: Sequence[LabelledImage], progress: Callable[[int], None] | None = None
-) -> list[Scored]:
-    """Every variant's answers on both halves of ``images`` and its cost on this machine."""
+def score(store: Store, images: Sequence[LabelledImage], report: Progress | None = None) -> list[Scored]:
+    """Every variant's answers on both halves of ``images`` and its cost on this machine;
+    ``report`` follows both."""
     variants = list(store.manifest.variants)
-    results = evaluate(store, variants, images, progress=progress)
+    answering = None if report is None else stage_progress(report, "answers", len(images) * len(variants))
+    results = evaluate(store, variants, images, progress=answering)
+    timing = None if report is None else stage_progress(report, "latency", len(variants))
     scored = []
     for variant, result in zip(variants, results, strict=True):
         both = _answers(result, images)
+        cost = inference_cost(store, variant)
+        if timing is not None:
+            timing(1)
         scored.append(
             Scored(
                 name=variant.name,
                 labels=variant.labels,
-                cost_seconds=inference_cost(store, variant),
+                cost_seconds=cost,
                 top1=variant.top1,
                 search=Answers(tuple(search_half(both.top_scores)), tuple(search_half(both.correct))),
                 held_out=Answers(tuple(held_out_half(both.top_scores)), tuple(held_out_half(both.correct))),
@@ -86,8 +90,6 @@ def plan_store(root: Path, images_dir: Path, report: Progress | None = None) -> 
     Raises ``StoreError``."""
     store = open_store(root)
     images = labelled_images(images_dir)
-    total = len(images) * len(store.manifest.variants)
-    advance = None if report is None else stage_progress(report, "answers of every variant", total)
-    plans = plan_cascades(score(store, images, advance))
+    plans = plan_cascades(score(store, images, report))
     cascades = tuple(as_cascade(p, images_dir.name) for p in plans)
     return store.write(Manifest(variants=store.manifest.variants, cascades=cascades)), plans
