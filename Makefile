@@ -26,10 +26,13 @@ $(INSTALLED): pyproject.toml constraints.txt
 # without int8 dot products its int8 subnets fail the agreement gate and its fp32 ones are slower
 # than its full int8 network (DEVELOPERS.md); `edgefit store specialize --family lite2` does it on
 # demand. --k 12, more than the subnets wanted: the domination check drops some of the picks.
+# Last, the confidence cascades over the whole store (any later `store add` keeps them; rerun
+# `edgefit store cascades` to plan with the new variants too).
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \
 		--family lite0 --resolutions 192,160,128 --k 12 --budget 45
+	$(BIN)/edgefit store cascades --store $(STORE_DIR) --images $(SAMPLE)
 
 run: setup
 	$(BIN)/edgefit serve --host 0.0.0.0 --port 8000 --store $(STORE_DIR)

@@ -62,6 +62,8 @@ class Sample:
     queue_ms: float | None = None
     decode_ms: float | None = None
     inference_ms: float | None = None
+    plan: str | None = None  # the confidence cascade plan that ran, if one did
+    escalation: str | None = None  # how it ended: answered, escalated or out_of_time
 
     @property
     def overhead_ms(self) -> float | None:
@@ -99,6 +101,9 @@ def _parse(status: int, body: bytes, sample: Sample) -> None:
         sample.queue_ms = timing.get("queue_ms")
         sample.decode_ms = timing.get("decode_ms")
         sample.inference_ms = timing.get("inference_ms")
+        cascade = doc.get("cascade") or {}
+        sample.plan = cascade.get("plan")
+        sample.escalation = cascade.get("outcome")
     elif isinstance(model, str):  # the peer
         sample.variant = model
 

@@ -528,9 +528,7 @@ def main() -> int:
     env = servers.setup()
     m = servers.machine()
 
-    def progress(message: str) -> None:
-        print(f"[regret {time.monotonic() - started:5.0f}s] {message}", file=sys.stderr, flush=True)
-
+    progress = servers.progress("regret")
     progress(
         f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}; {'QUICK' if QUICK else 'full'} run"
     )

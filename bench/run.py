@@ -7,9 +7,11 @@ clients; its capacity on the overload variant, then 2x that capacity offered); t
 overhead with a pinned variant (closed loop at 1, 4, 12 clients), budget tiers (sequential
 requests), and overload at the peer's offered rate, with selection; then regret against the best
 pinned variant at budgets placed on this device's frontier, under load, at 2x overload and with
-mixed budgets, for the whole store and its resolution ladder alone (bench/regret.py). One server
-at a time. Every figure but regret's is the median over repeats. Results:
-bench/results/bench.{json,md,png} and regret.png; the headlines are printed at the end.
+mixed budgets, for the whole store and its resolution ladder alone (bench/regret.py); then
+confidence cascades against cascade=false (bench/cascade.py). One server at a time. Every figure
+but regret's and the cascades' is the median over repeats. Results:
+bench/results/bench.{json,md,png}, regret.png and cascade.{json,md}; the headlines are printed at
+the end.
 
 Environment: BENCH_QUICK=1 (a fast smoke run), BENCH_PROFILE=1 (also profile the server
 under load with py-spy), EDGEFIT_STORE_DIR, EDGEFIT_SAMPLE_DIR,
@@ -31,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model_store, service
 
+import cascade
 import client
 import floor
 import numpy as np
@@ -366,12 +369,16 @@ def main() -> int:
     # 7. Regret against the best pinned variant, and mixed budgets: the whole store and its ladder.
     results["regret"] = regret.measure(store_dir, sample_dir, workers, threads, out_dir, progress)
 
+    # 8. Confidence cascades against cascade=false: idle at every budget, 2x overload, escalation.
+    results["cascade"] = cascade.measure(store_dir, sample_dir, workers, threads, out_dir, progress)
+    cascade.write(results["cascade"], out_dir, ["# Confidence cascades against cascade=false", ""])
+
     results["elapsed_s"] = time.monotonic() - T0
     (out_dir / "bench.json").write_text(json.dumps(results, indent=1))
     (out_dir / "bench.md").write_text(report.markdown(results))
     report.plot(results, out_dir / "bench.png")
     regret.plot(results["regret"], "delivered against the best pinned variant", out_dir / "regret.png")
-    progress(f"wrote {out_dir}/bench.json, bench.md, bench.png, regret.png")
+    progress(f"wrote {out_dir}/bench.json, bench.md, bench.png, regret.png, cascade.md")
     print("\n".join(report.headlines(results)))
     print(f"\nThe whole report: {out_dir / 'bench.md'}")
     return 0

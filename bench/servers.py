@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,16 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_start": os.getloadavg(),
     }
+
+
+def progress(tag: str) -> Callable[[str], None]:
+    """A bench script's progress lines on stderr: ``[tag   12s] message``, seconds from now."""
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{tag} {time.monotonic() - started:5.0f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def free_port() -> int:

@@ -11,6 +11,9 @@ is judged by, not only HTTP latency:
   server's ``inference_ms``.
 - type ``SERVER``: the server's own ``queue_ms``, ``decode_ms``, ``inference_ms`` and
   ``overhead_ms`` (total − queue − decode − inference), as response times.
+- type ``CASCADE``, one row per confidence cascade plan and how it ended (``answered``,
+  ``escalated``, ``out_of_time``): its escalation rate under this load; response time = the
+  server's ``inference_ms`` (both stages).
 - type ``SHED``, one row per tier: 503 answers (load shedding). They are not HTTP failures: a
   server that sheds at once is doing its job; they are reported apart.
 
@@ -219,6 +222,13 @@ class EdgefitUser(FastHttpUser):
                 None if budget_met else BudgetMissed("budget missed"),
             )
         self._fire("VARIANT", variant, timing["inference_ms"])
+        cascade = doc.get("cascade")
+        if cascade:
+            self._fire("CASCADE", f"{cascade['plan']} {cascade['outcome']}", timing["inference_ms"])
+        self._fire_server(timing)
+
+    def _fire_server(self, timing: dict[str, float]) -> None:
+        """The server's own timing of an answer, as ``SERVER`` rows."""
         overhead = timing["total_ms"] - timing["queue_ms"] - timing["decode_ms"] - timing["inference_ms"]
         for name, value in (
             ("queue_ms", timing["queue_ms"]),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from model_store.imaging import load_tensor
 from model_store.labels import imagenet_classes
@@ -18,6 +19,7 @@ from model_store.manifest import Manifest, Preprocessing, Variant
 from model_store.runner import VariantRunner, top_k
 from model_store.store import Store, StoreError
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp"}
 _WNID = re.compile(r"^n\d{8}")
 # Evaluation reads trusted local files, but keeps the serving default all the same.
@@ -35,6 +37,8 @@ class Evaluation:
     variant: str
     top1: float
     predictions: tuple[int, ...]
+    # Each image's top softmax score: how sure the variant was of its prediction.
+    top_scores: tuple[float, ...]
 
 
 def labelled_images(directory: Path, classes: Sequence[str] | None = None) -> list[LabelledImage]:
@@ -69,14 +73,21 @@ def labelled_images(directory: Path, classes: Sequence[str] | None = None) -> li
     return found
 
 
-def search_half(images: Sequence[LabelledImage]) -> list[LabelledImage]:
-    """The images a search may look at: even positions (``edgefit store specialize``)."""
+def search_half(images: Sequence[T]) -> list[T]:
+    """The images (or their answers) a search may look at: even positions (``edgefit store
+    specialize``, ``edgefit store cascades``)."""
     return list(images[0::2])
 
 
-def held_out_half(images: Sequence[LabelledImage]) -> list[LabelledImage]:
-    """The images recorded accuracy comes from after a search: odd positions, never searched on."""
+def held_out_half(images: Sequence[T]) -> list[T]:
+    """The images (or their answers) recorded accuracy comes from after a search: odd positions,
+    never searched on."""
     return list(images[1::2])
+
+
+def held_out_dataset(dataset: str) -> str:
+    """The name the manifest gives the held-out half of ``dataset``."""
+    return f"{dataset}/odd-positions"
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -111,25 +122,26 @@ def evaluate(
     for variant in variants:
         groups.setdefault(variant.preprocessing, []).append(variant)
     runners = {v.name: VariantRunner(store.verify(v), v, threads=1) for v in variants}
-    predictions: dict[str, list[int]] = {v.name: [] for v in variants}
+    answers: dict[str, list[tuple[int, float]]] = {v.name: [] for v in variants}
 
-    def classify(preprocessing: Preprocessing, image: LabelledImage) -> dict[str, int]:
+    def classify(preprocessing: Preprocessing, image: LabelledImage) -> dict[str, tuple[int, float]]:
         tensor = load_tensor(image.path.read_bytes(), preprocessing, MAX_PIXELS)
-        return {v.name: top_k(runners[v.name].infer(tensor), 1)[0][0] for v in groups[preprocessing]}
+        return {v.name: top_k(runners[v.name].infer(tensor), 1)[0] for v in groups[preprocessing]}
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for preprocessing, members in groups.items():
             for result in pool.map(classify, [preprocessing] * len(images), images):
-                for name, class_id in result.items():
-                    predictions[name].append(class_id)
+                for name, answer in result.items():
+                    answers[name].append(answer)
                 if progress:
                     progress(len(members))
     truth = [image.class_id for image in images]
     return [
         Evaluation(
             variant=v.name,
-            top1=sum(p == t for p, t in zip(predictions[v.name], truth, strict=True)) / len(truth),
-            predictions=tuple(predictions[v.name]),
+            top1=sum(c == t for (c, _), t in zip(answers[v.name], truth, strict=True)) / len(truth),
+            predictions=tuple(c for c, _ in answers[v.name]),
+            top_scores=tuple(s for _, s in answers[v.name]),
         )
         for v in variants
     ]

@@ -169,7 +169,12 @@ def _commit(
             (staging / variant.file).chmod(0o644)
             (staging / variant.file).replace(store.root / variant.file)
             moved.append(store.root / variant.file)
-        return store.write(Manifest(variants=(*store.manifest.variants, *manifest.variants)))
+        # The store's plans stay: the added variants change none of their answers.
+        return store.write(
+            Manifest(
+                variants=(*store.manifest.variants, *manifest.variants), cascades=store.manifest.cascades
+            )
+        )
     except BaseException:
         for path in moved:
             path.unlink(missing_ok=True)

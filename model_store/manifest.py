@@ -2,6 +2,8 @@
 
 A store is a directory holding ONNX files and one ``manifest.json``. Every variant entry is
 complete on its own, so a server can serve any subset of the store without reading anything else.
+Schema 3 added the confidence-cascade plans (``cascades``); a schema 2 manifest reads as one
+without plans.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION: Literal[2] = 2
+SCHEMA_VERSION: Literal[3] = 3
+# Versions this edgefit reads: 2 is 3 without ``cascades``.
+READABLE_VERSIONS = (2, 3)
 MANIFEST_NAME = "manifest.json"
 
 # Names become file names, URL parameters and metric label values: keep them boring.
@@ -143,13 +147,46 @@ class Variant(BaseModel):
         return self
 
 
-class Manifest(BaseModel):
-    """The whole store: schema version plus the variants, in no particular order."""
+class Cascade(BaseModel):
+    """A confidence cascade plan: ``small`` answers when its top softmax score is at least
+    ``threshold``; otherwise ``big`` runs on the same decoded image and answers.
+
+    The threshold was chosen on the search half of ``top1_dataset``'s sample; the figures here are
+    from the held-out half, never searched on (``model_store.cascades``). ``top1`` is on the
+    variants' scale: ``big``'s top1 plus (this plan − ``big``) on the held-out half.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    small: str
+    big: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    top1: float = Field(ge=0.0, le=1.0)
+    top1_dataset: str
+    held_out_accuracy: float = Field(ge=0.0, le=1.0)
+    escalation_rate: float = Field(ge=0.0, le=1.0)
+    # small's inference + escalation rate x big's, on the machine that planned it.
+    planned_cost_ms: float = Field(gt=0.0)
+
+    @property
+    def name(self) -> str:
+        return cascade_name(self.small, self.big)
+
+
+def cascade_name(small: str, big: str) -> str:
+    """A plan's name: never a variant's (``>`` is not allowed in one)."""
+    return f"{small}>{big}"
+
+
+class Manifest(BaseModel):
+    """The whole store: schema version, the variants in no particular order, and the cascade
+    plans over them (``model_store.cascades``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[2, 3] = SCHEMA_VERSION
     variants: tuple[Variant, ...] = ()
+    cascades: tuple[Cascade, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:
@@ -157,6 +194,8 @@ class Manifest(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
+        # A plan naming a variant the store lacks (a hand-trimmed manifest) is not refused: it is
+        # not served, as a plan over a variant a server leaves out is not.
         return self
 
     def variant(self, name: str) -> Variant:
@@ -167,7 +206,12 @@ class Manifest(BaseModel):
         raise KeyError(name)
 
     def replace(self, *updated: Variant) -> Manifest:
-        """Return a manifest with ``updated`` variants replacing (or added after) same-named ones."""
+        """Return a manifest with ``updated`` variants replacing (or added after) same-named ones.
+
+        Cascade plans over a replaced variant are dropped: its answers, on which the plan was
+        calibrated, may have changed (``edgefit store cascades`` plans again)."""
         by_name = {v.name: v for v in self.variants}
         by_name.update({v.name: v for v in updated})
-        return Manifest(variants=tuple(by_name.values()))
+        changed = {v.name for v in updated}
+        kept = tuple(c for c in self.cascades if not {c.small, c.big} & changed)
+        return Manifest(variants=tuple(by_name.values()), cascades=kept)

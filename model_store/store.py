@@ -22,7 +22,7 @@ from model_store.labels import (
     label_file_name,
     parse_label_file,
 )
-from model_store.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, Variant
+from model_store.manifest import MANIFEST_NAME, READABLE_VERSIONS, SCHEMA_VERSION, Manifest, Variant
 
 _CHUNK = 1 << 20
 
@@ -138,7 +138,7 @@ def open_store(root: Path | str, *, missing_ok: bool = False) -> Store:
         version = json.loads(data).get("schema_version")
     except (ValueError, AttributeError):
         version = None
-    if isinstance(version, int) and version != SCHEMA_VERSION:
+    if isinstance(version, int) and version not in READABLE_VERSIONS:
         # Schema 1 models took float NCHW tensors: their files cannot be served as they are.
         raise StoreError(
             f"{path} has schema_version {version}; this edgefit reads version {SCHEMA_VERSION}: "

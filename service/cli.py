@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "variants": args.variants,
             "connection_limit": args.connection_limit,
             "header_timeout_seconds": args.header_timeout,
+            "cascade": args.cascade,
         }.items()
         if value is not None
     }
@@ -90,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
         "--header-timeout",
         type=float,
         help="seconds to receive the request head (EDGEFIT_HEADER_TIMEOUT_SECONDS, default 10)",
+    )
+    serve.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        help="offer the store's confidence cascade plans (EDGEFIT_CASCADE, default on)",
     )
     serve.set_defaults(run=cmd_serve)
 

@@ -14,14 +14,14 @@ import numpy as np
 import onnxruntime as ort
 
 from service import errors
+from service.cascades import Cascades
 from service.core import schedule, selector
 from service.execution import Execution, classify_job, tensor_job
 from service.imaging import ImageHeader
-from service.live_table import LiveTable, VariantState
+from service.live_table import LiveTable, PlanState, VariantState
 from service.observability import Metrics
-from service.results import Classification, Prediction
+from service.results import Classification, classification, stage
 from service.runtime.executor import Finished, InferenceExecutor
-from service.runtime.profiler import decode_work
 from service.selection import Chooser
 from service.served_set import ServedSet, ServedVariant
 from service.settings import Settings
@@ -36,6 +36,7 @@ class DataPlane:
         self.served_set = ServedSet(settings, metrics, on_swap=self.table.publish)
         self.chooser = Chooser(settings, self.executor)
         self.execution = Execution(settings, metrics, self.executor)
+        self.cascades = Cascades(settings, self.chooser, self.execution)
         self.draining = False
 
     # -- lifecycle and readiness ---------------------------------------------------------------
@@ -90,7 +91,8 @@ class DataPlane:
     async def classify(
         self, image: bytes, header: ImageHeader, constraints: selector.Constraints, top: int, started: float
     ) -> Classification:
-        """Choose a variant, decode and classify on a worker. Raises ``ServiceError``."""
+        """Choose a variant or a cascade plan, decode and classify on a worker. Raises
+        ``ServiceError``."""
         budget = constraints.budget_seconds
         with self.chooser.in_flight(schedule.tier_name(budget)) as concurrent:
             served = self.served_set.require()
@@ -98,34 +100,25 @@ class DataPlane:
                 raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
             self.table.saw_request()
             choice = self.chooser.choose(served, header, constraints, started, concurrent)
-            name, price = choice.selection.name, choice.price
-            entry = served.entries[name]
+            name = choice.selection.name
             served.selections[name] += 1
+            plan = served.plans.get(name)
+            # A plan's choice is counted on its first stage: the variant it runs for sure.
+            entry = served.entries[name if plan is None else plan.small]
             entry.metrics.selected[choice.selection.reason].inc()
+            if plan is not None:
+                return await self.cascades.run(served, plan, choice, image, header, top, started, budget)
             run_options = ort.RunOptions()
             job = classify_job(image, entry.runner, top, self.settings.max_image_pixels, run_options)
             finished = await self.execution.run(job, choice.job, run_options, name, budget)
-            decode_s, inference_s, best = finished.value
-            variant, labels = entry.served.variant, entry.served.labels
-            return Classification(
-                variant=variant,
-                reason=choice.selection.reason,
-                budget_seconds=budget,
-                predicted_seconds=choice.selection.predicted_seconds,
-                margin_seconds=price.candidate.predicted_seconds - price.point_seconds,
-                chosen_after_seconds=choice.selection.predicted_seconds
-                - price.candidate.wait_seconds
-                - price.candidate.predicted_seconds,
-                predicted_wait_seconds=price.candidate.wait_seconds,
-                point_seconds=price.point_seconds,
-                predictions=[Prediction(i, labels[i], score) for i, score in best],
-                queue_seconds=finished.queue_seconds,
-                decode_seconds=decode_s,
-                inference_seconds=inference_s,
-                served=served,
-                metrics=entry.metrics,
-                image_format=header.format,
-                decode_work=decode_work(header, variant.preprocessing),
+            return classification(
+                choice,
+                budget,
+                served,
+                header,
+                finished.value.best,
+                [stage(entry, finished)],
+                entry.served.variant.preprocessing,
             )
 
     def record(self, result: Classification, total_seconds: float) -> None:
@@ -160,6 +153,11 @@ class DataPlane:
         """The served variants with their live latency figures and selection counts."""
         served = self.served_set.current()
         return [] if served is None else self.table.describe(served)
+
+    def describe_plans(self) -> list[PlanState]:
+        """The served cascade plans with their recorded and live escalation."""
+        served = self.served_set.current()
+        return [] if served is None else self.table.describe_plans(served)
 
     def slowdown(self) -> float:
         """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""

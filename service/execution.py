@@ -1,7 +1,8 @@
 """Running a chosen job on an inference worker, within the hard inference timeout.
 
-The jobs themselves (decode and classify one image; run a batch of cropped images) are built
-here too, so that what runs on a worker is in one place.
+The jobs themselves (decode and classify one image; classify an image a cascade's first stage
+decoded; run a batch of cropped images) are built here too, so that what runs on a worker is in
+one place.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
+from model_store.manifest import Preprocessing
 from model_store.runner import VariantRunner, top_k
 from service import errors, imaging
 from service.core import schedule
@@ -22,23 +26,52 @@ from service.runtime.executor import Finished, InferenceExecutor
 from service.settings import Settings
 
 T = TypeVar("T")
-# Decode seconds, inference seconds and the best classes as (class id, score).
-Classified = tuple[float, float, list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class Classified:
+    decode_seconds: float  # decoding (if this job did) and resizing to the variant's input
+    inference_seconds: float
+    best: list[tuple[int, float]]  # (class id, softmax score), best first
+    picture: Image.Image  # the decoded image, for a cascade's next stage
+
+
+def _classify(
+    picture: Image.Image, runner: VariantRunner, top: int, run_options: ort.RunOptions, started: float
+) -> Classified:
+    tensor = imaging.to_tensor(picture, runner.variant.preprocessing)
+    t1 = time.perf_counter()
+    logits = runner.infer(tensor, run_options)
+    t2 = time.perf_counter()
+    return Classified(t1 - started, t2 - t1, top_k(logits, top), picture)
 
 
 def classify_job(
-    image: bytes, runner: VariantRunner, top: int, max_pixels: int, run_options: ort.RunOptions
+    image: bytes,
+    runner: VariantRunner,
+    top: int,
+    max_pixels: int,
+    run_options: ort.RunOptions,
+    decode_for: Preprocessing | None = None,
 ) -> Callable[[], Classified]:
-    """Decode ``image`` for ``runner``'s variant and classify it; image errors are the client's."""
-    preprocessing = runner.variant.preprocessing
+    """Decode ``image`` (at the size ``decode_for`` needs; by default ``runner``'s variant) and
+    classify it; image errors are the client's."""
+    preprocessing = decode_for or runner.variant.preprocessing
 
     def job() -> Classified:
-        t0 = time.perf_counter()
-        tensor = imaging.load_tensor(image, preprocessing, max_pixels)
-        t1 = time.perf_counter()
-        logits = runner.infer(tensor, run_options)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, top_k(logits, top)
+        started = time.perf_counter()
+        return _classify(imaging.decode(image, preprocessing, max_pixels), runner, top, run_options, started)
+
+    return job
+
+
+def next_stage_job(
+    picture: Image.Image, runner: VariantRunner, top: int, run_options: ort.RunOptions
+) -> Callable[[], Classified]:
+    """Classify an image a cascade's first stage decoded, resized to ``runner``'s input."""
+
+    def job() -> Classified:
+        return _classify(picture, runner, top, run_options, time.perf_counter())
 
     return job
 

@@ -11,13 +11,14 @@ executor for the variant chosen. A bad image becomes the client's 400 or 413 her
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from model_store import imaging
-from model_store.imaging import ImageHeader, draft_scale
+from model_store.imaging import ImageHeader, draft_scale, to_tensor
 from model_store.manifest import Preprocessing
 from service import errors
 
-__all__ = ["ImageHeader", "draft_scale", "load_tensor", "read_header"]
+__all__ = ["ImageHeader", "decode", "draft_scale", "load_tensor", "read_header", "to_tensor"]
 
 
 def _client_error(exc: imaging.ImageError) -> errors.ServiceError:
@@ -31,6 +32,16 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     ``errors.ImageTooLarge``."""
     try:
         return imaging.read_header(data, max_pixels)
+    except imaging.ImageError as exc:
+        raise _client_error(exc) from None
+
+
+def decode(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Image.Image:
+    """The upright RGB image at the smallest size ``preprocessing`` can use (``to_tensor`` then
+    makes any input at most that large). Blocking; raises ``errors.InvalidImage`` or
+    ``errors.ImageTooLarge``."""
+    try:
+        return imaging.decode(data, preprocessing, max_pixels)
     except imaging.ImageError as exc:
         raise _client_error(exc) from None
 

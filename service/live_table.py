@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_store.manifest import Variant
+from model_store.manifest import Cascade, Variant
 from service.core import schedule
 from service.observability import Metrics
 from service.results import Classification
@@ -44,6 +44,17 @@ class VariantState:
     selected: int
 
 
+@dataclass(frozen=True)
+class PlanState:
+    """A served cascade plan with what it did since it was loaded."""
+
+    plan: Cascade
+    runs: int
+    unsure: int  # runs whose first stage was below the threshold
+    escalated: int  # runs whose second stage ran (unsure, and it still fit)
+    selected: int
+
+
 class LiveTable:
     def __init__(self, settings: Settings, metrics: Metrics, executor: InferenceExecutor) -> None:
         self.settings = settings
@@ -64,21 +75,22 @@ class LiveTable:
         now = time.perf_counter()
         budget = result.budget_seconds
         met = result.budget_met(total_seconds)
-        result.served.pricer.learn(
-            result.variant.name,
+        pricer = result.served.pricer
+        first = result.stages[0]
+        service = result.decode_seconds + result.inference_seconds
+        # Everything else after the choice: the queues, and the answer's way back through the
+        # event loop (under load, the event loop's lag: no variant's doing).
+        wait_error = total_seconds - result.chosen_after_seconds - service - result.predicted_wait_seconds
+        # A cascade's answers calibrate the plan's own margin (``Pricer.price_plan``).
+        pricer.learn(
+            first.variant.name if result.plan is None else result.plan.name,
             budget,
             image_format=result.image_format,
             work=result.decode_work,
-            decode_seconds=result.decode_seconds,
-            inference_seconds=result.inference_seconds,
-            service_residual=result.decode_seconds + result.inference_seconds - result.point_seconds,
-            # Everything else after the choice: the queue, and the answer's way back through the
-            # event loop (under load, the event loop's lag: no variant's doing).
-            wait_error=total_seconds
-            - result.chosen_after_seconds
-            - result.decode_seconds
-            - result.inference_seconds
-            - result.predicted_wait_seconds,
+            decode_seconds=first.decode_seconds,
+            inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
+            service_residual=service - result.point_seconds,
+            wait_error=wait_error,
             # Late beyond its budget and its price: a fallback priced past its budget teaches
             # whether that price was too dear; a pinned variant's price chose nothing.
             late=None
@@ -86,13 +98,27 @@ class LiveTable:
             else total_seconds > max(budget, result.predicted_seconds),
             now=now,
         )
-        metrics = result.metrics
-        metrics.inference_duration.observe(result.inference_seconds)
+        for stage in result.stages:
+            stage.metrics.inference_duration.observe(stage.inference_seconds)
+        if result.plan is not None:
+            self._count_cascade(result)
         self.metrics.decode_duration.observe(result.decode_seconds)
-        metrics.request_duration.observe(total_seconds)
+        result.metrics.request_duration.observe(total_seconds)
         if budget is not None:
-            (metrics.budget_met if met else metrics.budget_missed).inc()
+            (result.metrics.budget_met if met else result.metrics.budget_missed).inc()
             self.metrics.slack.observe(budget - total_seconds)
+
+    def _count_cascade(self, result: Classification) -> None:
+        """The plan's live counts (``/models``) and ``edgefit_cascade_total``."""
+        plan = result.plan
+        if plan is None:
+            return
+        counts = result.served.plan_counts[plan.name]
+        counts.runs += 1
+        counts.unsure += result.escalation != "answered"
+        escalated = result.escalation == "escalated"
+        counts.escalated += escalated
+        self.metrics.cascade.labels(plan.small, "escalated" if escalated else "answered").inc()
 
     def publish(self, served: Served) -> None:
         """The predicted latency gauges of ``served``'s variants, as the table has them now."""
@@ -182,6 +208,16 @@ class LiveTable:
                     last_run_seconds_ago=None if last_run is None else now - last_run,
                     selected=served.selections[name],
                 )
+            )
+        return states
+
+    def describe_plans(self, served: Served) -> list[PlanState]:
+        """Every served cascade plan with its live counts."""
+        states = []
+        for name, plan in served.plans.items():
+            counts = served.plan_counts[name]
+            states.append(
+                PlanState(plan, counts.runs, counts.unsure, counts.escalated, served.selections[name])
             )
         return states
 

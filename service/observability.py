@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
-from model_store.manifest import Variant
+from model_store.manifest import Cascade, Variant
 from service.core.schedule import TIER_NAMES
 
 # Seconds; edges at the budget tiers people use on the edge (the client's defaults lack 15/20 ms).
@@ -60,6 +60,7 @@ SLACK_BUCKETS = (
 OUTCOMES = ("ok", "client_error", "shed", "error")
 REASONS = ("best_fit", "pinned", "fallback", "no_budget", "contention")
 NO_VARIANT = "none"
+CASCADE_OUTCOMES = ("answered", "escalated")
 # The inference endpoints, as the ``endpoint`` label of the per-endpoint series.
 ENDPOINTS = ("classify", "v2_infer")
 
@@ -140,6 +141,11 @@ class Metrics:
         self.selected = counter(
             "edgefit_variant_selected", "Variant choices by reason.", ["variant", "reason"]
         )
+        self.cascade = counter(
+            "edgefit_cascade",
+            "Confidence cascades run, by first stage: answered by it, or escalated to the second.",
+            ["variant", "outcome"],
+        )
         self._gauges(declare)
         self._endpoint_series(declare)
         self._outcomes = {
@@ -194,9 +200,14 @@ class Metrics:
         """The ``edgefit_requests_total`` child of this variant and outcome."""
         return self._outcomes[(variant, outcome)]
 
-    def serve(self, variants: Iterable[Variant], unavailable: Iterable[str] = ()) -> None:
-        """Pre-initialise every label set of these variants, and describe them; mark the store's
-        ``unavailable`` variants."""
+    def serve(
+        self, variants: Iterable[Variant], unavailable: Iterable[str] = (), plans: Iterable[Cascade] = ()
+    ) -> None:
+        """Pre-initialise every label set of these variants and cascade ``plans``, and describe
+        the variants; mark the store's ``unavailable`` variants."""
+        for plan in plans:
+            for outcome in CASCADE_OUTCOMES:
+                self.cascade.labels(plan.small, outcome)
         self.variant_info.clear()
         self.unavailable.clear()
         for name in unavailable:

@@ -6,6 +6,8 @@ profiled inference scaled by how fast inferences run now) plus a margin calibrat
 answers (``service.core.calibration``). Every variant is priced the same way, whether it was
 chosen lately or not, so comparing two variants compares like with like. Each answer teaches the
 tables back (``learn``).
+
+A confidence cascade plan is priced from its stages' prices (``price_plan``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from model_store import imaging
-from model_store.manifest import Preprocessing, Variant
+from model_store.manifest import Cascade, Preprocessing, Variant
 from service.core import schedule, selector
 from service.core.calibration import Calibration
 from service.core.latency import DecodeModel, DecodeWork, LatencyModel
@@ -35,6 +37,9 @@ class Price:
     point_seconds: float  # decode + inference, each at its typical value
     service_seconds: float  # point + service margin: the job's run time in the schedule
     wait_margin_seconds: float
+    decode_seconds: float  # the point's decode
+    # A cascade plan's second stage, at its typical value (its point is the first stage's).
+    escalation_point_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class Pricer:
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
             job = schedule.Job(
-                place.key, point + self.calibration.service_margin(name, point, budget_seconds, now),
+                place.key,
+                point + self.calibration.service_margin(name, point, budget_seconds, now),
                 place.limits,
             )
             candidate = selector.Candidate(
@@ -98,14 +104,53 @@ class Pricer:
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),
             )
-            prices[name] = Price(candidate, point, job.run_seconds, wait_margin)
+            prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
         return prices
 
-    def inference_seconds(self, name: str, now: float) -> float:
-        """One inference on ``name`` without a decode (``/v2`` tensors, probes), priced like a
-        request's service: its point as things run now plus its calibrated margin."""
+    def price_plan(
+        self,
+        plan: Cascade,
+        prices: Mapping[str, Price],
+        budget_seconds: float | None,
+        place: Place,
+        now: float,
+    ) -> Price:
+        """A cascade plan's price from its stages' ``prices`` (at ``place``), with the first stage
+        as its job: the image decoded once, for the stage that needs more pixels, and the small
+        variant's inference within its bound.
+
+        Its worst case is the point of both stages plus one margin calibrated on the plan's own
+        answers (``learn``), not the two stages' bounds stacked: their spreads come from the
+        same shared cores, and a sum of two 0.99 quantiles would price every plan out. Its mean
+        adds the rest of the worst case at the recorded escalation rate."""
+        small, big = prices[plan.small], prices[plan.big]
+        decoding = max(small.decode_seconds, big.decode_seconds)
+        point = decoding + small.point_seconds - small.decode_seconds
+        second_point = big.point_seconds - big.decode_seconds
+        worst = point + second_point
+        worst += self.calibration.service_margin(plan.name, worst, budget_seconds, now)
+        first = decoding + small.service_seconds - small.decode_seconds
+        wait_margin = small.wait_margin_seconds
+        # What is queued now is the first stage; the second is priced and scheduled on its own.
+        job = schedule.Job(place.key, first, place.limits)
+        candidate = selector.Candidate(
+            name=plan.name,
+            top1=plan.top1,
+            size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
+            predicted_seconds=max(worst, first) + wait_margin,
+            idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
+            wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
+            blocks=schedule.blocks(job, place.workers),
+            mean_seconds=first + plan.escalation_rate * max(0.0, worst - first) + wait_margin,
+        )
+        return Price(candidate, point, first, wait_margin, decoding, second_point)
+
+    def inference_seconds(self, name: str, now: float, budget_seconds: float | None = None) -> float:
+        """One inference on ``name`` without a decode (``/v2`` tensors, probes, a cascade's second
+        stage), priced like a request's service: its point as things run now plus its calibrated
+        margin at the budget's level."""
         point = self.latency.idle(name, TYPICAL) * self.latency.slowdown(now)
-        return point + self.calibration.service_margin(name, point, None, now)
+        return point + self.calibration.service_margin(name, point, budget_seconds, now)
 
     def learn(
         self,
@@ -115,15 +160,17 @@ class Pricer:
         image_format: str,
         work: DecodeWork,
         decode_seconds: float,
-        inference_seconds: float,
+        inferences: Sequence[tuple[str, float]],
         service_residual: float,
         wait_error: float,
         late: bool | None,
         now: float,
     ) -> None:
-        """What an answer teaches the tables: its decode and inference times, how much longer than
-        its point prediction its service took, how much longer than predicted it waited, and
-        whether it came after both its budget and its price (None: pinned, or no budget)."""
-        self.latency.observe(name, inference_seconds, now)
+        """What an answer of ``name`` (a variant, or a cascade plan) teaches the tables: its decode,
+        each inference that ran (``(variant, seconds)``), how much longer than its point
+        prediction its service took, how much longer than predicted it waited, and whether it came
+        after both its budget and its price (None: pinned, or no budget)."""
+        for variant, seconds in inferences:
+            self.latency.observe(variant, seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
         self.calibration.observe(name, service_residual, budget_seconds, wait_error, late, now)

@@ -87,9 +87,12 @@ class Chooser:
             busy,
             workers,
         )
-        # A pinned request needs only its variant's price.
+        # A pinned request needs only its variant's price, and never cascades.
         names = tuple(served.entries) if constraints.pinned is None else (constraints.pinned,)
         prices = served.pricer.price(names, header, budget, place, now)
+        if constraints.cascade and constraints.pinned is None:
+            for plan in served.plans.values():
+                prices[plan.name] = served.pricer.price_plan(plan, prices, budget, place, now)
         candidates = [p.candidate for p in prices.values()]
         # The tier keeps capacity for what its requests get from a worker free at once; its slack
         # counts from selection (the time already spent is not the kept workers' to save).
@@ -112,6 +115,25 @@ class Chooser:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
         return Choice(choice, price, schedule.Job(place.key, price.service_seconds, place.limits))
+
+    def escalation(
+        self, served: Served, name: str, budget: float | None, started: float
+    ) -> schedule.Job | None:
+        """A cascade's second stage on ``name``, priced now at its place in the schedule (the
+        request's deadline): its job if it still fits the budget, else None."""
+        now = time.perf_counter()
+        queue, busy = self.executor.snapshot(now)
+        run = served.pricer.inference_seconds(name, now, budget)
+        job = schedule.Job(
+            schedule.dispatch_key(started, budget),
+            run,
+            schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
+        )
+        if budget is None:
+            return job
+        wait = schedule.wait_at_place(job, queue, busy, now)
+        wait += served.pricer.calibration.wait_margin(budget, now)
+        return job if now - started + wait + run <= budget else None
 
     def unbudgeted_job(self, served: Served, name: str, images: int, now: float) -> schedule.Job:
         """A job without a budget (``/v2``): it queues after budgeted work and keeps the capacity

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.manifest import Variant
+from model_store.manifest import Cascade, Variant
 from model_store.runner import VariantRunner
 from model_store.store import StoreError
 from service import errors
@@ -59,13 +59,26 @@ class Entry:
 
 
 @dataclass
+class PlanCounts:
+    """What a cascade plan did since it was loaded: how often it ran, how often its first stage
+    was unsure (below the threshold), and how often the second stage then ran."""
+
+    runs: int = 0
+    unsure: int = 0
+    escalated: int = 0
+
+
+@dataclass
 class Served:
-    """Everything that is swapped as one on reload."""
+    """Everything that is swapped as one on reload. ``plans``: the store's cascade plans whose
+    stages are both served (none when ``EDGEFIT_CASCADE`` is off), by name."""
 
     models: ServedModels
     pricer: Pricer
     entries: dict[str, Entry]
+    plans: dict[str, Cascade]
     selections: Counter[str] = field(default_factory=Counter)
+    plan_counts: dict[str, PlanCounts] = field(default_factory=dict)
 
 
 def _entry(runner: VariantRunner, labels: tuple[str, ...], metrics: VariantMetrics) -> Entry:
@@ -139,8 +152,9 @@ class ServedSet:
             previous = self.served_models()
             log.info("loading the store at %s", self.settings.store_dir)
             models = await asyncio.to_thread(load_models, self.settings, previous)
-            self.metrics.serve(models.variants.values(), models.unavailable)
-            self._served = self._serve(models)
+            plans = self._plans(models)
+            self.metrics.serve(models.variants.values(), models.unavailable, plans.values())
+            self._served = self._serve(models, plans)
             self.failure = None
             self._on_swap(self._served)
             log.info("ready: serving %s", ", ".join(sorted(models.variants)))
@@ -154,7 +168,15 @@ class ServedSet:
             # The load's own garbage (file bytes, parsed graphs) is free now: give it back.
             await asyncio.to_thread(release_free_memory)
 
-    def _serve(self, models: ServedModels) -> Served:
+    def _plans(self, models: ServedModels) -> dict[str, Cascade]:
+        """The store's cascade plans whose stages are both served, unless turned off."""
+        return {
+            plan.name: plan
+            for plan in models.store.manifest.cascades
+            if self.settings.cascade and {plan.small, plan.big} <= models.variants.keys()
+        }
+
+    def _serve(self, models: ServedModels, plans: dict[str, Cascade]) -> Served:
         window, fresh = self.settings.latency_window, self.settings.fresh_seconds
         pricer = Pricer(
             models.variants,
@@ -166,7 +188,7 @@ class ServedSet:
             name: _entry(models.runners[name], models.labels[v.labels], self.metrics.variants[name])
             for name, v in models.variants.items()
         }
-        return Served(models, pricer, entries)
+        return Served(models, pricer, entries, plans, plan_counts={name: PlanCounts() for name in plans})
 
     def _release_when_unused(self, models: ServedModels) -> None:
         """Hand the memory of ``models``' sessions back once the last request using them ends.

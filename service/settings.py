@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     inference_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Hard limit for one inference; past it: 504."
     )
+    cascade: bool = Field(
+        True,
+        description="Offer the store's confidence cascade plans (a fast variant answers when it is "
+        "sure, a more accurate one runs when it is not); a request opts out with ?cascade=false.",
+    )
     api_key: SecretStr | None = Field(None, description="Bearer token for /admin endpoints.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     connection_limit: int | None = Field(

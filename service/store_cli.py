@@ -1,4 +1,4 @@
-"""``edgefit store build|specialize|add|evaluate|list|plot``: model-store maintenance.
+"""``edgefit store build|specialize|add|evaluate|cascades|list|plot``: model-store maintenance.
 
 Each command imports its heavy dependencies (onnx, torch, matplotlib) only when it runs, so
 registering these commands costs ``edgefit serve`` nothing and the slim serving image, which has
@@ -208,6 +208,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"{v.name:24} measured {100 * result.top1:5.1f}%  top1 {top1}")
 
 
+def cmd_cascades(args: argparse.Namespace) -> None:
+    from model_store.planning import plan_store
+
+    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars())
+    if not plans:
+        print(f"no cascade beats the single variants of {store.root}: none written")
+    for p in plans:
+        print(
+            f"{p.small} > {p.big} at {p.threshold:.2f}: held-out {100 * p.held_out_accuracy:.1f}% "
+            f"(top1 {100 * p.top1:.1f}%), escalates {100 * p.escalation_rate:.0f}%, "
+            f"mean {1000 * p.cost_seconds:.1f} ms, +{100 * p.search_gain:.1f} points on the search half"
+        )
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     store = open_store(_store_dir(args))
     if args.json:
@@ -337,6 +351,13 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     evaluate.add_argument("--images", required=True)
     evaluate.add_argument("--variants", help="comma-separated names (default: all)")
     evaluate.add_argument("--dataset", help="name to record (default: the folder's name)")
+
+    cascades = store_command(
+        "cascades",
+        "plan confidence cascades: thresholds on the even images, figures on the odd",
+        cmd_cascades,
+    )
+    cascades.add_argument("--images", required=True, help="labelled images: even positions plan, odd score")
 
     listing = store_command("list", "print the variants", cmd_list)
     listing.add_argument("--json", action="store_true")

@@ -335,7 +335,23 @@ def _variants_row(ids: _Ids) -> _Row:
         ],
     ).stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
 
-    return "Variants", [mix, reasons, downgrades, predicted]
+    escalations = _timeseries(
+        ids,
+        "Cascade escalations",
+        "Share of each confidence cascade's runs (by its first stage) in which the more accurate "
+        "second stage ran; GET /models has each plan's rate recorded on held-out images.",
+        "percentunit",
+        [
+            _query(
+                f'sum by (variant) (rate(edgefit_cascade_total{{{SEL}, outcome="escalated"}}'
+                f"[$__rate_interval])) / "
+                f"sum by (variant) (rate(edgefit_cascade_total{{{SEL}}}[$__rate_interval]))",
+                "{{variant}}",
+            )
+        ],
+    )
+
+    return "Variants", [mix, reasons, downgrades, escalations, predicted]
 
 
 def _saturation_row(ids: _Ids) -> _Row:

@@ -52,6 +52,7 @@ from model_store.build.subnets import SubnetModule
 from model_store.evaluate import (
     LabelledImage,
     evaluate,
+    held_out_dataset,
     held_out_half,
     labelled_images,
     record,
@@ -82,11 +83,6 @@ class Specialized:
     checks: list[PredictionCheck]
     scored: int
     seconds: float
-
-
-def held_out_dataset(dataset: str) -> str:
-    """The name the manifest gives the held-out half of ``dataset``."""
-    return f"{dataset}/odd-positions"
 
 
 def recipe_for(arch: str) -> Recipe:

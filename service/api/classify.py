@@ -29,7 +29,7 @@ from service.results import Classification
 from service.settings import Settings
 
 PATH = "/classify"
-KNOWN_PARAMS = ("budget", "max_size", "min_accuracy", "top_k", "model", "strict")
+KNOWN_PARAMS = ("budget", "max_size", "min_accuracy", "top_k", "model", "strict", "cascade")
 T = TypeVar("T")
 
 
@@ -63,6 +63,8 @@ def parse_params(query: Mapping[str, str]) -> ClassifyParams:
             min_accuracy=_param(query, "min_accuracy", params.parse_accuracy),
             pinned=model if model else None,
             strict=_param(query, "strict", params.parse_bool) or False,
+            # Absent: the server's policy (``EDGEFIT_CASCADE``, which also turns plans off).
+            cascade=_param(query, "cascade", lambda text: params.parse_bool(text, "cascade")) is not False,
         ),
         top_k=_param(query, "top_k", params.parse_top_k) or 5,
     )
@@ -92,6 +94,21 @@ def _answer(
             "inference_ms": _ms(result.inference_seconds),
         },
     }
+    if result.plan is not None:
+        body["stages"] = [
+            {
+                "name": s.variant.name,
+                "top_score": round(s.top_score, 6),
+                "inference_ms": _ms(s.inference_seconds),
+            }
+            for s in result.stages
+        ]
+        # Which plan ran and how it ended: "out_of_time" when the second stage no longer fit.
+        body["cascade"] = {
+            "plan": result.plan.name,
+            "threshold": result.plan.threshold,
+            "outcome": result.escalation,
+        }
     server_timing = (
         f"queue;dur={1000 * result.queue_seconds:.3f}, decode;dur={1000 * result.decode_seconds:.3f}, "
         f"infer;dur={1000 * result.inference_seconds:.3f}, total;dur={1000 * total:.3f}"
@@ -181,6 +198,8 @@ async def _classify(
                 decode_ms=_ms(result.decode_seconds),
                 inference_ms=_ms(result.inference_seconds),
             )
+            if result.plan is not None:
+                fields.update(cascade=result.plan.name, escalation=result.escalation)
     return result.variant.name
 
 
@@ -260,6 +279,13 @@ OPENAPI: dict[str, Any] = {
             {"type": "boolean", "default": False},
             "Refuse (422/503) rather than answer late.",
             False,
+        ),
+        _query(
+            "cascade",
+            {"type": "boolean"},
+            "false: one variant answers. Default (the server's policy): a fast variant may answer when "
+            "it is sure, a more accurate one running only when it is not, within the budget.",
+            True,
         ),
     ],
     "requestBody": {

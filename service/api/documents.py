@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_store.manifest import Variant, depth_tag
-from service.live_table import VariantState
+from service.live_table import PlanState, VariantState
 
 
 def _ms(seconds: float) -> float:
@@ -60,6 +60,24 @@ def models_document(states: list[VariantState]) -> list[dict[str, Any]]:
                 "last_run_seconds_ago": None
                 if s.last_run_seconds_ago is None
                 else round(s.last_run_seconds_ago, 3),
+            },
+            "selected": s.selected,
+        }
+        for s in states
+    ]
+
+
+def plans_document(states: list[PlanState]) -> list[dict[str, Any]]:
+    """``GET /models``' cascade plans: the manifest's record (threshold, held-out accuracy and
+    escalation rate) and what each did since it was loaded."""
+    return [
+        {
+            "name": s.plan.name,
+            **s.plan.model_dump(mode="json"),
+            "live": {
+                "runs": s.runs,
+                "escalation_rate": None if s.runs == 0 else round(s.unsure / s.runs, 4),
+                "escalated": s.escalated,
             },
             "selected": s.selected,
         }

@@ -6,11 +6,21 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import PlaneDep
-from service.api.documents import models_document
+from service.api.documents import models_document, plans_document
 
 router = APIRouter()
 
 
-@router.get("/models", summary="Served variants: manifest fields, live latency, selection counts")
+@router.get(
+    "/models",
+    summary="Served variants (manifest fields, live latency, selection counts) and cascade plans "
+    "(recorded and live escalation rates)",
+)
 async def models(plane: PlaneDep) -> JSONResponse:
-    return JSONResponse({"ready": plane.ready, "variants": models_document(plane.describe())})
+    return JSONResponse(
+        {
+            "ready": plane.ready,
+            "variants": models_document(plane.describe()),
+            "cascades": plans_document(plane.describe_plans()),
+        }
+    )

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from service.api.deps import MetricsDep, PlaneDep
-from service.api.documents import models_document
+from service.api.documents import models_document, plans_document
 from service.dataplane import DataPlane
 from service.history import History, Recent
 from service.observability import Metrics
@@ -215,6 +215,19 @@ def _store_row(v: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
+    live = p["live"]["escalation_rate"]
+    return {
+        "name": p["name"],
+        "threshold": f"{p['threshold']:.2f}",
+        "top1": f"{p['top1']:.4f}",
+        "recorded": f"{p['escalation_rate']:.0%}",
+        "live": "–" if live is None else f"{live:.0%}",
+        "runs": p["live"]["runs"],
+        "escalated": p["live"]["escalated"],
+    }
+
+
 def page(plane: DataPlane, metrics: Metrics, history: History) -> dict[str, Any]:
     """The template's context: every figure on the page, formatted."""
     variants = models_document(plane.describe())
@@ -249,6 +262,7 @@ def page(plane: DataPlane, metrics: Metrics, history: History) -> dict[str, Any]
         # The depth column only when the store has subnets ("d17": 17 of the family's blocks kept).
         "with_depth": any(v["depth"] != "full" for v in variants),
         "store": [_store_row(v) for v in variants],
+        "plans": [_plan_row(p) for p in plans_document(plane.describe_plans())],
         "unavailable": sorted(plane.unavailable().items()),
     }
 

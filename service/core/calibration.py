@@ -132,7 +132,11 @@ class Calibration:
     def level(self, budget_seconds: float | None) -> float:
         """The quantile the bounds of a budget's tier are priced at now; without a budget, the
         promise's."""
-        return self.quantile if budget_seconds is None else self._levels.get(tier_name(budget_seconds), self.quantile)
+        return (
+            self.quantile
+            if budget_seconds is None
+            else self._levels.get(tier_name(budget_seconds), self.quantile)
+        )
 
     def service_margin(self, variant: str, point: float, budget_seconds: float | None, now: float) -> float:
         """What to add to ``variant``'s point prediction of its service, at the budget's level."""

@@ -71,10 +71,11 @@ def parse_top_k(text: str) -> int:
     return value
 
 
-def parse_bool(text: str) -> bool:
+def parse_bool(text: str, name: str = "strict") -> bool:
+    """``true``/``1``/``yes`` or ``false``/``0``/``no``; ``name`` is the parameter's, for the message."""
     lowered = text.strip().lower()
     if lowered in ("true", "1", "yes"):
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError("strict must be true or false")
+    raise ValueError(f"{name} must be true or false")

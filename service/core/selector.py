@@ -11,6 +11,10 @@ accuracy minus price x predicted service. With no backlog the price is 0 and the
 fitting variant wins; as the backlog grows, the mix shifts to the variants whose service rate
 keeps up with the arrivals, the most accurate of those first, and the queue stops growing well
 before only the smallest variants fit.
+
+A confidence cascade plan is a candidate like a variant, with two costs: it must fit the budget
+at its worst case (both stages run), and it is weighed at its mean (the second stage runs only
+for the images the first is unsure of): that is the compute its choice costs the requests behind.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Candidate:
     ``wait_seconds``: predicted queue wait if this variant were chosen (its place in the schedule).
     ``blocks``: this variant would hold back capacity kept for tighter deadlines (see
     ``service.core.schedule.blocks``).
+    ``mean_seconds``: set for a cascade plan, whose ``predicted_seconds`` is its worst case
+    (both stages): the same at its recorded escalation rate. None for a variant.
     """
 
     name: str
@@ -48,6 +54,12 @@ class Candidate:
     idle_seconds: float
     wait_seconds: float = 0.0
     blocks: bool = False
+    mean_seconds: float | None = None
+
+    @property
+    def weighed_seconds(self) -> float:
+        """What choosing it costs the workers: its mean for a plan, its prediction otherwise."""
+        return self.predicted_seconds if self.mean_seconds is None else self.mean_seconds
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Constraints:
     min_accuracy: float | None = None
     pinned: str | None = None
     strict: bool = False
+    cascade: bool = True  # the request allows confidence cascade plans
 
 
 @dataclass(frozen=True)
@@ -140,9 +153,10 @@ def select(
     accuracy less ``load_price`` x service wins (``backlog_seconds``: the work ahead, per worker;
     without any, simply the most accurate), ties going to the faster; a variant that another
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
-    tighter deadlines while another fits. Without a budget the most accurate that does not hold
-    them back wins. When nothing fits, the fastest allowed variant answers late, unless
-    ``strict``. A choice less accurate than an idle server would make is reported as
+    tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
+    but fits only at its worst case. Without a budget the most accurate that does not hold
+    them back wins. When nothing fits, the fastest allowed variant (never a plan) answers late,
+    unless ``strict``. A choice less accurate than an idle server would make is reported as
     ``contention``.
     """
     pool = allowed(candidates, constraints)
@@ -155,6 +169,9 @@ def select(
 
     def total(c: Candidate) -> float:
         return elapsed_seconds + c.wait_seconds + c.predicted_seconds
+
+    def weighed(c: Candidate) -> float:
+        return elapsed_seconds + c.wait_seconds + c.weighed_seconds
 
     def considerate(fitting: list[Candidate]) -> list[Candidate]:
         return [c for c in fitting if not c.blocks] or fitting
@@ -170,18 +187,31 @@ def select(
     if fitting:
         price = load_price(backlog_seconds, budget)
         best = max(
-            frontier(considerate(fitting), total),
-            key=lambda c: (_accuracy(c) - price * c.predicted_seconds, -total(c)),
+            frontier(considerate(fitting), weighed),
+            key=lambda c: (_accuracy(c) - price * c.weighed_seconds, -weighed(c)),
         )
         # What an idle server would choose: the same table without the wait or the holding back.
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
+    fastest = _late(pool, constraints, budget, total)
+    return Selection(fastest.name, "fallback", total(fastest))
+
+
+def _late(
+    pool: Sequence[Candidate], constraints: Constraints, budget: float, total: Callable[[Candidate], float]
+) -> Candidate:
+    """Nothing fits: the fastest allowed variant, to answer late; ``strict`` refuses instead."""
     if constraints.strict:
         # "Could an idle server meet it?" ignores the time this request already spent here:
         # under load that time is the load's doing, not the budget's.
         if any(c.idle_seconds <= budget for c in pool):
             raise BudgetUnmeetableNow("the budget cannot be met under the current load")
         raise BudgetUnmeetable("no variant can meet this budget on this machine, even when idle")
-    fastest = min(pool, key=total)
-    return Selection(fastest.name, "fallback", total(fastest))
+    # A plan answering late would be late twice over, or not as accurate as promised.
+    variants = [c for c in pool if c.mean_seconds is None]
+    if not variants:
+        raise NoVariantAllowed(
+            "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
+        )
+    return min(variants, key=total)

@@ -35,11 +35,12 @@ LOOPBACK = ("127.0.0.1", 50000)
 REMOTE = ("203.0.113.7", 50000)
 
 
-def tiny_model(resolution: int | None, seed: int = 0) -> bytes:
+def tiny_model(resolution: int | None, seed: int = 0, scale: float = 1.0) -> bytes:
     """``uint8 [N, r, r, 3]`` -> mean colour -> a fixed linear layer -> ``float [N, 1000]``.
 
-    ``resolution`` None: height and width are free, as when one file serves several variants."""
-    weights = np.random.default_rng(seed).normal(size=(3, CLASSES)).astype(np.float32)
+    ``resolution`` None: height and width are free, as when one file serves several variants.
+    ``scale`` scales the weights: a small one makes a model unsure (no class scores near 1)."""
+    weights = (scale * np.random.default_rng(seed).normal(size=(3, CLASSES))).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("Cast", ["input"], ["pixels"], to=TensorProto.FLOAT),

@@ -21,6 +21,7 @@ CONTRACT = {
     "edgefit_inflight_requests": ("gauge", set()),
     "edgefit_queue_depth": ("gauge", set()),
     "edgefit_ready": ("gauge", set()),
+    "edgefit_cascade": ("counter", {"variant", "outcome"}),
 }
 # Added beside the contract (extensions, never renames): queue wait by budget tier, the
 # selection reason `contention` (a downgrade caused by other traffic), and requests by endpoint.
@@ -67,6 +68,10 @@ def test_names_types_labels_and_buckets(server: Server) -> None:
     # Every variant's label sets exist before any traffic picks it.
     outcomes = {(s.labels["variant"], s.labels["outcome"]) for s in families["edgefit_requests"].samples}
     assert {(v, o) for v in served for o in ("ok", "client_error", "shed", "error")} <= outcomes
+    # And every cascade plan's, by its first stage.
+    firsts = {p["small"] for p in httpx.get(f"{server.url}/models").json()["cascades"]}
+    cascades = {(s.labels["variant"], s.labels["outcome"]) for s in families["edgefit_cascade"].samples}
+    assert {(v, o) for v in firsts for o in ("answered", "escalated")} <= cascades
     tiers = {s.labels["tier"] for s in families["edgefit_queue_wait_by_tier_seconds"].samples}
     assert tiers == TIERS
     reasons = {s.labels["reason"] for s in families["edgefit_variant_selected"].samples}

@@ -80,9 +80,9 @@ def test_record_derives_from_the_published_base_and_keeps_published() -> None:
         Manifest(variants=(base, low, lone)),
         "sample",
         [
-            Evaluation("b-224-fp32", 0.88, ()),
-            Evaluation("b-160-fp32", 0.80, ()),
-            Evaluation("x-224-fp32", 0.9, ()),
+            Evaluation("b-224-fp32", 0.88, (), ()),
+            Evaluation("b-160-fp32", 0.80, (), ()),
+            Evaluation("x-224-fp32", 0.9, (), ()),
         ],
     )
     assert manifest.variant("b-224-fp32").top1 == 0.75

@@ -117,3 +117,24 @@ def test_specialize_refuses_an_unknown_family(small_store: Path, sample_dir: Pat
         "store", "specialize", "--store", str(small_store), "--images", str(sample_dir), "--family", "b7"
     )
     assert result.returncode == 1 and "no family 'b7'" in result.stderr
+
+
+def test_cascades_are_planned_on_the_even_images_and_recorded_on_the_odd(
+    small_store: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "sample"
+    images.mkdir()
+    for image in labelled_images(sample_dir)[:80]:
+        shutil.copy(image.path, images)
+    result = edgefit("store", "cascades", "--store", str(small_store), "--images", str(images))
+    assert result.returncode == 0, result.stderr
+    assert "answers" in result.stderr  # progress
+    manifest = json.loads((small_store / "manifest.json").read_text())
+    assert manifest["schema_version"] == 3
+    for plan in manifest["cascades"]:
+        assert (plan["small"], plan["big"]) == (DERIVED, BASE)
+        assert plan["top1_dataset"] == "sample/odd-positions" and 0 < plan["threshold"] < 1
+        assert f"{DERIVED} > {BASE} at {plan['threshold']:.2f}" in result.stdout
+    if not manifest["cascades"]:
+        assert "no cascade beats the single variants" in result.stdout
+    assert edgefit("store", "list", "--store", str(small_store)).returncode == 0

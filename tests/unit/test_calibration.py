@@ -75,7 +75,9 @@ def test_a_variant_without_answers_of_its_own_takes_everyones_location() -> None
 def test_each_variant_has_its_own_location_and_all_share_the_spread() -> None:
     calibration = Calibration(window=256, fresh_seconds=5.0)
     for i in range(MIN_OWN + MIN_SPREAD // 2):
-        calibration.observe("v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, None, 0.0)  # its point is pessimistic
+        calibration.observe(
+            "v", -0.001 + 0.0002 * (i % 2), BUDGET, 0.0, None, 0.0
+        )  # its point is pessimistic
         calibration.observe("w", 0.005 + 0.0006 * (i % 2), BUDGET, 0.0, None, 0.0)  # optimistic, spread wider
     # Each one's median (the lower of its two values) + the shared spread's top (0.6 ms).
     assert calibration.service_margin("v", 0.010, None, 0.0) == pytest.approx(-0.001 + 0.0006, abs=1e-9)
@@ -88,7 +90,9 @@ def test_the_wait_margin_is_per_tier_never_negative_and_only_for_budgets() -> No
     calibration = Calibration(window=256, fresh_seconds=5.0)
     assert calibration.wait_margin(BUDGET, 0.0) == 0.0
     for i in range(100):
-        calibration.observe("v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, None, 0.0)  # queued 2 ms over, twice
+        calibration.observe(
+            "v", 0.0, BUDGET, 0.002 if i % 50 == 0 else 0.0, None, 0.0
+        )  # queued 2 ms over, twice
         calibration.observe("v", 0.0, 0.050, -0.003, None, 0.0)  # queued less than predicted
         calibration.observe("v", 0.0, None, 0.5, None, 0.0)  # overtaken by design: teaches no wait
     assert calibration.wait_margin(BUDGET, 0.0) == pytest.approx(0.002)

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from model_store.manifest import Manifest, ModelInput, Preprocessing, Variant, check_safe_name
+from model_store.manifest import Cascade, Manifest, ModelInput, Preprocessing, Variant, check_safe_name
 
 PRE = Preprocessing(resize_shorter=256, crop=224, mean=(127, 127, 127), std=(128, 128, 128))
 
@@ -28,7 +28,7 @@ def variant(**overrides: object) -> Variant:
 def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.schema_version == 2
+    assert manifest.schema_version == 3
     subnet = variant(name="lite0-224-d3-fp32", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
     assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
@@ -80,3 +80,40 @@ def test_replace_keeps_order_and_adds() -> None:
     manifest = Manifest(variants=(a,)).replace(b, a.model_copy(update={"size_bytes": 11}))
     assert [v.name for v in manifest.variants] == ["lite0-224-fp32", "lite0-192-fp32"]
     assert manifest.variant("lite0-224-fp32").size_bytes == 11
+
+
+def cascade(**overrides: object) -> Cascade:
+    fields: dict[str, object] = dict(
+        small="lite0-160-fp32",
+        big="lite0-224-fp32",
+        threshold=0.5,
+        top1=0.74,
+        top1_dataset="sample/odd-positions",
+        held_out_accuracy=0.86,
+        escalation_rate=0.3,
+        planned_cost_ms=6.0,
+    )
+    return Cascade.model_validate({**fields, **overrides})
+
+
+def test_cascades_round_trip_and_a_schema_2_manifest_has_none() -> None:
+    small, big = (
+        variant(name="lite0-160-fp32", resolution=160, preprocessing=PRE.model_copy(update={"crop": 160})),
+        variant(),
+    )
+    manifest = Manifest(variants=(small, big), cascades=(cascade(),))
+    assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
+    assert manifest.cascades[0].name == "lite0-160-fp32>lite0-224-fp32"
+    old = Manifest.model_validate({"schema_version": 2, "variants": [big.model_dump(mode="json")]})
+    assert old.cascades == ()
+
+
+def test_replacing_a_variant_drops_the_plans_over_it() -> None:
+    small, big = (
+        variant(name="lite0-160-fp32", resolution=160, preprocessing=PRE.model_copy(update={"crop": 160})),
+        variant(),
+    )
+    other = variant(name="lite0-192-fp32", resolution=192, preprocessing=PRE.model_copy(update={"crop": 192}))
+    manifest = Manifest(variants=(small, big), cascades=(cascade(),))
+    assert manifest.replace(other).cascades == manifest.cascades
+    assert manifest.replace(big.model_copy(update={"top1": None})).cascades == ()

@@ -257,3 +257,67 @@ def test_under_overload_the_price_keeps_the_queue_short_and_answers_more_correct
     # Without overload nothing changes: a quarter of that rate is served by the best variant.
     calm = _overload(ladder, rate / 4, budget, priced=True)
     assert calm["correct"] == pytest.approx(0.87)
+
+
+# Cascade plans: a worst case (``predicted_seconds``) at or above their mean.
+plan = st.builds(
+    lambda name, top1, size, mean, extra, idle, blocks: Candidate(
+        name=">" + name,
+        top1=top1,
+        size_bytes=size,
+        predicted_seconds=mean + extra,
+        idle_seconds=idle,
+        blocks=blocks,
+        mean_seconds=mean,
+    ),
+    st.text(alphabet="abcdefgh", min_size=1, max_size=6),
+    st.floats(0.3, 0.95),
+    st.integers(1, 50_000_000),
+    st.floats(0.001, 0.3),
+    st.floats(0.0, 0.3),
+    st.floats(0.001, 0.5),
+    st.booleans(),
+)
+with_plans = st.tuples(tables, st.lists(plan, max_size=4, unique_by=lambda c: c.name)).map(
+    lambda t: t[0] + t[1]
+)
+
+
+@given(with_plans, st.floats(0.001, 1.0), seconds, seconds, st.floats(0.0, 0.2))
+def test_a_plan_whose_worst_case_does_not_fit_is_never_chosen(table, budget, elapsed, wait, backlog) -> None:
+    try:
+        choice = select(
+            waiting(table, wait),
+            Constraints(budget_seconds=budget),
+            elapsed_seconds=elapsed,
+            backlog_seconds=backlog,
+        )
+    except NoVariantAllowed:
+        return
+    chosen = next(c for c in table if c.name == choice.name)
+    if chosen.mean_seconds is not None:
+        assert elapsed + wait + chosen.predicted_seconds <= budget
+        assert choice.reason in ("best_fit", "contention")
+    if choice.reason == "fallback":
+        assert chosen.mean_seconds is None
+
+
+def test_a_plan_weighed_at_its_mean_wins_under_load_where_its_worst_case_would_not() -> None:
+    """Under a backlog the plan's mean, not its worst case, is what the load price weighs."""
+    big = Candidate("big", 0.77, 1, predicted_seconds=0.010, idle_seconds=0.01)
+    small = Candidate("small", 0.70, 1, predicted_seconds=0.004, idle_seconds=0.004)
+    cascade = Candidate(
+        "small>big", 0.765, 1, predicted_seconds=0.014, idle_seconds=0.014, mean_seconds=0.0055
+    )
+    idle = select([big, small, cascade], Constraints(budget_seconds=0.05), elapsed_seconds=0.0)
+    assert idle.name == "big"
+    loaded = select(
+        [big, small, cascade], Constraints(budget_seconds=0.05), elapsed_seconds=0.0, backlog_seconds=0.02
+    )
+    assert loaded.name == "small>big"
+    # Above its worst case it is not chosen even when it is the most accurate.
+    sure = replace(cascade, top1=0.8)
+    assert select([big, small, sure], Constraints(budget_seconds=0.012), elapsed_seconds=0.0).name == "big"
+    assert (
+        select([big, small, sure], Constraints(budget_seconds=0.02), elapsed_seconds=0.0).name == "small>big"
+    )

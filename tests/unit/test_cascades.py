@@ -1,0 +1,91 @@
+"""Planning confidence cascades from answers (``model_store.cascades``): pure, synthetic answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_store.cascades import Answers, Scored, calibrate, plan_cascades, simulate
+
+
+def answers(scores: list[float], correct: list[bool]) -> Answers:
+    return Answers(tuple(float(s) for s in scores), tuple(bool(c) for c in correct))
+
+
+def ladder(seed: int, held_out_seed: int) -> list[Scored]:
+    """A small variant that is right when sure, a big one right more often, a middle one: the
+    search half from ``seed``, the held-out half from ``held_out_seed``."""
+
+    def half(rng: np.random.Generator) -> tuple[Answers, Answers, Answers]:
+        small_scores = [rng.random() for _ in range(400)]
+        # The small variant is right on every image it is sure of, and on a few others.
+        small = [s > 0.4 or rng.random() < 0.2 for s in small_scores]
+        big = [rng.random() < 0.9 for _ in small_scores]
+        middle = [rng.random() < 0.7 for _ in small_scores]
+        return (
+            answers(small_scores, small),
+            answers([rng.random() for _ in small_scores], big),
+            answers([rng.random() for _ in small_scores], middle),
+        )
+
+    search, held_out = half(np.random.default_rng(seed)), half(np.random.default_rng(held_out_seed))
+    return [
+        Scored("small", "imagenet-1k", 0.002, 0.6, search[0], held_out[0]),
+        Scored("big", "imagenet-1k", 0.010, 0.77, search[1], held_out[1]),
+        Scored("middle", "imagenet-1k", 0.006, 0.7, search[2], held_out[2]),
+    ]
+
+
+def test_simulate_escalates_below_the_threshold() -> None:
+    small = answers([0.9, 0.3, 0.6, 0.1], [True, False, False, False])
+    big = answers([0.5, 0.5, 0.5, 0.5], [False, True, True, False])
+    assert simulate(small, big, 0.5) == (0.5, 0.5)  # 0.3 and 0.1 escalate; big gets one right
+    assert simulate(small, big, 0.7) == (0.75, 0.75)
+
+
+def test_a_plan_beats_the_single_variants_where_the_small_one_is_right_when_sure() -> None:
+    plans = plan_cascades(ladder(1, 2))
+    assert plans and plans[0].small == "small" and plans[0].big == "big"
+    plan = plans[0]
+    assert 0 < plan.escalation_rate < 1 and plan.cost_seconds < 0.010
+    # The held-out figure is on the variants' scale: big's top1 + (plan - big), held out.
+    big = ladder(1, 2)[1]
+    assert abs(plan.top1 - round(0.77 + plan.held_out_accuracy - big.held_out.accuracy, 4)) < 1e-9
+
+
+def test_threshold_calibration_never_reads_the_held_out_half() -> None:
+    """The same search half with any held-out half gives the same plans (pairs and thresholds);
+    only the recorded figures differ."""
+    chosen = {
+        seed: [(p.small, p.big, p.threshold, p.search_gain) for p in plan_cascades(ladder(1, seed))]
+        for seed in (2, 3, 4)
+    }
+    assert chosen[2] and chosen[2] == chosen[3] == chosen[4]
+    recorded = {seed: [p.held_out_accuracy for p in plan_cascades(ladder(1, seed))] for seed in (2, 3, 4)}
+    assert len({tuple(r) for r in recorded.values()}) > 1
+
+
+def test_no_plan_where_confidence_says_nothing() -> None:
+    """A small variant whose top score is unrelated to being right: a cascade is a random split
+    of traffic, which no threshold lifts above the line between the two variants (enough images
+    that chance does not either)."""
+    rng = np.random.default_rng(5)
+
+    def noise(p: float) -> Answers:
+        return answers([rng.random() for _ in range(20_000)], [rng.random() < p for _ in range(20_000)])
+
+    variants = [
+        Scored("small", "imagenet-1k", 0.002, 0.6, noise(0.6), noise(0.6)),
+        Scored("big", "imagenet-1k", 0.010, 0.77, noise(0.9), noise(0.9)),
+    ]
+    assert calibrate(variants[0], variants[1], variants) is None
+    assert plan_cascades(variants) == []
+
+
+def test_only_one_class_space_and_a_handful() -> None:
+    variants = ladder(1, 2)
+    other = [
+        Scored(v.name + "-x", "labels-x.txt", v.cost_seconds, v.top1, v.search, v.held_out) for v in variants
+    ]
+    plans = plan_cascades(variants + other, max_plans=2)
+    assert len(plans) == 2
+    assert all((p.small.endswith("-x")) == (p.big.endswith("-x")) for p in plans)

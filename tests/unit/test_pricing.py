@@ -1,0 +1,53 @@
+"""A cascade plan's price from its stages' (``service.pricing.Pricer.price_plan``), on real tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_store.imaging import ImageHeader
+from model_store.manifest import Preprocessing
+from service.core import schedule
+from service.core.calibration import Calibration
+from service.core.latency import DecodeModel, LatencyModel, Profile
+from service.pricing import Place, Pricer
+from tests.unit.test_manifest import PRE, cascade, variant
+
+SMALL, BIG = "lite0-160-fp32", "lite0-224-fp32"
+
+
+def pricer() -> Pricer:
+    small = variant(
+        name=SMALL, resolution=160, preprocessing=Preprocessing(**{**PRE.model_dump(), "crop": 160})
+    )
+    big = variant(name=BIG)
+    profiles = {SMALL: Profile(0.004, 0.005), BIG: Profile(0.010, 0.012)}
+    # Decoding costs 1 ms plus 10 ns per input pixel: the big stage's decode is dearer.
+    decode = DecodeModel({"JPEG": (0.001, 0.0, 0.0, 1e-8)}, window=64, fresh_seconds=5)
+    return Pricer(
+        {SMALL: small, BIG: big},
+        LatencyModel(profiles, window=64, fresh_seconds=5),
+        decode,
+        Calibration(window=256, fresh_seconds=60),
+    )
+
+
+def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> None:
+    p = pricer()
+    header = ImageHeader("JPEG", 500, 375, 100_000)
+    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2)
+    prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
+    plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, 0.05, place, 0.0)
+    small, big = prices[SMALL], prices[BIG]
+    # Decoded once, for the big stage's input; the first stage is the small inference within its bound.
+    assert plan.decode_seconds == big.decode_seconds > small.decode_seconds
+    assert plan.service_seconds == pytest.approx(
+        big.decode_seconds + small.service_seconds - small.decode_seconds
+    )
+    # Worst case: both stages' points, plus the plan's margin (before any answer: the point again).
+    both = big.decode_seconds + 0.004 + 0.010
+    assert plan.candidate.predicted_seconds == pytest.approx(2 * both)
+    assert plan.candidate.mean_seconds == pytest.approx(
+        plan.service_seconds + 0.25 * (2 * both - plan.service_seconds)
+    )
+    assert plan.service_seconds < plan.candidate.mean_seconds < plan.candidate.predicted_seconds
+    assert plan.candidate.top1 == 0.74 and plan.candidate.size_bytes == big.candidate.size_bytes
