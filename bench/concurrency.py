@@ -31,7 +31,7 @@ from typing import Any
 import client
 import floor
 import servers
-from run import CLOSED_S, FLOOR_S, HEADLINE, IMAGE_STRIDE, REPEATS, closed_summary, machine, medians, progress
+from run import CLOSED_S, FLOOR_S, HEADLINE, IMAGE_STRIDE, REPEATS, closed_summary, medians, progress
 
 CLIENTS = (4, 12)
 
@@ -125,7 +125,7 @@ def main() -> int:
     files = sorted(p for p in sample_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[::IMAGE_STRIDE]
     images = [p.read_bytes() for p in files]
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": servers.machine(),
         "variant": name,
         "cores": cores,
         "repeats": REPEATS,
