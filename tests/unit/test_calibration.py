@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from service.core.calibration import (
     FIRST_MARGIN_FRACTION,
+    LEVEL_STEP,
     LEVELS,
     MIN_OWN,
     MIN_SPREAD,
@@ -147,7 +148,7 @@ def _edge_of_budget(level_step: float) -> tuple[float, float]:
 
 def test_steering_the_level_chooses_the_accurate_variant_more_and_keeps_the_promise() -> None:
     fixed_share, fixed_missed = _edge_of_budget(0.0)
-    steered_share, steered_missed = _edge_of_budget(0.005)
+    steered_share, steered_missed = _edge_of_budget(LEVEL_STEP)
     assert fixed_missed < 1 - PROMISE_QUANTILE  # a 0.99 bound per request: unspent misses
     assert steered_share > fixed_share + 0.05
     assert steered_missed <= (1 - PROMISE_QUANTILE) * 1.2
