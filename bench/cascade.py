@@ -1,4 +1,4 @@
-"""Confidence cascades against the same server with ``cascade=false`` (issue 24's acceptance).
+"""Confidence cascades against the same server with ``cascade=false``.
 
 One server on the store (its plans served by default), and a fresh one per overload run.
 Images: every second image of the sample's held-out half, as ``bench/regret.py`` sends them.
