@@ -335,23 +335,24 @@ def _variants_row(ids: _Ids) -> _Row:
         ],
     ).stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
 
-    escalations = _timeseries(
+    cascades = _timeseries(
         ids,
-        "Cascade escalations",
-        "Share of each confidence cascade's runs (by its first stage) in which the more accurate "
-        "second stage ran; GET /models has each plan's rate recorded on held-out images.",
-        "percentunit",
+        "Cascade runs",
+        "Confidence cascade runs per second, by first stage and outcome (answered by the first "
+        "stage, or escalated to the second); GET /models has each plan's escalation rate, live and "
+        "recorded on held-out images.",
+        "reqps",
         [
             _query(
-                f'sum by (variant) (rate(edgefit_cascade_total{{{SEL}, outcome="escalated"}}'
-                f"[$__rate_interval])) / "
-                f"sum by (variant) (rate(edgefit_cascade_total{{{SEL}}}[$__rate_interval]))",
-                "{{variant}}",
+                # 0 rather than no data where no plan is served (a store without plans).
+                f"sum by (variant, outcome) (rate(edgefit_cascade_total{{{SEL}}}[$__rate_interval]))"
+                " or vector(0)",
+                "{{variant}} {{outcome}}",
             )
         ],
     )
 
-    return "Variants", [mix, reasons, downgrades, escalations, predicted]
+    return "Variants", [mix, reasons, downgrades, cascades, predicted]
 
 
 def _saturation_row(ids: _Ids) -> _Row:
