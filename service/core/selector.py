@@ -171,7 +171,9 @@ def select(
         return elapsed_seconds + c.wait_seconds + c.predicted_seconds
 
     def weighed(c: Candidate) -> float:
-        return elapsed_seconds + c.wait_seconds + c.weighed_seconds
+        # Without the time already spent: the same for every candidate, it orders nothing, and
+        # added first it rounds away differences that decide a tie (as ``unhurried`` decides it).
+        return c.wait_seconds + c.weighed_seconds
 
     def considerate(fitting: list[Candidate]) -> list[Candidate]:
         return [c for c in fitting if not c.blocks] or fitting
