@@ -101,18 +101,15 @@ class LiveTable:
         for stage in result.stages:
             stage.metrics.inference_duration.observe(stage.inference_seconds)
         if result.plan is not None:
-            self._count_cascade(result)
+            self._count_cascade(result, result.plan)
         self.metrics.decode_duration.observe(result.decode_seconds)
         result.metrics.request_duration.observe(total_seconds)
         if budget is not None:
             (result.metrics.budget_met if met else result.metrics.budget_missed).inc()
             self.metrics.slack.observe(budget - total_seconds)
 
-    def _count_cascade(self, result: Classification) -> None:
+    def _count_cascade(self, result: Classification, plan: Cascade) -> None:
         """The plan's live counts (``/models``) and ``edgefit_cascade_total``."""
-        plan = result.plan
-        if plan is None:
-            return
         counts = result.served.plan_counts[plan.name]
         counts.runs += 1
         counts.unsure += result.escalation != "answered"

@@ -124,11 +124,7 @@ class Chooser:
         now = time.perf_counter()
         queue, busy = self.executor.snapshot(now)
         run = served.pricer.inference_seconds(name, now, budget)
-        job = schedule.Job(
-            schedule.dispatch_key(started, budget),
-            run,
-            schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
-        )
+        job = self._job(started, budget, run, now)
         if budget is None:
             return job
         wait = schedule.wait_at_place(job, queue, busy, now)
@@ -138,8 +134,13 @@ class Chooser:
     def unbudgeted_job(self, served: Served, name: str, images: int, now: float) -> schedule.Job:
         """A job without a budget (``/v2``): it queues after budgeted work and keeps the capacity
         their tiers need."""
+        return self._job(now, None, images * served.pricer.inference_seconds(name, now), now)
+
+    def _job(self, started: float, budget: float | None, run_seconds: float, now: float) -> schedule.Job:
+        """A job of a request that started at ``started``: keyed by its deadline, keeping the
+        capacity tighter tiers need."""
         return schedule.Job(
-            schedule.dispatch_key(now, None),
-            images * served.pricer.inference_seconds(name, now),
-            schedule.ladder(self.executor.workers, self._mix.tiers(now), None),
+            schedule.dispatch_key(started, budget),
+            run_seconds,
+            schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
         )

@@ -119,15 +119,14 @@ class Calibration:
             self._spread.add(service_residual - centre, now)
         own.add(service_residual, now)
         self._all.add(service_residual, now)
-        if budget_seconds is not None:
-            waits = self._waits.get(tier_name(budget_seconds))
-            if waits is None:
-                waits = self._waits[tier_name(budget_seconds)] = Recent(
-                    window=self.window, fresh_seconds=self.fresh_seconds
-                )
-            waits.add(wait_error, now)
-        if budget_seconds is not None and late is not None:
-            tier = tier_name(budget_seconds)
+        if budget_seconds is None:
+            return
+        tier = tier_name(budget_seconds)
+        waits = self._waits.get(tier)
+        if waits is None:
+            waits = self._waits[tier] = Recent(window=self.window, fresh_seconds=self.fresh_seconds)
+        waits.add(wait_error, now)
+        if late is not None:
             level = self._levels.get(tier, self.quantile) + self.level_step * (late - (1 - self.quantile))
             self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))
 
