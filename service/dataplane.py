@@ -31,7 +31,9 @@ class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.executor = InferenceExecutor(settings.workers, initial_service_seconds=0.01)
+        self.executor = InferenceExecutor(
+            settings.workers, initial_service_seconds=0.01, shed_after_seconds=settings.max_queue_wait_seconds
+        )
         self.table = LiveTable(settings, metrics, self.executor)
         self.served_set = ServedSet(settings, metrics, on_swap=self.table.publish)
         self.chooser = Chooser(settings, self.executor)

@@ -21,8 +21,9 @@ from model_store.manifest import Preprocessing
 from model_store.runner import VariantRunner, top_k
 from service import errors, imaging
 from service.core import schedule
+from service.core.admission import retry_after
 from service.observability import Metrics
-from service.runtime.executor import Finished, InferenceExecutor
+from service.runtime.executor import Finished, InferenceExecutor, Shed
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -104,7 +105,8 @@ class Execution:
         budget: float | None,
     ) -> Finished[T]:
         """``work`` on a worker, within the hard inference timeout; counts its queue wait.
-        Raises ``errors.InferenceTimeout``, or what ``work`` raised."""
+        Raises ``errors.InferenceTimeout``, ``errors.Overloaded`` (shed: past hope, it waited past
+        the admission bound), or what ``work`` raised."""
         future = self.executor.submit(work, scheduled)
         self.metrics.queue_depth.set(self.executor.queued)
         timeout = self.settings.inference_timeout_seconds
@@ -112,6 +114,12 @@ class Execution:
             async with asyncio.timeout(timeout):
                 # Shielded: a timed-out job still runs to its (terminated) end on its worker.
                 finished = await asyncio.shield(future)
+        except Shed as exc:
+            raise errors.Overloaded(
+                f"the server is past capacity: this request could no longer meet its budget and {exc} "
+                "in the queue; retry later",
+                retry_after_seconds=retry_after(self.settings.max_queue_wait_seconds),
+            ) from None
         except TimeoutError:
             # onnxruntime checks this flag between kernels: the worker is freed, not leaked.
             run_options.terminate = True

@@ -51,6 +51,11 @@ class Place:
     queue: Sequence[schedule.Job]
     busy: Sequence[float]
     workers: int
+    budgeted: bool
+
+    def job(self, run_seconds: float) -> schedule.Job:
+        """A job at this place that runs ``run_seconds``."""
+        return schedule.Job(self.key, run_seconds, self.limits, self.budgeted)
 
 
 class Pricer:
@@ -90,11 +95,7 @@ class Pricer:
                     header.format, decode_work(header, v.preprocessing)
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
-            job = schedule.Job(
-                place.key,
-                point + self.calibration.service_margin(name, point, budget_seconds, now),
-                place.limits,
-            )
+            job = place.job(point + self.calibration.service_margin(name, point, budget_seconds, now))
             candidate = selector.Candidate(
                 name=name,
                 top1=v.top1,
@@ -132,7 +133,7 @@ class Pricer:
         first = decoding + small.service_seconds - small.decode_seconds
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
-        job = schedule.Job(place.key, first, place.limits)
+        job = place.job(first)
         candidate = selector.Candidate(
             name=plan.name,
             top1=plan.top1,

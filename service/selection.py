@@ -46,7 +46,7 @@ class Chooser:
     def admit(self) -> float:
         """The predicted queue wait; refuses at once (``errors.Overloaded``) past its bound."""
         ex = self.executor
-        wait = predicted_wait(ex.queued, ex.running, ex.workers, ex.service_time.value)
+        wait = predicted_wait(ex.ahead(time.perf_counter()), ex.running, ex.workers, ex.service_time.value)
         if wait > self.settings.max_queue_wait_seconds:
             raise errors.Overloaded(
                 f"the server is at capacity (predicted queue wait {1000 * wait:.0f} ms); retry later",
@@ -86,6 +86,7 @@ class Chooser:
             queue,
             busy,
             workers,
+            budget is not None,
         )
         # A pinned request needs only its variant's price, and never cascades.
         names = tuple(served.entries) if constraints.pinned is None else (constraints.pinned,)
@@ -105,7 +106,7 @@ class Chooser:
                 candidates,
                 constraints,
                 elapsed_seconds=elapsed,
-                backlog_seconds=schedule.backlog(queue, workers),
+                backlog_seconds=schedule.backlog(queue, workers, now),
             )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None
@@ -114,7 +115,7 @@ class Chooser:
         except selector.BudgetUnmeetableNow as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
-        return Choice(choice, price, schedule.Job(place.key, price.service_seconds, place.limits))
+        return Choice(choice, price, place.job(price.service_seconds))
 
     def escalation(
         self, served: Served, name: str, budget: float | None, started: float
@@ -143,4 +144,5 @@ class Chooser:
             schedule.dispatch_key(started, budget),
             run_seconds,
             schedule.ladder(self.executor.workers, self._mix.tiers(now), budget),
+            budget is not None,
         )

@@ -6,6 +6,13 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
 - **Order.** A job's key is its deadline (request start + budget). A request without a budget is
   keyed ``NO_BUDGET_HORIZON`` after its arrival: it comes after every budgeted request that arrived
   with it, and ages, so only the finitely many jobs keyed before it can ever overtake it.
+- **A job past hope goes last.** A budgeted job that would end after its deadline even if it
+  started now (``missed``) waits behind every job that can still be on time. Plain deadline
+  order breaks down under overload: once the queue holds more than a budget, every job is
+  late because the late ones ahead of it ran first (EDF's domino effect), and a 2x overload
+  answered almost nothing on time. Jobs past hope wait, in deadline order, for a moment when
+  nothing that can still be saved is queued (the executor sheds those that wait past the
+  admission bound).
 - **Capacity kept for tight deadlines.** An inference cannot be pre-empted, so a long job started
   now decides whether a tight request arriving a moment later finds a worker. Each budget tier
   present in the recent arrivals (``ArrivalMix``) keeps workers in proportion to its share, but
@@ -62,12 +69,19 @@ class Job:
     """A job as the scheduler sees it.
 
     ``limits``: the ladder it must keep (``ladder``): after it starts, the i-th soonest-free
-    worker must be free within ``limits[i]`` seconds.
+    worker must be free within ``limits[i]`` seconds. ``budgeted``: its key is a budget's
+    deadline, so it can be ``missed``.
     """
 
     key: float
     run_seconds: float
     limits: tuple[float, ...] = ()
+    budgeted: bool = False
+
+
+def missed(job: Job, now: float) -> bool:
+    """A budgeted job that would end after its deadline even if it started now."""
+    return job.budgeted and now + job.run_seconds > job.key
 
 
 @dataclass(frozen=True)
@@ -187,16 +201,18 @@ def admissible(job: Job, others_busy: Sequence[float], now: float) -> bool:
 def pick(queue: Sequence[Job], others_busy: Sequence[float], now: float) -> int | None:
     """Index of the job a free worker starts now, if any.
 
-    The earliest-keyed admissible job, with one guard (backfilling): a job may pass one keyed
-    before it only if it ends before that one's last moment to start, so a job that has to wait
-    is never made late by one that did not need to run first.
+    The earliest-keyed admissible job, the ``missed`` ones after all others, with one guard
+    (backfilling): a job may pass one ordered before it only if it ends before that one's last
+    moment to start, so a job that has to wait is never made late by one that did not need to
+    run first.
     """
     last_start = math.inf  # the earliest last moment of the jobs passed over so far
-    for i in sorted(range(len(queue)), key=lambda i: queue[i].key):
+    for i in sorted(range(len(queue)), key=lambda i: (missed(queue[i], now), queue[i].key)):
         job = queue[i]
         if now + job.run_seconds <= last_start and admissible(job, others_busy, now):
             return i
-        last_start = min(last_start, job.key - job.run_seconds)
+        if not missed(job, now):  # a missed job's last moment has passed: nothing can make it late
+            last_start = min(last_start, job.key - job.run_seconds)
     return None
 
 
@@ -210,9 +226,16 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
     """Seconds until ``job`` would start if it joined ``queue`` now.
 
     ``busy``: every worker's remaining seconds on its current job (0 when free). Plays the queue
-    forward: free workers take jobs in ``pick`` order; jobs arriving later are not foreseen.
+    forward: free workers take jobs in ``pick`` order; jobs arriving later are not foreseen. The
+    jobs already past hope are left out of the play (they go last; that one of them might
+    backfill first is not foreseen): under overload they are most of the queue, and playing them
+    for every variant of every request made the event loop the bottleneck. A job past hope itself
+    waits for everything ordered before it, shared among the workers.
     """
-    pending = [*queue, job]  # the new job is last: among equal keys, earlier arrivals go first
+    if missed(job, now):
+        ahead = [j.run_seconds for j in queue if not missed(j, now) or j.key <= job.key]
+        return (sum(ahead) + sum(max(0.0, b) for b in busy)) / len(busy)
+    pending = [*(j for j in queue if not missed(j, now)), job]  # among equal keys, earlier first
     new = len(pending) - 1
     free_at = [now + max(0.0, b) for b in busy]
     t = now
@@ -229,7 +252,8 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
                 return t - now
             free_at[w] = t + pending[i].run_seconds
             pending.pop(i)
-            new -= 1
+            if i < new:
+                new -= 1
             started = True
         if started:
             continue
@@ -237,10 +261,11 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
         t = min([f for f in free_at if f > t] + ([] if release is None else [release]))
 
 
-def backlog(queue: Sequence[Job], workers: int) -> float:
-    """Predicted seconds of queued work per worker (what runs now is not counted: a few clients
-    in a closed loop keep the workers busy without a queue that grows)."""
-    return sum(j.run_seconds for j in queue) / workers
+def backlog(queue: Sequence[Job], workers: int, now: float) -> float:
+    """Predicted seconds of queued work per worker that a new job may wait behind: neither what
+    runs now (a few clients in a closed loop keep the workers busy without a queue that grows)
+    nor the ``missed`` jobs, which wait behind it."""
+    return sum(j.run_seconds for j in queue if not missed(j, now)) / workers
 
 
 def busy_seconds(started: Sequence[tuple[float, float]], workers: int, now: float) -> list[float]:

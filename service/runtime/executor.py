@@ -3,8 +3,10 @@
 Decode and inference run here, never on the event loop. Which queued job a free worker takes is
 ``service.core.schedule.pick`` (earliest deadline first, with capacity kept for tighter
 deadlines); this module is only the threads, the lock and the hand-over to asyncio. The pool
-itself never refuses work: admission control (``service.core.admission``) keeps its queue
-bounded by refusing at the door.
+itself refuses nothing new: admission control (``service.core.admission``) keeps its queue
+bounded by refusing at the door. What it drops is a job past hope (``schedule.missed``) that
+waited longer than ``shed_after_seconds``: under overload such jobs wait behind every job that
+can still be on time, and without a limit they would pile up.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class Finished(Generic[T]):
     run_seconds: float
 
 
+class Shed(Exception):
+    """The job could no longer meet its deadline and waited past the bound: it never ran."""
+
+
 @dataclass
 class _Pending:
     job: schedule.Job
@@ -50,8 +56,9 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 
 
 class InferenceExecutor:
-    def __init__(self, workers: int, initial_service_seconds: float) -> None:
+    def __init__(self, workers: int, initial_service_seconds: float, shed_after_seconds: float) -> None:
         self.workers = workers
+        self.shed_after_seconds = shed_after_seconds
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._started: dict[int, tuple[float, float]] = {}  # worker -> (start, predicted run)
@@ -72,6 +79,11 @@ class InferenceExecutor:
     @property
     def running(self) -> int:
         return len(self._started)
+
+    def ahead(self, now: float) -> int:
+        """Queued jobs a new one would wait behind: all but those past hope, which wait last."""
+        with self._cond:
+            return sum(not schedule.missed(p.job, now) for p in self._queue)
 
     def snapshot(self, now: float) -> tuple[list[schedule.Job], list[float]]:
         """The queued jobs and every worker's predicted remaining seconds, as of ``now``."""
@@ -111,6 +123,7 @@ class InferenceExecutor:
                 if self._closed and not self._queue:
                     return None
                 now = time.perf_counter()
+                self._shed(now)
                 others = schedule.busy_seconds(list(self._started.values()), self.workers - 1, now)
                 i = schedule.pick([p.job for p in self._queue], others, now)
                 if i is not None:
@@ -121,6 +134,19 @@ class InferenceExecutor:
                 # moment the first held job can no longer afford to wait.
                 release = schedule.next_release([p.job for p in self._queue], now)
                 self._cond.wait(None if release is None else max(0.0, release - now))
+
+    def _shed(self, now: float) -> None:
+        """Settle the jobs past hope that waited longer than the bound with ``Shed``; holds the lock."""
+        kept = []
+        for pending in self._queue:
+            if schedule.missed(pending.job, now) and now - pending.submitted > self.shed_after_seconds:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it any more
+                    pending.loop.call_soon_threadsafe(
+                        _settle, pending.future, None, Shed(f"waited {now - pending.submitted:.1f} s")
+                    )
+            else:
+                kept.append(pending)
+        self._queue = kept
 
     def _serve(self, worker: int) -> None:
         while (pending := self._next(worker)) is not None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
 from service.core.schedule import Job
-from service.runtime.executor import InferenceExecutor
+from service.runtime.executor import InferenceExecutor, Shed
 
 
 def test_a_free_worker_takes_the_earliest_deadline() -> None:
     async def scenario() -> list[str]:
-        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=1.0)
         gate = threading.Event()
         order: list[str] = []
         try:
@@ -36,7 +37,7 @@ def test_a_free_worker_takes_the_earliest_deadline() -> None:
 
 def test_errors_reach_the_caller_and_shutdown_cancels_the_queue() -> None:
     async def scenario() -> None:
-        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=1.0)
         with pytest.raises(ZeroDivisionError):
             await executor.run(lambda: 1 / 0, Job(key=0.0, run_seconds=0.0))
         gate = threading.Event()
@@ -55,5 +56,31 @@ def test_errors_reach_the_caller_and_shutdown_cancels_the_queue() -> None:
         assert queued.cancelled()
         with pytest.raises(RuntimeError):
             executor.submit(lambda: None, Job(key=1.0, run_seconds=0.0))
+
+    asyncio.run(scenario())
+
+
+def test_a_job_past_hope_that_waited_past_the_bound_is_shed() -> None:
+    async def scenario() -> None:
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=0.05)
+        gate = threading.Event()
+        try:
+            blocker = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
+            while executor.running == 0:
+                await asyncio.sleep(0.001)
+            # Its deadline has passed: past hope. The other can still be on time for a long while.
+            hopeless = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True))
+            fresh = executor.submit(lambda: "on time", Job(key=1e12, run_seconds=0.001, budgeted=True))
+            # A new job would wait behind the fresh one only.
+            assert executor.queued == 2 and executor.ahead(time.perf_counter()) == 1
+            await asyncio.sleep(0.1)
+            gate.set()
+            await blocker
+            assert (await fresh).value == "on time"
+            with pytest.raises(Shed):
+                await hopeless
+        finally:
+            gate.set()
+            executor.shutdown()
 
     asyncio.run(scenario())

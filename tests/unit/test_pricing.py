@@ -34,7 +34,7 @@ def pricer() -> Pricer:
 def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> None:
     p = pricer()
     header = ImageHeader("JPEG", 500, 375, 100_000)
-    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2)
+    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True)
     prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
     plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, 0.05, place, 0.0)
     small, big = prices[SMALL], prices[BIG]

@@ -23,6 +23,7 @@ from service.core.schedule import (
     blocks,
     dispatch_key,
     ladder,
+    missed,
     next_release,
     pick,
     tier_name,
@@ -52,7 +53,8 @@ class Run:
 
 
 def arrival(at: float, budget: float | None, run: float, workers: int, tiers: list[Tier]) -> Arrival:
-    return Arrival(at, budget, Job(dispatch_key(at, budget), run, ladder(workers, tiers, budget)))
+    job = Job(dispatch_key(at, budget), run, ladder(workers, tiers, budget), budget is not None)
+    return Arrival(at, budget, job)
 
 
 def simulate(arrivals: list[Arrival], workers: int) -> list[Run]:
@@ -129,9 +131,44 @@ def test_nobody_is_made_late_by_a_job_that_did_not_need_to_run_first(raw, worker
         last_start = j.arrival.job.key - j.arrival.job.run_seconds
         for k in runs:
             overtook = j.arrival.at <= k.start < j.start and k.arrival.job.key > j.arrival.job.key
-            if overtook:
+            # A job past hope when k started goes last by design: k cannot make it late.
+            if overtook and not missed(j.arrival.job, k.start):
                 # It passed j only because it is done before j has to start.
                 assert k.end <= last_start + 1e-9
+
+
+def test_jobs_past_hope_go_last_so_overload_is_not_a_domino() -> None:
+    # One worker, 10 ms jobs with a 20 ms budget arriving every 5 ms: twice what it can serve.
+    def on_time(runs: list[Run]) -> int:
+        return sum(r.end <= r.arrival.job.key for r in runs)
+
+    arrivals = [arrival(i * 0.005, 0.020, 0.010, 1, []) for i in range(200)]
+    runs = simulate(arrivals, 1)
+    assert len(runs) == 200  # every job still runs (late), once nothing that can be saved waits
+    # In plain deadline order only the first few would be on time: each late job ahead makes
+    # the next one late. Past-hope jobs going last, the worker serves a fresh one whenever
+    # there is one: half of the arrivals (its capacity) are on time.
+    assert on_time(runs) >= 95
+    plain = [Arrival(a.at, a.budget, Job(a.job.key, a.job.run_seconds)) for a in arrivals]
+    assert on_time(simulate(plain, 1)) <= 5
+
+
+def test_missed_and_its_place_in_the_order() -> None:
+    late = Job(key=0.010, run_seconds=0.020, budgeted=True)
+    fresh = Job(key=0.050, run_seconds=0.020, budgeted=True)
+    no_budget = Job(key=1.0, run_seconds=0.020)
+    assert missed(late, now=0.0) and not missed(fresh, now=0.0)
+    assert not missed(Job(key=0.010, run_seconds=0.020), now=0.0)  # no deadline to miss
+    assert pick([late, fresh, no_budget], [0.0], now=0.0) == 1
+    assert pick([late, no_budget], [0.0], now=0.0) == 1
+    assert pick([late], [0.0], now=0.0) == 0
+    # A new job waits behind what can still be on time, not behind what is past hope.
+    new = Job(0.060, 0.004, budgeted=True)
+    assert wait_at_place(new, [late, fresh], [0.0], now=0.0) == pytest.approx(0.020)
+    # One past hope itself waits behind everything ordered before it.
+    assert wait_at_place(Job(0.015, 0.020, budgeted=True), [late, fresh], [0.0], now=0.0) == pytest.approx(
+        0.040
+    )
 
 
 @given(workloads)
