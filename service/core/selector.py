@@ -10,7 +10,10 @@ scheduling; Model-Switching's "effective accuracy" is the same aim): the choice 
 accuracy minus price x predicted service. With no backlog the price is 0 and the most accurate
 fitting variant wins; as the backlog grows, the mix shifts to the variants whose service rate
 keeps up with the arrivals, the most accurate of those first, and the queue stops growing well
-before only the smallest variants fit.
+before only the smallest variants fit. The price stops at the accuracy per second of service of
+the variant that converts worker time into accuracy best: when more arrives than any mix can
+serve, the rest is late or shed whatever is chosen, and what is served should be as many
+correct answers per worker-second as the store can give, not the most answers.
 
 A confidence cascade plan is a candidate like a variant, with two costs: it must fit the budget
 at its worst case (both stages run), and it is weighed at its mean (the second stage runs only
@@ -187,11 +190,13 @@ def select(
         return Selection(best.name, "contention" if downgraded else "no_budget", total(best))
     fitting = [c for c in pool if total(c) <= budget]
     if fitting:
-        price = load_price(backlog_seconds, budget)
-        best = max(
-            frontier(considerate(fitting), weighed),
-            key=lambda c: (_accuracy(c) - price * c.weighed_seconds, -weighed(c)),
-        )
+        front = frontier(considerate(fitting), weighed)
+        # Never above the accuracy per second of service the best converter of worker time
+        # makes of it: at that price it is the choice, and past it the price would favour
+        # variants that answer more requests less accurately and so fewer of them correctly.
+        ceiling = max(0.0, *(_accuracy(c) / c.weighed_seconds for c in front))
+        price = min(load_price(backlog_seconds, budget), ceiling)
+        best = max(front, key=lambda c: (_accuracy(c) - price * c.weighed_seconds, -weighed(c)))
         # What an idle server would choose: the same table without the wait or the holding back.
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
