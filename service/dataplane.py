@@ -31,9 +31,7 @@ class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.executor = InferenceExecutor(
-            settings.workers, initial_service_seconds=0.01, shed_after_seconds=settings.max_queue_wait_seconds
-        )
+        self.executor = InferenceExecutor(settings.workers, initial_service_seconds=0.01)
         self.table = LiveTable(settings, metrics, self.executor)
         self.served_set = ServedSet(settings, metrics, on_swap=self.table.publish)
         self.chooser = Chooser(settings, self.executor)
@@ -109,10 +107,12 @@ class DataPlane:
             entry = served.entries[name if plan is None else plan.small]
             entry.metrics.selected[choice.selection.reason].inc()
             if plan is not None:
-                return await self.cascades.run(served, plan, choice, image, header, top, started, budget)
+                return await self.cascades.run(served, plan, choice, image, header, top, started, constraints)
             run_options = ort.RunOptions()
             job = classify_job(image, entry.runner, top, self.settings.max_image_pixels, run_options)
-            finished = await self.execution.run(job, choice.job, run_options, name, budget)
+            finished = await self.execution.run(
+                job, choice.job, run_options, name, budget, shed_when_missed=constraints.strict
+            )
             return classification(
                 choice,
                 budget,

@@ -103,11 +103,18 @@ class Execution:
         run_options: ort.RunOptions,
         name: str,
         budget: float | None,
+        *,
+        shed_when_missed: bool = False,
     ) -> Finished[T]:
         """``work`` on a worker, within the hard inference timeout; counts its queue wait.
-        Raises ``errors.InferenceTimeout``, ``errors.Overloaded`` (shed: past hope, it waited past
-        the admission bound), or what ``work`` raised."""
-        future = self.executor.submit(work, scheduled)
+
+        A job past hope (``schedule.missed``: it can no longer end within its budget) still runs,
+        after everything that can be on time, unless it waited past the admission bound, or is
+        ``shed_when_missed`` (a strict request's; a cascade's second stage, whose first answer
+        stands): then it raises ``errors.Overloaded``. Also raises ``errors.InferenceTimeout``, or
+        what ``work`` raised."""
+        patience = 0.0 if shed_when_missed else self.settings.max_queue_wait_seconds
+        future = self.executor.submit(work, scheduled, patience)
         self.metrics.queue_depth.set(self.executor.queued)
         timeout = self.settings.inference_timeout_seconds
         try:
@@ -116,8 +123,8 @@ class Execution:
                 finished = await asyncio.shield(future)
         except Shed as exc:
             raise errors.Overloaded(
-                f"the server is past capacity: this request could no longer meet its budget and {exc} "
-                "in the queue; retry later",
+                f"the server is past capacity: this request could no longer meet its budget ({exc} "
+                "in the queue); retry later",
                 retry_after_seconds=retry_after(self.settings.max_queue_wait_seconds),
             ) from None
         except TimeoutError:

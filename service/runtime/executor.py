@@ -5,7 +5,7 @@ Decode and inference run here, never on the event loop. Which queued job a free 
 deadlines); this module is only the threads, the lock and the hand-over to asyncio. The pool
 itself refuses nothing new: admission control (``service.core.admission``) keeps its queue
 bounded by refusing at the door. What it drops is a job past hope (``schedule.missed``) that
-waited longer than ``shed_after_seconds``: under overload such jobs wait behind every job that
+waited longer than its submitter allows: under overload such jobs wait behind every job that
 can still be on time, and without a limit they would pile up.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class _Pending:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     submitted: float
+    shed_after_seconds: float
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -56,9 +58,8 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 
 
 class InferenceExecutor:
-    def __init__(self, workers: int, initial_service_seconds: float, shed_after_seconds: float) -> None:
+    def __init__(self, workers: int, initial_service_seconds: float) -> None:
         self.workers = workers
-        self.shed_after_seconds = shed_after_seconds
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._started: dict[int, tuple[float, float]] = {}  # worker -> (start, predicted run)
@@ -92,8 +93,12 @@ class InferenceExecutor:
             busy = schedule.busy_seconds(list(self._started.values()), self.workers, now)
         return queue, busy
 
-    def submit(self, work: Callable[[], T], job: schedule.Job) -> asyncio.Future[Finished[T]]:
+    def submit(
+        self, work: Callable[[], T], job: schedule.Job, shed_after_seconds: float = math.inf
+    ) -> asyncio.Future[Finished[T]]:
         """Queue ``work`` at ``job``'s place now, so the very next admission decision counts it.
+        Should the job be past hope (``schedule.missed``) after waiting ``shed_after_seconds``,
+        it is dropped and the future raises ``Shed``.
 
         Call from the event loop. Cancelling the returned future does not stop the work.
         """
@@ -102,7 +107,7 @@ class InferenceExecutor:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the executor is shut down")
-            self._queue.append(_Pending(job, work, future, loop, time.perf_counter()))
+            self._queue.append(_Pending(job, work, future, loop, time.perf_counter(), shed_after_seconds))
             self._cond.notify_all()
 
         def learn(done: asyncio.Future[Finished[T]]) -> None:
@@ -136,10 +141,10 @@ class InferenceExecutor:
                 self._cond.wait(None if release is None else max(0.0, release - now))
 
     def _shed(self, now: float) -> None:
-        """Settle the jobs past hope that waited longer than the bound with ``Shed``; holds the lock."""
+        """Settle the jobs past hope that waited longer than they may with ``Shed``; holds the lock."""
         kept = []
         for pending in self._queue:
-            if schedule.missed(pending.job, now) and now - pending.submitted > self.shed_after_seconds:
+            if schedule.missed(pending.job, now) and now - pending.submitted >= pending.shed_after_seconds:
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it any more
                     pending.loop.call_soon_threadsafe(
                         _settle, pending.future, None, Shed(f"waited {now - pending.submitted:.1f} s")

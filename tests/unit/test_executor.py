@@ -14,7 +14,7 @@ from service.runtime.executor import InferenceExecutor, Shed
 
 def test_a_free_worker_takes_the_earliest_deadline() -> None:
     async def scenario() -> list[str]:
-        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=1.0)
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
         gate = threading.Event()
         order: list[str] = []
         try:
@@ -37,7 +37,7 @@ def test_a_free_worker_takes_the_earliest_deadline() -> None:
 
 def test_errors_reach_the_caller_and_shutdown_cancels_the_queue() -> None:
     async def scenario() -> None:
-        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=1.0)
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
         with pytest.raises(ZeroDivisionError):
             await executor.run(lambda: 1 / 0, Job(key=0.0, run_seconds=0.0))
         gate = threading.Event()
@@ -60,17 +60,17 @@ def test_errors_reach_the_caller_and_shutdown_cancels_the_queue() -> None:
     asyncio.run(scenario())
 
 
-def test_a_job_past_hope_that_waited_past_the_bound_is_shed() -> None:
+def test_a_job_past_hope_is_shed_once_it_waited_as_long_as_it_may() -> None:
     async def scenario() -> None:
-        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01, shed_after_seconds=0.05)
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
         gate = threading.Event()
         try:
             blocker = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
             while executor.running == 0:
                 await asyncio.sleep(0.001)
             # Its deadline has passed: past hope. The other can still be on time for a long while.
-            hopeless = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True))
-            fresh = executor.submit(lambda: "on time", Job(key=1e12, run_seconds=0.001, budgeted=True))
+            hopeless = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True), 0.05)
+            fresh = executor.submit(lambda: "on time", Job(key=1e12, run_seconds=0.001, budgeted=True), 0.05)
             # A new job would wait behind the fresh one only.
             assert executor.queued == 2 and executor.ahead(time.perf_counter()) == 1
             await asyncio.sleep(0.1)
@@ -79,6 +79,18 @@ def test_a_job_past_hope_that_waited_past_the_bound_is_shed() -> None:
             assert (await fresh).value == "on time"
             with pytest.raises(Shed):
                 await hopeless
+            # Without patience (a strict request, a cascade's second stage) it goes at once.
+            gate.clear()
+            blocker = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
+            while executor.running == 0:
+                await asyncio.sleep(0.001)
+            impatient = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True), 0.0)
+            patient = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True), 60.0)
+            gate.set()
+            await blocker
+            assert (await patient).value == "late"
+            with pytest.raises(Shed):
+                await impatient
         finally:
             gate.set()
             executor.shutdown()
