@@ -91,11 +91,7 @@ class LiveTable:
             inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
             service_residual=service - result.point_seconds,
             wait_error=wait_error,
-            # Late beyond its budget and its price: a fallback priced past its budget teaches
-            # whether that price was too dear; a pinned variant's price chose nothing.
-            late=None
-            if budget is None or result.reason == "pinned"
-            else total_seconds > max(budget, result.predicted_seconds),
+            late=self._late(result, total_seconds),
             now=now,
         )
         for stage in result.stages:
@@ -107,6 +103,23 @@ class LiveTable:
         if budget is not None:
             (result.metrics.budget_met if met else result.metrics.budget_missed).inc()
             self.metrics.slack.observe(budget - total_seconds)
+
+    @staticmethod
+    def _late(result: Classification, total_seconds: float) -> bool | None:
+        """What the answer teaches its tier's level (``Calibration.observe``): late beyond its
+        budget and its price (a fallback priced past its budget teaches whether that price was
+        too dear). None, nothing, for a pinned variant, whose price chose nothing, and for a miss
+        no choice would have avoided: late even less the service the fastest variant would have
+        saved (under load the shared cores' stalls make a few answers late whatever runs, and
+        counted, they drove the level to its top and every choice to the smallest subnet,
+        which missed as often)."""
+        budget = result.budget_seconds
+        if budget is None or result.reason == "pinned":
+            return None
+        late = total_seconds > max(budget, result.predicted_seconds)
+        if late and total_seconds - (result.point_seconds - result.fastest_point_seconds) > budget:
+            return None
+        return late
 
     def _count_cascade(self, result: Classification, plan: Cascade) -> None:
         """The plan's live counts (``/models``) and ``edgefit_cascade_total``."""

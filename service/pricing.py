@@ -30,8 +30,8 @@ IDLE_QUANTILE = 0.95
 
 @dataclass(frozen=True)
 class Price:
-    """``candidate.predicted_seconds`` = point + service margin + wait margin: with the time spent
-    and the predicted wait, the promised quantile of the request's total."""
+    """``candidate.predicted_seconds`` = point + the promise's margin: with the time spent and the
+    predicted wait, the promised quantile of the request's total."""
 
     candidate: selector.Candidate
     point_seconds: float  # decode + inference, each at its typical value
@@ -100,7 +100,7 @@ class Pricer:
                 name=name,
                 top1=v.top1,
                 size_bytes=v.size_bytes,
-                predicted_seconds=job.run_seconds + wait_margin,
+                predicted_seconds=point + self.calibration.promise_margin(name, point, budget_seconds, now),
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),

@@ -66,6 +66,7 @@ class Classification:
     chosen_after_seconds: float  # time spent before choosing
     predicted_wait_seconds: float
     point_seconds: float  # the price's point prediction of the service (of the stages that ran)
+    fastest_point_seconds: float  # the same for the fastest variant it was chosen among
     predictions: list[Prediction]
     stages: tuple[Stage, ...]
     # For ``DataPlane.record``, after the answer is sent: the set that answered it and what its
@@ -127,6 +128,7 @@ def classification(
         - price.candidate.predicted_seconds,
         predicted_wait_seconds=price.candidate.wait_seconds,
         point_seconds=price.point_seconds + (price.escalation_point_seconds if len(stages) > 1 else 0.0),
+        fastest_point_seconds=choice.fastest_point_seconds,
         predictions=[Prediction(i, labels[i], score) for i, score in best],
         stages=tuple(stages),
         served=served,

@@ -29,6 +29,7 @@ class Choice:
     selection: selector.Selection
     price: Price
     job: schedule.Job  # the job's place and predicted run time in the schedule
+    fastest_point_seconds: float  # the point prediction of the fastest variant priced
 
 
 class Chooser:
@@ -115,7 +116,8 @@ class Chooser:
         except selector.BudgetUnmeetableNow as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
-        return Choice(choice, price, place.job(price.service_seconds))
+        fastest = min(p.point_seconds for p in prices.values())
+        return Choice(choice, price, place.job(price.service_seconds), fastest)
 
     def escalation(
         self, served: Served, name: str, budget: float | None, started: float
