@@ -18,6 +18,7 @@ import numpy as np
 
 from model_store.manifest import Cascade, Variant
 from service.core import schedule
+from service.core.calibration import lesson
 from service.observability import Metrics
 from service.results import Classification
 from service.runtime.executor import InferenceExecutor
@@ -106,20 +107,12 @@ class LiveTable:
 
     @staticmethod
     def _late(result: Classification, total_seconds: float) -> bool | None:
-        """What the answer teaches its tier's level (``Calibration.observe``): late beyond its
-        budget and its price (a fallback priced past its budget teaches whether that price was
-        too dear). None, nothing, for a pinned variant, whose price chose nothing, and for a miss
-        no choice would have avoided: late even less the service the fastest variant would have
-        saved (under load the shared cores' stalls make a few answers late whatever runs, and
-        counted, they drove the level to its top and every choice to the smallest subnet,
-        which missed as often)."""
-        budget = result.budget_seconds
-        if budget is None or result.reason == "pinned":
+        """What the answer teaches its tier's level (``calibration.lesson``); nothing without a
+        budget, or from a pinned variant, whose price chose nothing."""
+        if result.budget_seconds is None or result.reason == "pinned":
             return None
-        late = total_seconds > max(budget, result.predicted_seconds)
-        if late and total_seconds - (result.point_seconds - result.fastest_point_seconds) > budget:
-            return None
-        return late
+        saved = result.point_seconds - result.fastest_point_seconds
+        return lesson(total_seconds, result.budget_seconds, result.predicted_seconds, saved)
 
     def _count_cascade(self, result: Classification, plan: Cascade) -> None:
         """The plan's live counts (``/models``) and ``edgefit_cascade_total``."""

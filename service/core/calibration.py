@@ -77,6 +77,17 @@ def conformal_quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered), math.ceil((len(ordered) + 1) * q)) - 1]
 
 
+def lesson(total: float, budget: float, bound: float, saved: float) -> bool | None:
+    """What an answer ``total`` seconds long teaches its tier's level: whether it came after both
+    its budget and its ``bound`` (a fallback, priced past its budget, teaches whether that price
+    was too dear); nothing (None) when it would have been late even with the ``saved`` seconds of
+    service the fastest variant was predicted to take less: under load the shared cores' stalls
+    make a few answers late whatever runs, and counted, they drove the level to its top and every
+    choice to the smallest subnet, which missed as often."""
+    late = total > max(budget, bound)
+    return None if late and total - saved > budget else late
+
+
 def location(residuals: Sequence[float]) -> float | None:
     """The median of sorted residuals; None with fewer than ``MIN_OWN``."""
     return ranked(residuals, 0.5) if len(residuals) >= MIN_OWN else None

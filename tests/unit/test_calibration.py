@@ -17,6 +17,7 @@ from service.core.calibration import (
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
+    lesson,
 )
 
 BUDGET = 0.010
@@ -152,3 +153,35 @@ def test_steering_the_level_chooses_the_accurate_variant_more_and_keeps_the_prom
     assert fixed_missed < 1 - PROMISE_QUANTILE  # a 0.99 bound per request: unspent misses
     assert steered_share > fixed_share + 0.05
     assert steered_missed <= (1 - PROMISE_QUANTILE) * 1.2
+
+
+def test_a_miss_no_choice_would_have_avoided_teaches_nothing() -> None:
+    budget = 0.010
+    assert lesson(0.009, budget, bound=0.0095, saved=0.002) is False
+    assert lesson(0.011, budget, bound=0.0095, saved=0.002) is True  # the fastest would have made it
+    assert lesson(0.013, budget, bound=0.0095, saved=0.002) is None  # late whatever ran
+    assert lesson(0.011, budget, bound=0.0095, saved=0.0) is None  # it was the fastest
+    # A fallback, priced past its budget: late, but not beyond its price.
+    assert lesson(0.011, budget, bound=0.012, saved=0.0) is False
+
+
+def test_the_promise_is_one_quantile_of_the_totals_not_two_stacked() -> None:
+    # Service and wait each stall now and then, rarely in the same answer: the bound on their sum
+    # keeps the promise and is well below the two bounds stacked.
+    rng = random.Random(3)  # noqa: S311 (noise, not secrets)
+    calibration = Calibration(window=1024, fresh_seconds=600.0)
+    point = 0.005
+    exceeded = judged = 0
+    for i in range(4000):
+        now = 0.01 * i
+        bound = point + calibration.promise_margin("v", point, BUDGET, now)
+        service = point * rng.lognormvariate(0.0, 0.05) + (0.006 if rng.random() < 0.03 else 0.0)
+        wait_error = 0.006 if rng.random() < 0.03 else 0.0
+        if i >= 1100:
+            judged += 1
+            exceeded += service + wait_error > bound
+        calibration.observe("v", service - point, BUDGET, wait_error, None, now)
+    stacked = calibration.service_margin("v", point, BUDGET, 40.0) + calibration.wait_margin(BUDGET, 40.0)
+    assert calibration.promise_margin("v", point, BUDGET, 40.0) < stacked - 0.004
+    allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
+    assert exceeded / judged <= allowed
