@@ -91,7 +91,8 @@ class LiveTable:
             decode_seconds=first.decode_seconds,
             inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
             service_residual=service - result.point_seconds,
-            wait_error=wait_error,
+            # A job queued past hope waited behind every on-time one: no wait was predicted.
+            wait_error=None if result.past_hope else wait_error,
             late=self._late(result, total_seconds),
             now=now,
         )

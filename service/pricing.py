@@ -163,14 +163,15 @@ class Pricer:
         decode_seconds: float,
         inferences: Sequence[tuple[str, float]],
         service_residual: float,
-        wait_error: float,
+        wait_error: float | None,
         late: bool | None,
         now: float,
     ) -> None:
         """What an answer of ``name`` (a variant, or a cascade plan) teaches the tables: its decode,
         each inference that ran (``(variant, seconds)``), how much longer than its point
-        prediction its service took, how much longer than predicted it waited, and whether it came
-        after both its budget and its price (None: pinned, or no budget)."""
+        prediction its service took, how much longer than predicted it waited (None: queued past
+        hope), and whether it came after both its budget and its price (None: pinned, no budget,
+        or a miss no choice would have avoided)."""
         for variant, seconds in inferences:
             self.latency.observe(variant, seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)

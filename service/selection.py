@@ -30,6 +30,7 @@ class Choice:
     price: Price
     job: schedule.Job  # the job's place and predicted run time in the schedule
     fastest_point_seconds: float  # the point prediction of the fastest variant priced
+    past_hope: bool  # the job could not be on time when it was queued (``schedule.missed``)
 
 
 class Chooser:
@@ -117,7 +118,13 @@ class Chooser:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
         fastest = min(p.point_seconds for p in prices.values())
-        return Choice(choice, price, place.job(price.service_seconds), fastest)
+        # Deferred: keyed now, it is past hope at once and waits behind every on-time job.
+        job = (
+            place.job(price.service_seconds)
+            if choice.on_time
+            else schedule.Job(now, price.service_seconds, budgeted=True)
+        )
+        return Choice(choice, price, job, fastest, schedule.missed(job, now))
 
     def escalation(
         self, served: Served, name: str, budget: float | None, started: float

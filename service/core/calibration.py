@@ -121,12 +121,13 @@ class Calibration:
         variant: str,
         service_residual: float,
         budget_seconds: float | None,
-        wait_error: float,
+        wait_error: float | None,
         late: bool | None,
         now: float,
     ) -> None:
         """An answer: its service less the point prediction it was chosen with, and (for a
-        budgeted request) how much longer than predicted it waited; ``late``: whether it came after
+        budgeted request) how much longer than predicted it waited (None: it was queued past hope,
+        behind every on-time job, and no wait was predicted); ``late``: whether it came after
         both its budget and its bound (None: pinned, or no budget). Within budget, it kept the
         promise; within a bound priced past the budget (a fallback), that bound was not too low."""
         own = self._own.get(variant)
@@ -144,9 +145,10 @@ class Calibration:
         if budget_seconds is None:
             return
         tier = tier_name(budget_seconds)
-        self._tier_recent(self._waits, tier).add(wait_error, now)
-        if centre is not None:
-            self._tier_recent(self._totals, tier).add(service_residual - centre + wait_error, now)
+        if wait_error is not None:
+            self._tier_recent(self._waits, tier).add(wait_error, now)
+            if centre is not None:
+                self._tier_recent(self._totals, tier).add(service_residual - centre + wait_error, now)
         if late is not None:
             level = self._levels.get(tier, self.quantile) + self.level_step * (late - (1 - self.quantile))
             self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))

@@ -13,7 +13,10 @@ keeps up with the arrivals, the most accurate of those first, and the queue stop
 before only the smallest variants fit. The price stops at the accuracy per second of service of
 the variant that converts worker time into accuracy best: when more arrives than any mix can
 serve, the rest is late or shed whatever is chosen, and what is served should be as many
-correct answers per worker-second as the store can give, not the most answers.
+correct answers per worker-second as the store can give, not the most answers. For the same
+reason a request that, at that price, only a worse converter fits in time is deferred (it waits
+behind every job that can be on time, like one nothing fits): served, it would let the queue
+settle where only the poorest subnet fits.
 
 A confidence cascade plan is a candidate like a variant, with two costs: it must fit the budget
 at its worst case (both stages run), and it is weighed at its mean (the second stage runs only
@@ -80,6 +83,8 @@ class Selection:
     name: str
     reason: Reason
     predicted_seconds: float  # time already spent + queue wait + decode + inference
+    # False: deferred (see ``select``): the job waits behind every one that can be on time.
+    on_time: bool = True
 
 
 class NoVariantAllowed(Exception):
@@ -198,6 +203,14 @@ def select(
         ceiling = max(0.0, *(_accuracy(c) / c.weighed_seconds for c in front))
         price = min(load_price(backlog_seconds, budget), ceiling)
         best = max(front, key=lambda c: (_accuracy(c) - price * c.weighed_seconds, -weighed(c)))
+        # Saturated (worker time priced at what the store's best converter makes of it), and
+        # only a worse converter fits in time: served now, it would take the workers from
+        # requests that get the better one, and the queue would settle where only the poorest
+        # subnet fits. Deferred instead, like a request nothing fits.
+        worth = max(0.0, *(_accuracy(c) / c.weighed_seconds for c in pool))
+        if load_price(backlog_seconds, budget) >= worth > _accuracy(best) / best.weighed_seconds:
+            fastest = _late(pool, constraints, budget, total)
+            return Selection(fastest.name, "contention", total(fastest), on_time=False)
         # What an idle server would choose: the same table without the wait or the holding back.
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)

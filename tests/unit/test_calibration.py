@@ -97,6 +97,7 @@ def test_the_wait_margin_is_per_tier_never_negative_and_only_for_budgets() -> No
         )  # queued 2 ms over, twice
         calibration.observe("v", 0.0, 0.050, -0.003, None, 0.0)  # queued less than predicted
         calibration.observe("v", 0.0, None, 0.5, None, 0.0)  # overtaken by design: teaches no wait
+        calibration.observe("v", 0.0, BUDGET, None, None, 0.0)  # queued past hope: no wait predicted
     assert calibration.wait_margin(BUDGET, 0.0) == pytest.approx(0.002)
     assert calibration.wait_margin(0.008, 0.0) == pytest.approx(0.002)  # the same tier
     assert calibration.wait_margin(0.050, 0.0) == 0.0

@@ -324,3 +324,29 @@ def test_a_plan_weighed_at_its_mean_wins_under_load_where_its_worst_case_would_n
     assert (
         select([big, small, sure], Constraints(budget_seconds=0.02), elapsed_seconds=0.0).name == "small>big"
     )
+
+
+def test_saturated_a_request_that_only_a_poor_converter_fits_is_deferred() -> None:
+    # "good" turns worker time into the most correct answers (0.70 per 7.5 ms); only "tiny" (0.36
+    # per 5 ms) fits in time behind this queue.
+    def table(wait: float) -> list[Candidate]:
+        return [
+            Candidate("tiny", 0.36, 1, 0.005, 0.005, wait_seconds=wait),
+            Candidate("good", 0.70, 1, 0.0075, 0.0075, wait_seconds=wait),
+        ]
+
+    budget = Constraints(budget_seconds=0.020)
+    saturated = select(table(0.013), budget, elapsed_seconds=0.0, backlog_seconds=0.020)
+    assert (saturated.name, saturated.reason, saturated.on_time) == ("tiny", "contention", False)
+    calm = select(table(0.013), budget, elapsed_seconds=0.0, backlog_seconds=0.002)
+    assert (calm.name, calm.on_time) == ("tiny", True)
+    # Where the best converter fits, it is the choice, however long the queue.
+    fits = select(table(0.005), budget, elapsed_seconds=0.0, backlog_seconds=0.020)
+    assert (fits.name, fits.on_time) == ("good", True)
+    with pytest.raises(BudgetUnmeetableNow):  # strict: refused, the load is why
+        select(
+            table(0.013),
+            Constraints(budget_seconds=0.020, strict=True),
+            elapsed_seconds=0.0,
+            backlog_seconds=0.020,
+        )
