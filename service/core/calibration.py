@@ -26,9 +26,9 @@ on the answers themselves, split conformal style:
 - **The promise**, per budget tier: a request's bound is its variant's point and location plus
   one quantile of the tier's recent *totals'* scores (each answer's service less its variant's
   location, plus its wait error), not the service spread's quantile and the wait's stacked.
-  Under load both tails are long and rarely meet in one answer: stacked at 0.995 they added
-  ~15 ms to 5 ms services, priced everything but the smallest subnet out of a 13.5 ms budget,
-  and that subnet still missed. Until the tier has ``MIN_SPREAD`` answers, the two are stacked.
+  Under load both tails are long and rarely meet in one answer: stacked, they priced everything
+  but the smallest subnet out of budgets the larger ones met. Until the tier has ``MIN_SPREAD``
+  answers, the two are stacked.
   The schedule's run time of a job is its point plus its service margin alone
   (``service_margin``): a wait played forward over jobs ahead is the wait's business.
 - **The level**, per budget tier, is steered by the tier's own misses (adaptive conformal

@@ -9,8 +9,8 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
 - **A job past hope goes last.** A budgeted job that would end after its deadline even if it
   started now (``missed``) waits behind every job that can still be on time. Plain deadline
   order breaks down under overload: once the queue holds more than a budget, every job is
-  late because the late ones ahead of it ran first (EDF's domino effect), and a 2x overload
-  answered almost nothing on time. Jobs past hope wait, in deadline order, for a moment when
+  late because the late ones ahead of it ran first (EDF's domino effect). Jobs past hope wait,
+  in deadline order, for a moment when
   nothing that can still be saved is queued (the executor sheds those that wait past the
   admission bound).
 - **Capacity kept for tight deadlines.** An inference cannot be pre-empted, so a long job started

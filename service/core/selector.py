@@ -104,6 +104,11 @@ def _accuracy(candidate: Candidate) -> float:
     return -1.0 if candidate.top1 is None else candidate.top1
 
 
+def _yield(c: Candidate) -> float:
+    """Accuracy per second of worker time: what choosing it makes of the workers."""
+    return _accuracy(c) / c.weighed_seconds
+
+
 def _rank(c: Candidate) -> tuple[float, float]:
     return (_accuracy(c), -c.predicted_seconds)
 
@@ -189,9 +194,8 @@ def select(
     if constraints.pinned is not None:
         return Selection(pool[0].name, "pinned", total(pool[0]))
     if budget is None:
-        # No deadline to keep: the most accurate, and the schedule holds its job back while it
-        # would take tighter tiers' workers (a downgrade to spare them gave a 10/20/50 ms/none
-        # mix 36 % subnets for a quarter of its no-budget answers).
+        # No deadline to keep: the most accurate; the schedule, not a downgrade, keeps it from
+        # taking the workers tighter tiers need.
         best = max(pool, key=_rank)
         return Selection(best.name, "no_budget", total(best))
     fitting = [c for c in pool if total(c) <= budget]
@@ -200,15 +204,15 @@ def select(
         # Never above the accuracy per second of service the best converter of worker time
         # makes of it: at that price it is the choice, and past it the price would favour
         # variants that answer more requests less accurately and so fewer of them correctly.
-        ceiling = max(0.0, *(_accuracy(c) / c.weighed_seconds for c in front))
+        ceiling = max(0.0, *(_yield(c) for c in front))
         price = min(load_price(backlog_seconds, budget), ceiling)
         best = max(front, key=lambda c: (_accuracy(c) - price * c.weighed_seconds, -weighed(c)))
         # Saturated (worker time priced at what the store's best converter makes of it), and
         # only a worse converter fits in time: served now, it would take the workers from
         # requests that get the better one, and the queue would settle where only the poorest
         # subnet fits. Deferred instead, like a request nothing fits.
-        worth = max(0.0, *(_accuracy(c) / c.weighed_seconds for c in pool))
-        if load_price(backlog_seconds, budget) >= worth > _accuracy(best) / best.weighed_seconds:
+        worth = max(0.0, *(_yield(c) for c in pool))
+        if load_price(backlog_seconds, budget) >= worth > _yield(best):
             fastest = _late(pool, constraints, budget, total)
             return Selection(fastest.name, "contention", total(fastest), on_time=False)
         # What an idle server would choose: the same table without the wait or the holding back.
