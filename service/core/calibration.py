@@ -27,8 +27,11 @@ on the answers themselves, split conformal style:
   one quantile of the tier's recent *totals'* scores (each answer's service less its variant's
   location, plus its wait error), not the service spread's quantile and the wait's stacked.
   Under load both tails are long and rarely meet in one answer: stacked, they priced everything
-  but the smallest subnet out of budgets the larger ones met. Until the tier has ``MIN_SPREAD``
-  answers, the two are stacked.
+  but the smallest subnet out of budgets the larger ones met. Until the tier has
+  ``MIN_TIER_SCORES`` of its own, it takes every tier's: priced from its first few scores (or,
+  before those, the two margins stacked), the first budget asked in a tier got the smallest
+  subnets where the same answers a moment later fit larger ones. Stacked only while all tiers
+  together have fewer than ``MIN_SPREAD``.
   The schedule's run time of a job is its point plus its service margin alone
   (``service_margin``): a wait played forward over jobs ahead is the wait's business.
 - **The level**, per budget tier, is steered by the tier's own misses (adaptive conformal
@@ -57,6 +60,9 @@ PROMISE_QUANTILE = 0.99
 MIN_OWN = 8
 # The spread counts from this many answers on (fewer say little about a 0.99 quantile).
 MIN_SPREAD = 64
+# A tier's own total scores count from this many on: from fewer, a 0.99 quantile is their
+# largest or next to it, one stall's.
+MIN_TIER_SCORES = 256
 # The margin before there are that many, as a fraction of the point prediction.
 FIRST_MARGIN_FRACTION = 1.0
 # Answers behind a variant's location, and behind everyone's.
@@ -114,6 +120,7 @@ class Calibration:
         self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
         self._totals: dict[str, Recent] = {}
+        self._all_totals = Recent(window=window, fresh_seconds=fresh_seconds)
         self._levels: dict[str, float] = {}
 
     def observe(
@@ -148,7 +155,9 @@ class Calibration:
         if wait_error is not None:
             self._tier_recent(self._waits, tier).add(wait_error, now)
             if centre is not None:
-                self._tier_recent(self._totals, tier).add(service_residual - centre + wait_error, now)
+                score = service_residual - centre + wait_error
+                self._tier_recent(self._totals, tier).add(score, now)
+                self._all_totals.add(score, now)
         if late is not None:
             level = self._levels.get(tier, self.quantile) + self.level_step * (late - (1 - self.quantile))
             self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))
@@ -185,9 +194,12 @@ class Calibration:
     def promise_margin(self, variant: str, point: float, budget_seconds: float | None, now: float) -> float:
         """What to add to ``variant``'s point prediction and the predicted wait for the bound its
         answer keeps at the budget's level: its location plus the quantile of the tier's total
-        scores; the service and wait margins stacked while the tier has too few of them."""
+        scores (every tier's while it has too few); the service and wait margins stacked while
+        no tier has enough."""
         totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
         scores = [] if totals is None else totals.fresh(now)
+        if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
+            scores = self._all_totals.fresh(now)
         centre = self._centre(variant, now)
         if centre is None or len(scores) < MIN_SPREAD:
             return self.service_margin(variant, point, budget_seconds, now) + self.wait_margin(

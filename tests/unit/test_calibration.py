@@ -14,6 +14,7 @@ from service.core.calibration import (
     LEVELS,
     MIN_OWN,
     MIN_SPREAD,
+    MIN_TIER_SCORES,
     PROMISE_QUANTILE,
     Calibration,
     conformal_quantile,
@@ -186,3 +187,20 @@ def test_the_promise_is_one_quantile_of_the_totals_not_two_stacked() -> None:
     assert calibration.promise_margin("v", point, BUDGET, 40.0) < stacked - 0.004
     allowed = (1 - PROMISE_QUANTILE) + 3.5 * ((1 - PROMISE_QUANTILE) * PROMISE_QUANTILE / judged) ** 0.5
     assert exceeded / judged <= allowed
+
+
+def test_a_tier_with_few_scores_of_its_own_takes_every_tiers() -> None:
+    # One tier's answers run 1 ms over their point now and then; a tier with no answers yet is
+    # priced from them, not from its own first stall, and from its own scores once it has enough.
+    calibration = Calibration(window=1024, fresh_seconds=600.0)
+    point, now = 0.005, 0.0
+    for i in range(400):
+        calibration.observe("v", 0.001 if i % 20 == 0 else 0.0, 0.050, 0.0, None, now)
+    settled = calibration.promise_margin("v", point, 0.050, now)
+    assert settled == pytest.approx(0.001)
+    assert calibration.promise_margin("v", point, BUDGET, now) == settled  # a new tier
+    calibration.observe("v", 0.0, BUDGET, 0.008, None, now)  # its first answer: one long wait
+    assert calibration.promise_margin("v", point, BUDGET, now) == settled
+    for _ in range(MIN_TIER_SCORES):  # the tier's own, all on time to the dot
+        calibration.observe("v", 0.0, BUDGET, 0.0, None, now)
+    assert calibration.promise_margin("v", point, BUDGET, now) == pytest.approx(0.0)
