@@ -114,16 +114,11 @@ class Chooser:
             raise errors.NoVariantAllowed(str(exc)) from None
         except selector.BudgetUnmeetable as exc:
             raise errors.BudgetUnmeetable(str(exc)) from None
-        except selector.BudgetUnmeetableNow as exc:
+        except (selector.BudgetUnmeetableNow, selector.Saturated) as exc:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
         fastest = min(p.point_seconds for p in prices.values())
-        # Deferred: keyed now, it is past hope at once and waits behind every on-time job.
-        job = (
-            place.job(price.service_seconds)
-            if choice.on_time
-            else schedule.Job(now, price.service_seconds, budgeted=True)
-        )
+        job = place.job(price.service_seconds)
         return Choice(choice, price, job, fastest, schedule.missed(job, now))
 
     def escalation(

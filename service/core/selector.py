@@ -14,9 +14,10 @@ before only the smallest variants fit. The price stops at the accuracy per secon
 the variant that converts worker time into accuracy best: when more arrives than any mix can
 serve, the rest is late or shed whatever is chosen, and what is served should be as many
 correct answers per worker-second as the store can give, not the most answers. For the same
-reason a request that, at that price, only a worse converter fits in time is deferred (it waits
-behind every job that can be on time, like one nothing fits): served, it would let the queue
-settle where only the poorest subnet fits.
+reason a request that, at that price, only a worse converter fits in time is refused
+(``Saturated``: the server sheds it, 503): served, it would let the queue settle where only the
+poorest subnet fits, and parked behind the jobs that can be on time (tried), it was served late
+whenever they left a worker free, so that the saturated server spent its workers on late answers.
 
 A confidence cascade plan is a candidate like a variant, with two costs: it must fit the budget
 at its worst case (both stages run), and it is weighed at its mean (the second stage runs only
@@ -83,8 +84,6 @@ class Selection:
     name: str
     reason: Reason
     predicted_seconds: float  # time already spent + queue wait + decode + inference
-    # False: deferred (see ``select``): the job waits behind every one that can be on time.
-    on_time: bool = True
 
 
 class NoVariantAllowed(Exception):
@@ -97,6 +96,11 @@ class BudgetUnmeetable(Exception):
 
 class BudgetUnmeetableNow(Exception):
     """``strict``: a variant could meet the budget on an idle server, but not under current load."""
+
+
+class Saturated(Exception):
+    """Worker time is worth more than what the variants that fit this request in time make of it
+    (see ``select``)."""
 
 
 def _accuracy(candidate: Candidate) -> float:
@@ -160,7 +164,8 @@ def select(
     elapsed_seconds: float,
     backlog_seconds: float = 0.0,
 ) -> Selection:
-    """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``.
+    """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``,
+    ``Saturated``.
 
     Among the allowed variants predicted to finish within the budget, the one with the most
     accuracy less ``load_price`` x service wins (``backlog_seconds``: the work ahead, per worker;
@@ -168,8 +173,10 @@ def select(
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
     but fits only at its worst case. Without a budget the most accurate wins. When nothing fits,
-    the fastest allowed variant (never a plan) answers late, unless ``strict``. A choice less
-    accurate than an idle server would make is reported as ``contention``.
+    the fastest allowed variant (never a plan) answers late, unless ``strict``. Saturated (the
+    price at its ceiling) with only worse converters than the store's best fitting, the request
+    is refused. A choice less accurate than an idle server would make is reported as
+    ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
@@ -210,11 +217,13 @@ def select(
         # Saturated (worker time priced at what the store's best converter makes of it), and
         # only a worse converter fits in time: served now, it would take the workers from
         # requests that get the better one, and the queue would settle where only the poorest
-        # subnet fits. Deferred instead, like a request nothing fits.
-        worth = max(0.0, *(_yield(c) for c in pool))
-        if load_price(backlog_seconds, budget) >= worth > _yield(best):
-            fastest = _late(pool, constraints, budget, total)
-            return Selection(fastest.name, "contention", total(fastest), on_time=False)
+        # subnet fits.
+        worth = max(_yield(c) for c in pool)
+        if 0 < worth <= load_price(backlog_seconds, budget) and _yield(best) < worth:
+            raise Saturated(
+                "the server is saturated: what fits this budget behind the queue now would take "
+                "workers from requests it serves better"
+            )
         # What an idle server would choose: the same table without the wait or the holding back.
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
