@@ -26,6 +26,9 @@ from service.runtime.profiler import decode_work
 TYPICAL = 0.5
 # What the strict refusal asks ("could an idle server meet this budget?") prices at.
 IDLE_QUANTILE = 0.95
+# What a fallback under load goes by (``selector.Candidate.likely_seconds``): on time nine
+# times in ten.
+LIKELY_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class Pricer:
                 top1=v.top1,
                 size_bytes=v.size_bytes,
                 predicted_seconds=point + self.calibration.promise_margin(name, point, budget_seconds, now),
+                likely_seconds=point
+                + self.calibration.promise_margin(name, point, budget_seconds, now, LIKELY_QUANTILE),
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),

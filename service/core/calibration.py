@@ -183,32 +183,40 @@ class Calibration:
         centre = None if own is None else location(own.fresh(now))
         return location(self._all.fresh(now)) if centre is None else centre
 
-    def service_margin(self, variant: str, point: float, budget_seconds: float | None, now: float) -> float:
-        """What to add to ``variant``'s point prediction of its service, at the budget's level."""
+    def service_margin(
+        self, variant: str, point: float, budget_seconds: float | None, now: float, level: float | None = None
+    ) -> float:
+        """What to add to ``variant``'s point prediction of its service, at ``level`` (default: the
+        budget's)."""
         centre = self._centre(variant, now)
         spread = self._spread.fresh(now)
         if centre is None or len(spread) < MIN_SPREAD:
             return FIRST_MARGIN_FRACTION * point
-        return centre + conformal_quantile(spread, self.level(budget_seconds))
+        return centre + conformal_quantile(spread, self.level(budget_seconds) if level is None else level)
 
-    def promise_margin(self, variant: str, point: float, budget_seconds: float | None, now: float) -> float:
+    def promise_margin(
+        self, variant: str, point: float, budget_seconds: float | None, now: float, level: float | None = None
+    ) -> float:
         """What to add to ``variant``'s point prediction and the predicted wait for the bound its
-        answer keeps at the budget's level: its location plus the quantile of the tier's total
-        scores (every tier's while it has too few); the service and wait margins stacked while
-        no tier has enough."""
+        answer keeps at ``level`` (default: the budget's): its location plus the quantile of the
+        tier's total scores (every tier's while it has too few); the service and wait margins
+        stacked while no tier has enough."""
         totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
         scores = [] if totals is None else totals.fresh(now)
         if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
             scores = self._all_totals.fresh(now)
         centre = self._centre(variant, now)
         if centre is None or len(scores) < MIN_SPREAD:
-            return self.service_margin(variant, point, budget_seconds, now) + self.wait_margin(
-                budget_seconds, now
+            return self.service_margin(variant, point, budget_seconds, now, level) + self.wait_margin(
+                budget_seconds, now, level
             )
-        return centre + conformal_quantile(scores, self.level(budget_seconds))
+        return centre + conformal_quantile(scores, self.level(budget_seconds) if level is None else level)
 
-    def wait_margin(self, budget_seconds: float | None, now: float) -> float:
-        """What to add to a request's predicted queue wait: never negative, 0 without errors."""
+    def wait_margin(self, budget_seconds: float | None, now: float, level: float | None = None) -> float:
+        """What to add to a request's predicted queue wait at ``level`` (default: the budget's):
+        never negative, 0 without errors."""
         waits = None if budget_seconds is None else self._waits.get(tier_name(budget_seconds))
         errors = None if waits is None else waits.fresh(now)
-        return max(0.0, conformal_quantile(errors, self.level(budget_seconds))) if errors else 0.0
+        if not errors:
+            return 0.0
+        return max(0.0, conformal_quantile(errors, self.level(budget_seconds) if level is None else level))

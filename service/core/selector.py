@@ -52,6 +52,9 @@ class Candidate:
     ``service.core.schedule.blocks``).
     ``mean_seconds``: set for a cascade plan, whose ``predicted_seconds`` is its worst case
     (both stages): the same at its recorded escalation rate. None for a variant.
+    ``likely_seconds``: decode + inference at a looser quantile than the promise's
+    (``service.pricing.LIKELY_QUANTILE``): what a fallback under load goes by. None: the same
+    as ``predicted_seconds``.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Candidate:
     wait_seconds: float = 0.0
     blocks: bool = False
     mean_seconds: float | None = None
+    likely_seconds: float | None = None
 
     @property
     def weighed_seconds(self) -> float:
@@ -172,8 +176,10 @@ def select(
     without any, simply the most accurate), ties going to the faster; a variant that another
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
-    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits,
-    the fastest allowed variant (never a plan) answers late, unless ``strict``. Saturated (the
+    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits
+    because of the load (a free worker would have had a variant that fits), the most accurate
+    variant whose ``likely_seconds`` fit answers; when nothing fits even so, the fastest allowed
+    variant (never a plan) answers late; ``strict`` refuses either way. Saturated (the
     price at its ceiling) with only worse converters than the store's best fitting, the request
     is refused. A choice less accurate than an idle server would make is reported as
     ``contention``.
@@ -228,6 +234,19 @@ def select(
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
+    if not constraints.strict and unhurried(pool, constraints, elapsed_seconds=elapsed_seconds):
+        # Nothing fits because of the load, not the device: the most accurate variant likely on
+        # time (answers at its bound's looser quantile fit), rather than the fastest, which in a
+        # store of subnets is its least accurate and was on time about as often.
+        likely = [
+            c
+            for c in pool
+            if c.mean_seconds is None
+            and elapsed_seconds + c.wait_seconds + (c.likely_seconds or c.predicted_seconds) <= budget
+        ]
+        if likely:
+            chosen = max(likely, key=_rank)
+            return Selection(chosen.name, "fallback", total(chosen))
     fastest = _late(pool, constraints, budget, total)
     return Selection(fastest.name, "fallback", total(fastest))
 

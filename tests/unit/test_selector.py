@@ -309,7 +309,7 @@ def test_a_plan_whose_worst_case_does_not_fit_is_never_chosen(table, budget, ela
             elapsed_seconds=elapsed,
             backlog_seconds=backlog,
         )
-    except NoVariantAllowed:
+    except (NoVariantAllowed, Saturated):
         return
     chosen = next(c for c in table if c.name == choice.name)
     if chosen.mean_seconds is not None:
@@ -364,3 +364,22 @@ def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> Non
             elapsed_seconds=0.0,
             backlog_seconds=0.020,
         )
+
+
+def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> None:
+    # Behind the queue nothing fits at the promise's quantile; "good" is on time nine times in
+    # ten, and answers rather than "tiny", the fastest and least accurate.
+    def table(wait: float) -> list[Candidate]:
+        return [
+            Candidate("tiny", 0.24, 1, 0.008, 0.008, wait_seconds=wait, likely_seconds=0.005),
+            Candidate("good", 0.54, 1, 0.010, 0.010, wait_seconds=wait, likely_seconds=0.007),
+            Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, likely_seconds=0.016),
+        ]
+
+    loaded = select(table(0.008), Constraints(budget_seconds=0.015), elapsed_seconds=0.0)
+    assert (loaded.name, loaded.reason) == ("good", "fallback")
+    # Idle, the device is why nothing fits: the fastest, as the contract says.
+    idle = select(table(0.0), Constraints(budget_seconds=0.007), elapsed_seconds=0.0)
+    assert (idle.name, idle.reason) == ("tiny", "fallback")
+    with pytest.raises(BudgetUnmeetableNow):  # strict: refused, the load is why
+        select(table(0.008), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0)
