@@ -108,7 +108,8 @@ class Chooser:
                 candidates,
                 constraints,
                 elapsed_seconds=elapsed,
-                backlog_seconds=schedule.backlog(queue, workers, now),
+                backlog_seconds=schedule.backlog(queue, workers, now, place.key),
+                contended=bool(queue) or bool(busy),
             )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None

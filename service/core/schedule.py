@@ -261,11 +261,13 @@ def wait_at_place(job: Job, queue: Sequence[Job], busy: Sequence[float], now: fl
         t = min([f for f in free_at if f > t] + ([] if release is None else [release]))
 
 
-def backlog(queue: Sequence[Job], workers: int, now: float) -> float:
-    """Predicted seconds of queued work per worker that a new job may wait behind: neither what
-    runs now (a few clients in a closed loop keep the workers busy without a queue that grows)
-    nor the ``missed`` jobs, which wait behind it."""
-    return sum(j.run_seconds for j in queue if not missed(j, now)) / workers
+def backlog(queue: Sequence[Job], workers: int, now: float, key: float) -> float:
+    """Predicted seconds of queued work per worker that a new job keyed ``key`` may wait behind:
+    the jobs ordered before it, neither what runs now (a few clients in a closed loop keep the
+    workers busy without a queue that grows) nor the ``missed`` jobs, which wait behind it. Not
+    the looser deadlines' jobs either: counted, a few queued no-budget inferences priced a 20 ms
+    tier's requests as if the server were saturated."""
+    return sum(j.run_seconds for j in queue if j.key <= key and not missed(j, now)) / workers
 
 
 def busy_seconds(started: Sequence[tuple[float, float]], workers: int, now: float) -> list[float]:

@@ -167,6 +167,7 @@ def select(
     *,
     elapsed_seconds: float,
     backlog_seconds: float = 0.0,
+    contended: bool = False,
 ) -> Selection:
     """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``,
     ``Saturated``.
@@ -177,9 +178,10 @@ def select(
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
     but fits only at its worst case. Without a budget the most accurate wins. When nothing fits
-    because of the load (a free worker would have had a variant that fits), the most accurate
-    variant whose ``likely_seconds`` fit answers; when nothing fits even so, the fastest allowed
-    variant (never a plan) answers late; ``strict`` refuses either way. Saturated (the
+    and the server is ``contended`` (other requests queued or running: their load is in the
+    waits and in the margins), the most accurate variant whose ``likely_seconds`` fit answers;
+    when nothing fits even so, or on an idle server, the fastest allowed variant (never a plan)
+    answers late; ``strict`` refuses either way. Saturated (the
     price at its ceiling) with only worse converters than the store's best fitting, the request
     is refused. A choice less accurate than an idle server would make is reported as
     ``contention``.
@@ -234,8 +236,8 @@ def select(
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
-    if not constraints.strict and unhurried(pool, constraints, elapsed_seconds=elapsed_seconds):
-        # Nothing fits because of the load, not the device: the most accurate variant likely on
+    if contended and not constraints.strict:
+        # Nothing fits with other requests in the server: the most accurate variant likely on
         # time (answers at its bound's looser quantile fit), rather than the fastest, which in a
         # store of subnets is its least accurate and was on time about as often.
         likely = [

@@ -20,6 +20,7 @@ from service.core.schedule import (
     Job,
     Tier,
     admissible,
+    backlog,
     blocks,
     dispatch_key,
     ladder,
@@ -295,3 +296,15 @@ def test_arrival_mix_tiers_are_those_of_its_fresh_window(
         mix.add(now, budget, slack, concurrent)
         arrivals.append((now, budget, slack, concurrent))
         assert mix.tiers(now) == _tiers_by_sorting(arrivals[-window:], now)
+
+
+def test_the_backlog_is_the_on_time_work_ordered_before_the_new_job() -> None:
+    now = 0.0
+    queue = [
+        Job(0.010, 0.004, budgeted=True),  # a tighter deadline: ahead
+        Job(0.020, 0.006, budgeted=True),  # the same deadline: ahead
+        Job(0.050, 0.008, budgeted=True),  # a looser one: behind
+        Job(dispatch_key(now, None), 0.030),  # no budget: behind
+        Job(0.002, 0.004, budgeted=True),  # past hope: behind every on-time job
+    ]
+    assert backlog(queue, 2, now, 0.020) == pytest.approx(0.005)

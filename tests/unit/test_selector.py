@@ -376,10 +376,19 @@ def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> N
             Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, likely_seconds=0.016),
         ]
 
-    loaded = select(table(0.008), Constraints(budget_seconds=0.015), elapsed_seconds=0.0)
+    budget = Constraints(budget_seconds=0.015)
+    loaded = select(table(0.008), budget, elapsed_seconds=0.0, contended=True)
     assert (loaded.name, loaded.reason) == ("good", "fallback")
-    # Idle, the device is why nothing fits: the fastest, as the contract says.
+    # Others' load in the margins alone, no wait: the same.
+    busy = select(table(0.0), Constraints(budget_seconds=0.007), elapsed_seconds=0.0, contended=True)
+    assert (busy.name, busy.reason) == ("good", "fallback")
+    # Alone on the server, the device is why nothing fits: the fastest, as the contract says.
     idle = select(table(0.0), Constraints(budget_seconds=0.007), elapsed_seconds=0.0)
     assert (idle.name, idle.reason) == ("tiny", "fallback")
+    # Nothing likely on time either: the fastest.
+    hopeless = select(table(0.0), Constraints(budget_seconds=0.003), elapsed_seconds=0.0, contended=True)
+    assert hopeless.name == "tiny"
     with pytest.raises(BudgetUnmeetableNow):  # strict: refused, the load is why
-        select(table(0.008), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0)
+        select(
+            table(0.008), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0, contended=True
+        )
