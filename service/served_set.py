@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # they age out so that a burst of late answers stops steering choices soon after it is over.
 CALIBRATION_WINDOW = 1024
 CALIBRATION_FRESH_SECONDS = 60.0
+# The tiers' waits and total scores carry the load of the moment: kept for a minute, an
+# overload's waits priced every variant but the smallest subnet out of the tight tiers for a
+# minute after it had ended.
+CALIBRATION_LOAD_FRESH_SECONDS = 10.0
 LOAD_RETRY_FIRST_SECONDS = 1.0
 LOAD_RETRY_MAX_SECONDS = 30.0
 
@@ -182,7 +186,11 @@ class ServedSet:
             models.variants,
             LatencyModel(models.profiles, window=window, fresh_seconds=fresh),
             DecodeModel(models.decode_costs, window=window, fresh_seconds=fresh),
-            Calibration(window=CALIBRATION_WINDOW, fresh_seconds=CALIBRATION_FRESH_SECONDS),
+            Calibration(
+                window=CALIBRATION_WINDOW,
+                fresh_seconds=CALIBRATION_FRESH_SECONDS,
+                load_fresh_seconds=CALIBRATION_LOAD_FRESH_SECONDS,
+            ),
         )
         entries = {
             name: _entry(models.runners[name], models.labels[v.labels], self.metrics.variants[name])

@@ -108,11 +108,15 @@ class Calibration:
         *,
         window: int,
         fresh_seconds: float,
+        load_fresh_seconds: float | None = None,
         quantile: float = PROMISE_QUANTILE,
         level_step: float = LEVEL_STEP,
     ) -> None:
+        """Residuals count for ``fresh_seconds``; the tiers' waits and total scores, which carry
+        the load of the moment, for ``load_fresh_seconds`` (default: the same)."""
         self.window = window
         self.fresh_seconds = fresh_seconds
+        self.load_fresh_seconds = fresh_seconds if load_fresh_seconds is None else load_fresh_seconds
         self.quantile = quantile
         self.level_step = level_step
         self._own: dict[str, Recent] = {}
@@ -120,7 +124,7 @@ class Calibration:
         self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
         self._totals: dict[str, Recent] = {}
-        self._all_totals = Recent(window=window, fresh_seconds=fresh_seconds)
+        self._all_totals = Recent(window=window, fresh_seconds=self.load_fresh_seconds)
         self._levels: dict[str, float] = {}
 
     def observe(
@@ -165,7 +169,7 @@ class Calibration:
     def _tier_recent(self, pools: dict[str, Recent], tier: str) -> Recent:
         recent = pools.get(tier)
         if recent is None:
-            recent = pools[tier] = Recent(window=self.window, fresh_seconds=self.fresh_seconds)
+            recent = pools[tier] = Recent(window=self.window, fresh_seconds=self.load_fresh_seconds)
         return recent
 
     def level(self, budget_seconds: float | None) -> float:

@@ -204,3 +204,15 @@ def test_a_tier_with_few_scores_of_its_own_takes_every_tiers() -> None:
     for _ in range(MIN_TIER_SCORES):  # the tier's own, all on time to the dot
         calibration.observe("v", 0.0, BUDGET, 0.0, None, now)
     assert calibration.promise_margin("v", point, BUDGET, now) == pytest.approx(0.0)
+
+
+def test_an_overloads_waits_age_out_sooner_than_the_services() -> None:
+    calibration = Calibration(window=1024, fresh_seconds=60.0, load_fresh_seconds=10.0)
+    point = 0.005
+    for i in range(400):  # an overload: every answer waited 30 ms longer than predicted
+        calibration.observe("v", 0.0, BUDGET, 0.030, None, 0.01 * i)
+    assert calibration.promise_margin("v", point, BUDGET, 5.0) == pytest.approx(0.030)
+    for i in range(300):  # it is over: answers wait as predicted
+        calibration.observe("v", 0.0, BUDGET, 0.0, None, 20.0 + 0.01 * i)
+    assert calibration.promise_margin("v", point, BUDGET, 23.0) == pytest.approx(0.0)
+    assert calibration.service_margin("v", point, BUDGET, 23.0) == pytest.approx(0.0)
