@@ -1,0 +1,76 @@
+"""Paired regret: two (or more) checkouts of the server on the same budgets, in turn.
+
+This machine's speed moves by a third within minutes, so two ``bench/regret.py`` runs of two
+versions compare two machines as much as two versions. Here one pin sweep (on the first
+checkout's server) places the device-relative budgets and oracles, then every budget runs on
+each checkout's server in turn, sequentially, as ``bench/regret.py`` runs it: a difference at a
+budget is measured in the same minute. The first checkout is the baseline.
+
+    EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
+        .venv/bin/python bench/ab.py . ../other-checkout
+
+Each server imports ``service`` from its checkout (``PYTHONPATH``); the store is shared. Writes
+``bench/results/ab.json`` and prints a line per budget and each checkout's summary (the same
+figures as ``bench/regret.py``'s), with the paired difference against the baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import regret
+import servers
+
+
+def main(checkouts: list[Path]) -> int:
+    env = servers.setup()
+    say = servers.progress("ab")
+    images = env.held_out(regret.STRIDE)
+    names = [str(c) for c in checkouts]
+    with contextlib.ExitStack() as stack:
+        ports = [
+            stack.enter_context(
+                servers.edgefit(
+                    env.store, env.workers, env.threads, env.results, extra_env={"PYTHONPATH": str(c)}
+                )
+            ).port
+            for c in checkouts
+        ]
+        variants = regret.served(ports[0])
+        sweep = regret.pin_sweep(ports[0], [v["name"] for v in variants], images, say)
+        plan = regret.Plan.make(sweep, variants, env.workers)
+        rows: dict[str, list[dict]] = {n: [] for n in names}
+        for i, budget in enumerate(plan.budgets):
+            best = plan.oracles["whole"][i]
+            say(f"{budget['ms']:g} ms ({budget['kind']}), budget {i + 1} of {len(plan.budgets)}")
+            line = [f"{budget['ms']:g} ms", f"oracle {best}"]
+            for name, port in zip(names, ports, strict=True):
+                row = regret.delivered(port, images, budget["ms"], best, sweep)
+                rows[name].append(row)
+                line.append(f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} %")
+            print(" | ".join(line), flush=True)
+    kinds = [b["kind"] for b in plan.budgets]
+    summaries = {n: regret.summary(rows[n], kinds) for n in names}
+    paired = {
+        n: statistics.fmean(
+            100 * (a["delivered"] - b["delivered"]) for a, b in zip(rows[n], rows[names[0]], strict=True)
+        )
+        for n in names[1:]
+    }
+    for n in names:
+        print(n, json.dumps(summaries[n]), "" if n not in paired else f"paired {paired[n]:+.2f} pt")
+    out = env.results / "ab.json"
+    result = {"budgets": plan.budgets, "summaries": summaries, "paired_pt": paired}
+    out.write_text(json.dumps(result, indent=1))
+    say(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit("usage: bench/ab.py BASELINE_CHECKOUT OTHER_CHECKOUT [...]")
+    sys.exit(main([Path(a).resolve() for a in sys.argv[1:]]))
