@@ -90,6 +90,7 @@ class Pricer:
         wait_margin = self.calibration.wait_margin(budget_seconds, now)
         idle_decode: dict[Preprocessing, float] = {}
         prices = {}
+        relief: float | None = None
         for name in names:
             v = self.variants[name]
             decoding = idle_decode.get(v.preprocessing)
@@ -99,13 +100,19 @@ class Pricer:
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
             job = place.job(point + self.calibration.service_margin(name, point, budget_seconds, now))
+            margin = self.calibration.promise_margin(name, point, budget_seconds, now)
+            if relief is None:
+                # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their
+                # locations cancel), so worked out once a request.
+                relief = margin - self.calibration.promise_margin(
+                    name, point, budget_seconds, now, LIKELY_QUANTILE
+                )
             candidate = selector.Candidate(
                 name=name,
                 top1=v.top1,
                 size_bytes=v.size_bytes,
-                predicted_seconds=point + self.calibration.promise_margin(name, point, budget_seconds, now),
-                likely_seconds=point
-                + self.calibration.promise_margin(name, point, budget_seconds, now, LIKELY_QUANTILE),
+                predicted_seconds=point + margin,
+                likely_seconds=point + margin - relief,
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
                 wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),

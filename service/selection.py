@@ -109,7 +109,7 @@ class Chooser:
                 constraints,
                 elapsed_seconds=elapsed,
                 backlog_seconds=schedule.backlog(queue, workers, now, place.key),
-                contended=bool(queue) or bool(busy),
+                contended=bool(queue) or self.executor.running > 0,
             )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None

@@ -265,7 +265,7 @@ def backlog(queue: Sequence[Job], workers: int, now: float, key: float) -> float
     """Predicted seconds of queued work per worker that a new job keyed ``key`` may wait behind:
     the jobs ordered before it, neither what runs now (a few clients in a closed loop keep the
     workers busy without a queue that grows) nor the ``missed`` jobs, which wait behind it. Not
-    the looser deadlines' jobs either: counted, a few queued no-budget inferences priced a 20 ms
+    the looser deadlines' jobs either: counted, a few queued no-budget inferences priced a tight
     tier's requests as if the server were saturated."""
     return sum(j.run_seconds for j in queue if j.key <= key and not missed(j, now)) / workers
 

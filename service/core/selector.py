@@ -181,10 +181,9 @@ def select(
     and the server is ``contended`` (other requests queued or running: their load is in the
     waits and in the margins), the most accurate variant whose ``likely_seconds`` fit answers;
     when nothing fits even so, or on an idle server, the fastest allowed variant (never a plan)
-    answers late; ``strict`` refuses either way. Saturated (the
-    price at its ceiling) with only worse converters than the store's best fitting, the request
-    is refused. A choice less accurate than an idle server would make is reported as
-    ``contention``.
+    answers late; ``strict`` refuses either way. Saturated (the price at its ceiling) with only
+    worse converters than the store's best fitting, the request is refused. A choice less
+    accurate than an idle server would make is reported as ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
