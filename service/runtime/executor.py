@@ -155,19 +155,25 @@ class InferenceExecutor:
 
     def _serve(self, worker: int) -> None:
         while (pending := self._next(worker)) is not None:
-            started = time.perf_counter()
-            value: Any = None
-            error: BaseException | None = None
-            try:
-                value = Finished(pending.work(), started - pending.submitted, time.perf_counter() - started)
-            except Exception as exc:  # handed to the awaiting request, which maps it
-                error = exc
-            finally:
-                with self._cond:
-                    del self._started[worker]
-                    self._cond.notify_all()
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it any more
-                pending.loop.call_soon_threadsafe(_settle, pending.future, value, error)
+            self._run(worker, pending)
+            # Nothing of the finished job may stay alive while this worker waits for the next
+            # one: its work holds the served set it ran on, which a reload means to free.
+            del pending
+
+    def _run(self, worker: int, pending: _Pending) -> None:
+        started = time.perf_counter()
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = Finished(pending.work(), started - pending.submitted, time.perf_counter() - started)
+        except Exception as exc:  # handed to the awaiting request, which maps it
+            error = exc
+        finally:
+            with self._cond:
+                del self._started[worker]
+                self._cond.notify_all()
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it any more
+            pending.loop.call_soon_threadsafe(_settle, pending.future, value, error)
 
     def shutdown(self) -> None:
         """Finish running jobs, cancel queued ones, stop the workers."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -96,3 +98,29 @@ def test_a_job_past_hope_is_shed_once_it_waited_as_long_as_it_may() -> None:
             executor.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_an_idle_worker_keeps_nothing_of_its_last_job_alive() -> None:
+    """A finished job's work holds what it ran on (a reload's replaced sessions): an idle worker
+    waiting for its next job must not keep it."""
+
+    class Held:
+        pass
+
+    async def scenario() -> bool:
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        held = Held()
+        kept = weakref.ref(held)
+        try:
+            await executor.run(lambda held=held: held, Job(key=0.0, run_seconds=0.0))
+            del held
+            for _ in range(100):  # the worker lets go as it goes back to wait: give it a moment
+                gc.collect()
+                if kept() is None:
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+        finally:
+            executor.shutdown()
+
+    assert asyncio.run(scenario())
