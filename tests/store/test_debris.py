@@ -85,13 +85,19 @@ def test_killed_adds_leave_the_store_whole_and_the_next_command_tidies_it(
     after = whole(reference)
     assert after > before
 
-    # One kill before the staging directory exists, the others spread over the rest of the run.
-    moments = [staged_at / 2] + [
-        staged_at + (total - staged_at) * (k + 0.5) / (KILLS - 1) for k in range(KILLS - 1)
-    ]
+    # One kill before the staging directory exists; the others spread over the staging phase,
+    # timed from the moment this run's staging directory appears (a start's imports take
+    # longer on a busy machine, so a moment predicted from the reference run's start can miss).
+    staged = total - staged_at
     left_debris = 0
-    for i, moment in enumerate(moments):
+    for i in range(KILLS):
         process = subprocess.Popen(add("t", store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if i == 0:
+            moment = staged_at / 2
+        else:
+            while process.poll() is None and not staging(store):
+                time.sleep(0.005)
+            moment = staged * (i - 0.5) / KILLS
         time.sleep(moment)
         process.kill()
         process.wait()
