@@ -142,15 +142,20 @@ class LiveTable:
         """
         while True:
             await asyncio.sleep(REPROBE_PERIOD_SECONDS)
-            served = current()
-            if served is None:
-                continue
-            try:
-                await self.refresh(served)
-            except Exception:
-                log.exception(
-                    "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
-                )
+            # Through a call, so that no reference to the set outlives the round: held over the
+            # sleep, it kept a reload's replaced sessions alive.
+            await self._refresh_current(current)
+
+    async def _refresh_current(self, current: Callable[[], Served | None]) -> None:
+        served = current()
+        if served is None:
+            return
+        try:
+            await self.refresh(served)
+        except Exception:
+            log.exception(
+                "refreshing the live latency table failed; trying again in %g s", REPROBE_PERIOD_SECONDS
+            )
 
     async def refresh(self, served: Served) -> None:
         """Publish the table; when idle, hand the heap back and re-probe the stalest variant."""
