@@ -161,12 +161,7 @@ class LiveTable:
         """Publish the table; when idle, hand the heap back and re-probe the stalest variant."""
         self.publish(served)
         now = time.perf_counter()
-        idle = (
-            self.executor.queued == 0
-            and self.executor.running == 0
-            and now - self._last_request > REPROBE_PERIOD_SECONDS
-        )
-        if not idle:
+        if not self.executor.idle or now - self._last_request <= REPROBE_PERIOD_SECONDS:
             return
         if self._trimmed < self._last_request:
             # Traffic leaves free heap in every worker's malloc arena (each inference's

@@ -109,7 +109,7 @@ class Chooser:
                 constraints,
                 elapsed_seconds=elapsed,
                 backlog_seconds=schedule.backlog(queue, workers, now, place.key),
-                contended=bool(queue) or self.executor.running > 0,
+                contended=not self.executor.idle,
             )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None

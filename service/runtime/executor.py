@@ -81,6 +81,11 @@ class InferenceExecutor:
     def running(self) -> int:
         return len(self._started)
 
+    @property
+    def idle(self) -> bool:
+        """No job queued or running."""
+        return not self._queue and not self._started
+
     def ahead(self, now: float) -> int:
         """Queued jobs a new one would wait behind: all but those past hope, which wait last."""
         with self._cond:

@@ -124,3 +124,29 @@ def test_an_idle_worker_keeps_nothing_of_its_last_job_alive() -> None:
             executor.shutdown()
 
     assert asyncio.run(scenario())
+
+
+def test_idle_means_nothing_queued_or_running() -> None:
+    """What the selector calls contended (``not idle``): a job running, or one waiting."""
+
+    async def scenario() -> list[bool]:
+        executor = InferenceExecutor(workers=1, initial_service_seconds=0.01)
+        gate = threading.Event()
+        seen = [executor.idle]
+        try:
+            running = executor.submit(gate.wait, Job(key=0.0, run_seconds=0.0))
+            while executor.running == 0:
+                await asyncio.sleep(0.001)
+            seen.append(executor.idle)  # one running, none queued
+            queued = executor.submit(lambda: None, Job(key=1.0, run_seconds=0.0))
+            seen.append(executor.idle)
+            gate.set()
+            await asyncio.gather(running, queued)
+            while executor.running:
+                await asyncio.sleep(0.001)
+            seen.append(executor.idle)
+        finally:
+            executor.shutdown()
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, False, True]
