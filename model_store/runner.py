@@ -81,18 +81,22 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(probabilities[i])) for i in best]
 
 
-def time_inference(runner: VariantRunner, runs: int, warmup: int) -> list[float]:
-    """Seconds per inference over ``runs`` timed runs, after ``warmup`` untimed ones.
-
-    The input is fixed noise of the variant's shape: a CNN's latency does not depend on pixels.
-    """
+def timing_input(runner: VariantRunner) -> np.ndarray:
+    """Fixed noise of the variant's input shape: a CNN's latency does not depend on pixels."""
     size = runner.variant.resolution
-    tensor = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    return np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+
+
+def timed(runner: VariantRunner, tensor: np.ndarray) -> float:
+    """Seconds of one inference."""
+    start = time.perf_counter()
+    runner.infer(tensor)
+    return time.perf_counter() - start
+
+
+def time_inference(runner: VariantRunner, runs: int, warmup: int) -> list[float]:
+    """Seconds per inference over ``runs`` timed runs, after ``warmup`` untimed ones."""
+    tensor = timing_input(runner)
     for _ in range(warmup):
         runner.infer(tensor)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.infer(tensor)
-        timings.append(time.perf_counter() - start)
-    return timings
+    return [timed(runner, tensor) for _ in range(runs)]

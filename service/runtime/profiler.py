@@ -17,7 +17,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import PIL
 from PIL import Image
 
 from model_store.manifest import Preprocessing, Variant
-from model_store.runner import VariantRunner, time_inference
+from model_store.runner import VariantRunner, timed, timing_input
 from service.core.latency import DecodeWork, Profile
 from service.imaging import ImageHeader, draft_scale, load_tensor, read_header
 from service.settings import available_cpus
@@ -101,18 +101,7 @@ def load_or_profile(
             missing.append(name)
         else:
             table[name] = found
-    for i, name in enumerate(missing, 1):
-        started = time.perf_counter()
-        table[name] = Profile.of(time_inference(runners[name], runs, warmup))
-        log.info(
-            "profiled %s (%d/%d): p50 %.2f ms, p95 %.2f ms (%.1f s)",
-            name,
-            i,
-            len(missing),
-            1000 * table[name].p50,
-            1000 * table[name].p95,
-            time.perf_counter() - started,
-        )
+    table.update(_profile(runners, missing, runs, warmup))
     if missing and persist:
         files = {**saved, **{profile_key(runners[n].variant): p for n, p in table.items()}}
         _save(path, key, files)
@@ -121,6 +110,38 @@ def load_or_profile(
     else:
         log.info("latency of every variant reused (by file and size) from memory or %s", path)
     return table
+
+
+def _profile(
+    runners: Mapping[str, VariantRunner], names: Sequence[str], runs: int, warmup: int
+) -> dict[str, Profile]:
+    """Profiles of ``names``, timed in turns (one inference of each variant per round): what the
+    selector compares is one variant's figure with another's, and a machine whose speed drifts
+    while they are taken one variant after another (it does, by a third within an hour) would
+    make a variant look faster or slower than its neighbours than it is."""
+    if not names:
+        return {}
+    started = time.perf_counter()
+    inputs = {name: timing_input(runners[name]) for name in names}
+    for name in names:
+        for _ in range(warmup):
+            runners[name].infer(inputs[name])
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names:
+            timings[name].append(timed(runners[name], inputs[name]))
+        if (i + 1) % max(1, runs // 4) == 0 or i + 1 == runs:
+            log.info(
+                "profiling %d variants: round %d/%d (%.1f s)",
+                len(names),
+                i + 1,
+                runs,
+                time.perf_counter() - started,
+            )
+    profiles = {name: Profile.of(timings[name]) for name in names}
+    for name, profile in profiles.items():
+        log.info("profiled %s: p50 %.2f ms, p95 %.2f ms", name, 1000 * profile.p50, 1000 * profile.p95)
+    return profiles
 
 
 def _save(path: Path, key: Mapping[str, str | int], files: Mapping[str, Profile]) -> None:
