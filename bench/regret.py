@@ -6,7 +6,8 @@ Two servers on the same store, one at a time: the whole store, then the ladder a
 held-out half, sent sequentially unless said otherwise; budget met is the server's ``budget_met``.
 
 1. Pin sweep (whole store): every served variant pinned (``?model=``), all in turn, twice; per
-   variant its accuracy and the p50 / p99 of the server's ``timing.total_ms`` over both passes.
+   variant its accuracy and the p50 / p99 of the server's ``timing.total_ms`` over both passes
+   (and its p50 in each pass: how far the machine drifted over the sweep).
 2. Budgets: each variant's p99 rounded up to 0.5 ms, deduplicated, and the midpoints between
    consecutive ones.
 3. Oracle at B, per system over its own variants: the most accurate variant whose pinned totals
@@ -104,17 +105,24 @@ def served(port: int) -> list[dict[str, Any]]:
 
 
 def pin_sweep(port: int, names: Sequence[str], images: Images, progress: Progress) -> dict[str, Any]:
-    runs: dict[str, list[client.Sample]] = {n: [] for n in names}
+    passes: dict[str, list[list[client.Sample]]] = {n: [] for n in names}
     for p in range(PASSES):
         for name in names:
             progress(f"pin sweep, pass {p + 1} of {PASSES}: {name}")
-            runs[name] += sequential(port, images, f"model={name}").samples
+            passes[name].append(sequential(port, images, f"model={name}").samples)
+
+    def server_totals(samples: Sequence[client.Sample]) -> list[float]:
+        return [s.total_ms if s.status == 200 and s.total_ms is not None else math.inf for s in samples]
+
     out = {}
-    for name, samples in runs.items():
-        totals = [s.total_ms if s.status == 200 and s.total_ms is not None else math.inf for s in samples]
+    for name, runs in passes.items():
+        samples = [s for run in runs for s in run]
+        totals = server_totals(samples)
         out[name] = {
             "accuracy": sum(1 for s in samples if s.class_id == s.label) / len(samples),
             "p50_ms": float(np.percentile(totals, 50)),
+            # The machine's drift over the sweep: the same variant and images, pass by pass.
+            "pass_p50_ms": [float(np.percentile(server_totals(run), 50)) for run in runs],
             "p99_ms": float(np.percentile(totals, 99)),
             "client_p50_ms": float(np.percentile([s.client_ms for s in samples], 50)),
             "totals_ms": sorted(round(t, 3) for t in totals),
@@ -410,13 +418,14 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         f"### Pin sweep: each variant pinned, {PASSES} passes",
         "",
-        "| variant | accuracy | total p50 ms | total p99 ms | client p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| variant | accuracy | total p50 ms | p50 by pass ms | total p99 ms | client p50 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, v in sorted(r["sweep"].items(), key=lambda kv: kv[1]["p99_ms"]):
+        by_pass = " / ".join(f"{ms:.2f}" for ms in v["pass_p50_ms"])
         lines.append(
             f"| {name}{'' if name in r['ladder'] else ' (subnet)'} | {v['accuracy']:.1%} | {v['p50_ms']:.2f} "
-            f"| {v['p99_ms']:.2f} | {v['client_p50_ms']:.2f} |"
+            f"| {by_pass} | {v['p99_ms']:.2f} | {v['client_p50_ms']:.2f} |"
         )
     lines += [
         "",
