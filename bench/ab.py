@@ -1,6 +1,6 @@
 """Paired regret: two (or more) checkouts of the server on the same budgets, in turn.
 
-This machine's speed moves by a third within minutes, so two ``bench/regret.py`` runs of two
+A machine's speed moves between runs, so two ``bench/regret.py`` runs of two
 versions compare two machines as much as two versions. Here one pin sweep (on the first
 checkout's server) places the device-relative budgets and oracles, then every budget runs on
 each checkout's server in turn, sequentially, as ``bench/regret.py`` runs it: a difference at a

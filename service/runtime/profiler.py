@@ -115,10 +115,9 @@ def load_or_profile(
 def _profile(
     runners: Mapping[str, VariantRunner], names: Sequence[str], runs: int, warmup: int
 ) -> dict[str, Profile]:
-    """Profiles of ``names``, timed in turns (one inference of each variant per round): what the
-    selector compares is one variant's figure with another's, and a machine whose speed drifts
-    while they are taken one variant after another (it does, by a third within an hour) would
-    make a variant look faster or slower than its neighbours than it is."""
+    """Profiles of ``names``, timed in turns (one inference of each variant per round): the
+    selector compares one variant's figure with another's, and timed one variant after another
+    on a machine whose speed drifts, each would carry the speed of its own moment."""
     if not names:
         return {}
     started = time.perf_counter()
