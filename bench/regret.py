@@ -26,6 +26,10 @@ held-out half, sent sequentially unless said otherwise; budget met is the server
    correct answers on time per offered request.
 7. Mixed budgets (bench/mixed.py) on both systems, each on a fresh server: right after the
    overload, a server's tiers still carried its waits and misses.
+8. Drift: the ladder's variants pinned again at the end, on the first ``DRIFT_IMAGES`` images,
+   their p50 against the pin sweep's on the same images. The budgets and oracles come from the
+   sweep: on a machine that changed speed since, they sit in the wrong places, and the report
+   says so (``DRIFT_WARN``).
 
 ``bench/run.py`` runs it as part of ``make bench``. Alone (``python bench/regret.py``) it writes
 ``bench/results/regret.{json,md,png}`` and prints the tables; progress goes to stderr.
@@ -57,6 +61,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 HOST = "127.0.0.1"
 STRIDE = 10 if QUICK else 2  # of the held-out half: 50 or 250 images
 PASSES = 2
+DRIFT_IMAGES = 50
+DRIFT_WARN = 0.10  # a variant's p50 moved by more than this between the sweep and the end
 WARMUP = 5  # requests at a budget before its counted runs
 MET_SHARE = 0.99  # of its pinned totals a variant must meet for the oracle
 AHEAD_POINTS = 1.5
@@ -105,15 +111,17 @@ def served(port: int) -> list[dict[str, Any]]:
         return list(json.load(r)["variants"])
 
 
+def server_totals(samples: Sequence[client.Sample]) -> list[float]:
+    """Each request's server total; a failed request never met anything (inf)."""
+    return [s.total_ms if s.status == 200 and s.total_ms is not None else math.inf for s in samples]
+
+
 def pin_sweep(port: int, names: Sequence[str], images: Images, progress: Progress) -> dict[str, Any]:
     passes: dict[str, list[list[client.Sample]]] = {n: [] for n in names}
     for p in range(PASSES):
         for name in names:
             progress(f"pin sweep, pass {p + 1} of {PASSES}: {name}")
             passes[name].append(sequential(port, images, f"model={name}").samples)
-
-    def server_totals(samples: Sequence[client.Sample]) -> list[float]:
-        return [s.total_ms if s.status == 200 and s.total_ms is not None else math.inf for s in samples]
 
     out = {}
     for name, runs in passes.items():
@@ -124,11 +132,30 @@ def pin_sweep(port: int, names: Sequence[str], images: Images, progress: Progres
             "p50_ms": float(np.percentile(totals, 50)),
             # The machine's drift over the sweep: the same variant and images, pass by pass.
             "pass_p50_ms": [float(np.percentile(server_totals(run), 50)) for run in runs],
+            "head_p50_ms": float(
+                np.percentile(server_totals([s for r in runs for s in r[:DRIFT_IMAGES]]), 50)
+            ),
             "p99_ms": float(np.percentile(totals, 99)),
             "client_p50_ms": float(np.percentile([s.client_ms for s in samples], 50)),
             "totals_ms": sorted(round(t, 3) for t in totals),
         }
     return out
+
+
+def drift(
+    port: int, names: Sequence[str], images: Images, sweep: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """Each variant pinned again on the first ``DRIFT_IMAGES`` images: its p50 total now against the
+    pin sweep's on the same images, and the largest change."""
+    changes = {}
+    for name in names:
+        progress(f"drift check: {name}")
+        run = sequential(port, images[:DRIFT_IMAGES], f"model={name}")
+        now = float(np.percentile(server_totals(run.samples), 50))
+        changes[name] = {"sweep_p50_ms": sweep[name]["head_p50_ms"], "end_p50_ms": now}
+    worst = max(changes, key=lambda n: abs(changes[n]["end_p50_ms"] / changes[n]["sweep_p50_ms"] - 1))
+    change = changes[worst]["end_p50_ms"] / changes[worst]["sweep_p50_ms"] - 1
+    return {"variants": changes, "worst": worst, "worst_change": change, "drifted": abs(change) > DRIFT_WARN}
 
 
 def budgets(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -305,6 +332,7 @@ def measure(
     envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
     with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=envs["ladder"]) as server:
         measured["ladder"] = measure_system(server.port, "ladder", images, plan, progress)
+        drifted = drift(server.port, plan.pools["ladder"], images, sweep, progress)
     mixed_runs = {}
     for system in SYSTEMS:
         with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=envs[system]) as server:
@@ -343,6 +371,7 @@ def measure(
             "systems": {s: measured[s]["overload"] for s in SYSTEMS},
         },
         "mixed": mixed_runs,
+        "drift": drifted,
     }
 
 
@@ -394,10 +423,16 @@ def headlines(r: dict[str, Any]) -> list[str]:
             f"| {_pt(m['max_regret_pt'])} "
             f"| {_pct(m['budget_met'])} | {_pct(m['lowest_budget_met'])} | {m['max_moved']:.0%} |"
         )
-    p, load, over = r["paired"], r["under_load"], r["overload"]
+    p, load, over, machine = r["paired"], r["under_load"], r["overload"], r["drift"]
     w, d = over["systems"]["whole"], over["systems"]["ladder"]
+    moved = machine["variants"][machine["worst"]]
     return [
         *lines,
+        "",
+        f"{'**Drifted: judge this run with care.** ' if machine['drifted'] else ''}Machine drift from "
+        f"the pin sweep to the end (p50 total of the first {DRIFT_IMAGES} images, pinned): at most "
+        f"{machine['worst_change']:+.0%} ({machine['worst']}, {moved['sweep_p50_ms']:.2f} → "
+        f"{moved['end_p50_ms']:.2f} ms).",
         "",
         f"Whole − ladder, paired: mean {p['mean_diff_pt']:+.1f} pt, worst {p['worst_diff_pt']:+.1f} pt at "
         f"{p['worst_budget_ms']:g} ms; whole ahead by ≥ {AHEAD_POINTS} pt at {p['budgets_ahead']} budgets.",

@@ -8,10 +8,18 @@ chosen lately or not, so comparing two variants compares like with like. Each an
 tables back (``learn``).
 
 A confidence cascade plan is priced from its stages' prices (``price_plan``).
+
+A candidate's queue wait is the queue played forward (``schedule.wait_at_place``), the dearest
+part of a price with a queue: under load, played for every variant of every request, it made the
+event loop the bottleneck, the more so the more variants a store serves. So it is played only for
+the candidates that could fit the budget at all (their bound, or the looser one a fallback goes
+by, fits without any wait) and for the fastest; the others, which no choice but the fastest
+fallback looks at, are given the fastest's wait.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +69,15 @@ class Place:
         return schedule.Job(self.key, run_seconds, self.limits, self.budgeted)
 
 
+def _could_fit(candidate: selector.Candidate, budget_seconds: float | None, elapsed_seconds: float) -> bool:
+    """Whether ``candidate`` fits the budget, by its bound or a fallback's looser one, with no wait
+    at all: if not, no wait makes it fit."""
+    if budget_seconds is None:
+        return True
+    likely = candidate.likely_seconds if candidate.likely_seconds is not None else candidate.predicted_seconds
+    return elapsed_seconds + min(candidate.predicted_seconds, likely) <= budget_seconds
+
+
 class Pricer:
     """The latency tables of one served store; not thread-safe (the event loop's)."""
 
@@ -83,13 +100,16 @@ class Pricer:
         budget_seconds: float | None,
         place: Place,
         now: float,
+        elapsed_seconds: float = 0.0,
     ) -> dict[str, Price]:
-        """Each named variant's price for this image, with its queue wait at ``place``."""
+        """Each named variant's price for this image, with its queue wait at ``place``, for a
+        request that has spent ``elapsed_seconds`` here (see the module's note on waits)."""
         slowdown = self.latency.slowdown(now)
         decode_slowdown = self.decode.slowdown(header.format, TYPICAL, now)
         wait_margin = self.calibration.wait_margin(budget_seconds, now)
         idle_decode: dict[Preprocessing, float] = {}
         prices = {}
+        jobs = {}
         relief: float | None = None
         for name in names:
             v = self.variants[name]
@@ -114,10 +134,19 @@ class Pricer:
                 predicted_seconds=point + margin,
                 likely_seconds=point + margin - relief,
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
-                wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
                 blocks=schedule.blocks(job, place.workers),
             )
             prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
+            jobs[name] = job
+        fastest = min(prices, key=lambda n: prices[n].candidate.predicted_seconds)
+        shared = schedule.wait_at_place(jobs[fastest], place.queue, place.busy, now)
+        for name, price in prices.items():
+            c = price.candidate
+            if name != fastest and _could_fit(c, budget_seconds, elapsed_seconds):
+                wait = schedule.wait_at_place(jobs[name], place.queue, place.busy, now)
+            else:
+                wait = shared
+            prices[name] = dataclasses.replace(price, candidate=dataclasses.replace(c, wait_seconds=wait))
         return prices
 
     def price_plan(
@@ -127,10 +156,12 @@ class Pricer:
         budget_seconds: float | None,
         place: Place,
         now: float,
+        elapsed_seconds: float = 0.0,
     ) -> Price:
         """A cascade plan's price from its stages' ``prices`` (at ``place``), with the first stage
         as its job: the image decoded once, for the stage that needs more pixels, and the small
-        variant's inference within its bound.
+        variant's inference within its bound. Its wait is played only when it could fit (else:
+        the small stage's).
 
         Its worst case is the point of both stages plus one margin calibrated on the plan's own
         answers (``learn``), not the two stages' bounds stacked: their spreads come from the
@@ -152,11 +183,21 @@ class Pricer:
             size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
             predicted_seconds=max(worst, first) + wait_margin,
             idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
-            wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now),
             blocks=schedule.blocks(job, place.workers),
             mean_seconds=first + plan.escalation_rate * max(0.0, worst - first) + wait_margin,
         )
-        return Price(candidate, point, first, wait_margin, decoding, second_point)
+        if _could_fit(candidate, budget_seconds, elapsed_seconds):
+            wait = schedule.wait_at_place(job, place.queue, place.busy, now)
+        else:
+            wait = small.candidate.wait_seconds
+        return Price(
+            dataclasses.replace(candidate, wait_seconds=wait),
+            point,
+            first,
+            wait_margin,
+            decoding,
+            second_point,
+        )
 
     def inference_seconds(self, name: str, now: float, budget_seconds: float | None = None) -> float:
         """One inference on ``name`` without a decode (``/v2`` tensors, probes, a cascade's second

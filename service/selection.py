@@ -92,14 +92,14 @@ class Chooser:
         )
         # A pinned request needs only its variant's price, and never cascades.
         names = tuple(served.entries) if constraints.pinned is None else (constraints.pinned,)
-        prices = served.pricer.price(names, header, budget, place, now)
+        elapsed = now - started
+        prices = served.pricer.price(names, header, budget, place, now, elapsed)
         if constraints.cascade and constraints.pinned is None:
             for plan in served.plans.values():
-                prices[plan.name] = served.pricer.price_plan(plan, prices, budget, place, now)
+                prices[plan.name] = served.pricer.price_plan(plan, prices, budget, place, now, elapsed)
         candidates = [p.candidate for p in prices.values()]
         # The tier keeps capacity for what its requests get from a worker free at once; its slack
         # counts from selection (the time already spent is not the kept workers' to save).
-        elapsed = now - started
         wanted = selector.unhurried(candidates, constraints, elapsed_seconds=elapsed)
         service = min(c.predicted_seconds for c in candidates) if wanted is None else wanted.predicted_seconds
         self._mix.add(now, budget, math.inf if budget is None else budget - service, concurrent)

@@ -51,3 +51,29 @@ def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> N
     )
     assert plan.service_seconds < plan.candidate.mean_seconds < plan.candidate.predicted_seconds
     assert plan.candidate.top1 == 0.74 and plan.candidate.size_bytes == big.candidate.size_bytes
+
+
+def test_a_wait_is_played_only_for_the_candidates_that_could_fit() -> None:
+    p = pricer()
+    header = ImageHeader("JPEG", 500, 375, 100_000)
+    busy = [0.0, 0.005]  # one worker free, the other for 5 ms more
+
+    def priced(budget: float) -> tuple[dict[str, float], dict[str, float]]:
+        place = Place(schedule.dispatch_key(0.0, budget), (), [], busy, 2, True)
+        prices = p.price([SMALL, BIG], header, budget, place, 0.0)
+        played = {
+            n: schedule.wait_at_place(place.job(pr.service_seconds), [], busy, 0.0)
+            for n, pr in prices.items()
+        }
+        return {n: pr.candidate.wait_seconds for n, pr in prices.items()}, played
+
+    # 15 ms: the small variant's bound fits with no wait, the big one's (twice its point before
+    # any answer: ~23 ms) cannot: it is past hope at once, and its own wait would be its share
+    # of the busy worker's time. It is given the fastest's instead, which it could not use anyway.
+    waits, played = priced(0.015)
+    assert waits[SMALL] == played[SMALL] == 0.0
+    assert played[BIG] == pytest.approx(0.0025)
+    assert waits[BIG] == waits[SMALL]
+    # 50 ms: both could fit, and each has its own wait.
+    waits, played = priced(0.05)
+    assert waits == played
