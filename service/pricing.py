@@ -19,7 +19,6 @@ fallback looks at, are given the fastest's wait.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,15 +68,6 @@ class Place:
         return schedule.Job(self.key, run_seconds, self.limits, self.budgeted)
 
 
-def _could_fit(candidate: selector.Candidate, budget_seconds: float | None, elapsed_seconds: float) -> bool:
-    """Whether ``candidate`` fits the budget, by its bound or a fallback's looser one, with no wait
-    at all: if not, no wait makes it fit."""
-    if budget_seconds is None:
-        return True
-    likely = candidate.likely_seconds if candidate.likely_seconds is not None else candidate.predicted_seconds
-    return elapsed_seconds + min(candidate.predicted_seconds, likely) <= budget_seconds
-
-
 class Pricer:
     """The latency tables of one served store; not thread-safe (the event loop's)."""
 
@@ -108,9 +98,7 @@ class Pricer:
         decode_slowdown = self.decode.slowdown(header.format, TYPICAL, now)
         wait_margin = self.calibration.wait_margin(budget_seconds, now)
         idle_decode: dict[Preprocessing, float] = {}
-        prices = {}
-        jobs = {}
-        relief: float | None = None
+        parts = {}
         for name in names:
             v = self.variants[name]
             decoding = idle_decode.get(v.preprocessing)
@@ -120,33 +108,34 @@ class Pricer:
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
             job = place.job(point + self.calibration.service_margin(name, point, budget_seconds, now))
-            margin = self.calibration.promise_margin(name, point, budget_seconds, now)
-            if relief is None:
-                # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their
-                # locations cancel), so worked out once a request.
-                relief = margin - self.calibration.promise_margin(
-                    name, point, budget_seconds, now, LIKELY_QUANTILE
-                )
+            parts[name] = (
+                decoding,
+                point,
+                job,
+                self.calibration.promise_margin(name, point, budget_seconds, now),
+            )
+        # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their locations
+        # cancel), so worked out once a request.
+        name, (_, point, _, margin) = next(iter(parts.items()))
+        relief = margin - self.calibration.promise_margin(name, point, budget_seconds, now, LIKELY_QUANTILE)
+        fastest = min(parts, key=lambda n: parts[n][1] + parts[n][3])
+        shared_wait = schedule.wait_at_place(parts[fastest][2], place.queue, place.busy, now)
+        prices = {}
+        for name, (decoding, point, job, margin) in parts.items():
+            could_fit = budget_seconds is None or elapsed_seconds + point + margin - relief <= budget_seconds
             candidate = selector.Candidate(
                 name=name,
-                top1=v.top1,
-                size_bytes=v.size_bytes,
+                top1=self.variants[name].top1,
+                size_bytes=self.variants[name].size_bytes,
                 predicted_seconds=point + margin,
                 likely_seconds=point + margin - relief,
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
+                wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now)
+                if could_fit and name != fastest
+                else shared_wait,
                 blocks=schedule.blocks(job, place.workers),
             )
             prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
-            jobs[name] = job
-        fastest = min(prices, key=lambda n: prices[n].candidate.predicted_seconds)
-        shared = schedule.wait_at_place(jobs[fastest], place.queue, place.busy, now)
-        for name, price in prices.items():
-            c = price.candidate
-            if name != fastest and _could_fit(c, budget_seconds, elapsed_seconds):
-                wait = schedule.wait_at_place(jobs[name], place.queue, place.busy, now)
-            else:
-                wait = shared
-            prices[name] = dataclasses.replace(price, candidate=dataclasses.replace(c, wait_seconds=wait))
         return prices
 
     def price_plan(
@@ -177,27 +166,21 @@ class Pricer:
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
         job = place.job(first)
+        predicted = max(worst, first) + wait_margin
+        could_fit = budget_seconds is None or elapsed_seconds + predicted <= budget_seconds
         candidate = selector.Candidate(
             name=plan.name,
             top1=plan.top1,
             size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
-            predicted_seconds=max(worst, first) + wait_margin,
+            predicted_seconds=predicted,
             idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,
+            wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now)
+            if could_fit
+            else small.candidate.wait_seconds,
             blocks=schedule.blocks(job, place.workers),
             mean_seconds=first + plan.escalation_rate * max(0.0, worst - first) + wait_margin,
         )
-        if _could_fit(candidate, budget_seconds, elapsed_seconds):
-            wait = schedule.wait_at_place(job, place.queue, place.busy, now)
-        else:
-            wait = small.candidate.wait_seconds
-        return Price(
-            dataclasses.replace(candidate, wait_seconds=wait),
-            point,
-            first,
-            wait_margin,
-            decoding,
-            second_point,
-        )
+        return Price(candidate, point, first, wait_margin, decoding, second_point)
 
     def inference_seconds(self, name: str, now: float, budget_seconds: float | None = None) -> float:
         """One inference on ``name`` without a decode (``/v2`` tensors, probes, a cascade's second
