@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -34,23 +33,6 @@ import regret
 import servers
 
 WARMUP = 60  # sequential requests at the budget before each open-loop run
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """The process's CPU seconds so far: all its threads', and its main thread's."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def thread(tid: str) -> float:
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-
-    total = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += thread(tid)
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-    return total, thread(str(pid))
 
 
 def open_loop(port: int, images: regret.Images, args: argparse.Namespace) -> tuple[dict[str, float], int]:
@@ -89,9 +71,9 @@ def run_once(
     with servers.edgefit(env.store, env.workers, env.threads, env.results, extra_env=extra) as server:
         if not args.mixed:  # (mixed budgets warm up inside, for a second, counted in the CPU)
             regret.sequential(server.port, images[:WARMUP], f"budget={args.budget_ms:g}ms")
-        all_before, main_before = cpu_seconds(server.pid)
+        all_before, main_before = servers.cpu_seconds(server.pid), servers.cpu_seconds(server.pid, server.pid)
         figures, requests = load(server.port, images, args)
-        all_after, main_after = cpu_seconds(server.pid)
+        all_after, main_after = servers.cpu_seconds(server.pid), servers.cpu_seconds(server.pid, server.pid)
     return {
         **figures,
         "CPU ms per request": 1000 * (all_after - all_before) / requests,

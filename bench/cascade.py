@@ -42,12 +42,6 @@ MODES = {"single": "cascade=false", "cascade": "cascade=true"}
 Progress = Callable[[str], None]
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the server process has used (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def plans(port: int) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"http://{regret.HOST}:{port}/models", timeout=10) as r:
         return list(json.load(r)["cascades"])
@@ -57,9 +51,9 @@ def idle_row(server: servers.Edgefit, images: regret.Images, ms: float) -> dict[
     """Both modes at ``ms``, sequential and paired: delivered, budget met, CPU per answer."""
     row: dict[str, Any] = {"ms": ms}
     for mode, query in MODES.items():
-        cpu = server_cpu_seconds(server.pid)
+        cpu = servers.cpu_seconds(server.pid)
         run = regret.sequential(server.port, images, f"budget={ms:g}ms&{query}", regret.WARMUP)
-        cpu = server_cpu_seconds(server.pid) - cpu
+        cpu = servers.cpu_seconds(server.pid) - cpu
         tally = regret.tally(run)
         row[mode] = {
             **tally,

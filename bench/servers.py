@@ -28,6 +28,14 @@ PEER_DIR = REPO / "bench" / "peer"
 PEER_VENV = REPO / "bench" / ".venv-peer"
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds a server process has used (its threads included), or one of its
+    threads (``thread``: its id; the process's own id is its main thread, the event loop)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     port: int
