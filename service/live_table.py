@@ -95,6 +95,7 @@ class LiveTable:
             wait_error=None if result.past_hope else wait_error,
             late=self._late(result, total_seconds),
             now=now,
+            idle=result.idle,
         )
         for stage in result.stages:
             stage.metrics.inference_duration.observe(stage.inference_seconds)

@@ -62,6 +62,7 @@ class Place:
     busy: Sequence[float]
     workers: int
     budgeted: bool
+    idle: bool  # nothing queued or running: the request is priced from idle answers (calibration)
 
     def job(self, run_seconds: float) -> schedule.Job:
         """A job at this place that runs ``run_seconds``."""
@@ -107,17 +108,21 @@ class Pricer:
                     header.format, decode_work(header, v.preprocessing)
                 )
             point = decoding * decode_slowdown + self.latency.idle(name, TYPICAL) * slowdown
-            job = place.job(point + self.calibration.service_margin(name, point, budget_seconds, now))
+            service = point + self.calibration.service_margin(
+                name, point, budget_seconds, now, idle=place.idle
+            )
             parts[name] = (
                 decoding,
                 point,
-                job,
-                self.calibration.promise_margin(name, point, budget_seconds, now),
+                place.job(service),
+                self.calibration.promise_margin(name, point, budget_seconds, now, idle=place.idle),
             )
         # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their locations
         # cancel), so worked out once a request.
         name, (_, point, _, margin) = next(iter(parts.items()))
-        relief = margin - self.calibration.promise_margin(name, point, budget_seconds, now, LIKELY_QUANTILE)
+        relief = margin - self.calibration.promise_margin(
+            name, point, budget_seconds, now, LIKELY_QUANTILE, idle=place.idle
+        )
         fastest = min(parts, key=lambda n: parts[n][1] + parts[n][3])
         shared_wait = schedule.wait_at_place(parts[fastest][2], place.queue, place.busy, now)
         prices = {}
@@ -161,7 +166,7 @@ class Pricer:
         point = decoding + small.point_seconds - small.decode_seconds
         second_point = big.point_seconds - big.decode_seconds
         worst = point + second_point
-        worst += self.calibration.service_margin(plan.name, worst, budget_seconds, now)
+        worst += self.calibration.service_margin(plan.name, worst, budget_seconds, now, idle=place.idle)
         first = decoding + small.service_seconds - small.decode_seconds
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
@@ -202,13 +207,14 @@ class Pricer:
         wait_error: float | None,
         late: bool | None,
         now: float,
+        idle: bool,
     ) -> None:
         """What an answer of ``name`` (a variant, or a cascade plan) teaches the tables: its decode,
         each inference that ran (``(variant, seconds)``), how much longer than its point
         prediction its service took, how much longer than predicted it waited (None: queued past
-        hope), and whether it came after both its budget and its price (None: pinned, no budget,
-        or a miss no choice would have avoided)."""
+        hope), whether it came after both its budget and its price (None: pinned, no budget,
+        or a miss no choice would have avoided), and whether it was priced ``idle``."""
         for variant, seconds in inferences:
             self.latency.observe(variant, seconds, now)
         self.decode.observe(image_format, work, decode_seconds, now)
-        self.calibration.observe(name, service_residual, budget_seconds, wait_error, late, now)
+        self.calibration.observe(name, service_residual, budget_seconds, wait_error, late, now, idle=idle)

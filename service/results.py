@@ -68,6 +68,7 @@ class Classification:
     point_seconds: float  # the price's point prediction of the service (of the stages that ran)
     fastest_point_seconds: float  # the same for the fastest variant it was chosen among
     past_hope: bool  # queued when it could no longer be on time: its wait was nobody's prediction
+    idle: bool  # priced with nothing queued or running
     predictions: list[Prediction]
     stages: tuple[Stage, ...]
     # For ``DataPlane.record``, after the answer is sent: the set that answered it and what its
@@ -131,6 +132,7 @@ def classification(
         point_seconds=price.point_seconds + (price.escalation_point_seconds if len(stages) > 1 else 0.0),
         fastest_point_seconds=choice.fastest_point_seconds,
         past_hope=choice.past_hope,
+        idle=choice.idle,
         predictions=[Prediction(i, labels[i], score) for i, score in best],
         stages=tuple(stages),
         served=served,

@@ -31,6 +31,7 @@ class Choice:
     job: schedule.Job  # the job's place and predicted run time in the schedule
     fastest_point_seconds: float  # the point prediction of the fastest variant priced
     past_hope: bool  # the job could not be on time when it was queued (``schedule.missed``)
+    idle: bool  # priced with nothing queued or running (``Place.idle``)
 
 
 class Chooser:
@@ -89,6 +90,7 @@ class Chooser:
             busy,
             workers,
             budget is not None,
+            self.executor.idle,
         )
         # A pinned request needs only its variant's price, and never cascades.
         names = tuple(served.entries) if constraints.pinned is None else (constraints.pinned,)
@@ -120,7 +122,7 @@ class Chooser:
         price = prices[choice.name]
         fastest = min(p.point_seconds for p in prices.values())
         job = place.job(price.service_seconds)
-        return Choice(choice, price, job, fastest, schedule.missed(job, now))
+        return Choice(choice, price, job, fastest, schedule.missed(job, now), place.idle)
 
     def escalation(
         self, served: Served, name: str, budget: float | None, started: float

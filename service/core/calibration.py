@@ -34,6 +34,14 @@ on the answers themselves, split conformal style:
   together have fewer than ``MIN_SPREAD``.
   The schedule's run time of a job is its point plus its service margin alone
   (``service_margin``): a wait played forward over jobs ahead is the wait's business.
+- **Idle or busy.** A request priced with nothing queued or running runs on cores no other
+  inference contends for, and waits for nothing: its service spreads far less than one priced
+  under load. Such a request is priced from the spread and total scores of answers priced the
+  same way (Mondrian conformal prediction: calibrated per category), once there are
+  ``MIN_SPREAD`` of them, from everyone's before; the others from everyone's. Pooled, a burst of
+  load held every margin wide for the minute its residuals stayed fresh, and the sequential
+  requests after it got the smallest subnets. The idle answers' total scores carry no load, so
+  they stay fresh as long as the services' residuals.
 - **The level**, per budget tier, is steered by the tier's own misses (adaptive conformal
   inference, Gibbs and Candes 2021): each miss raises the quantile, each answer on time lowers
   it a little, so that over time the tier misses at the promised rate and no less. A fallback,
@@ -122,9 +130,11 @@ class Calibration:
         self._own: dict[str, Recent] = {}
         self._all = Recent(window=ALL_WINDOW, fresh_seconds=fresh_seconds)
         self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
+        self._idle_spread = Recent(window=window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
         self._totals: dict[str, Recent] = {}
         self._all_totals = Recent(window=window, fresh_seconds=self.load_fresh_seconds)
+        self._idle_totals = Recent(window=window, fresh_seconds=fresh_seconds)
         self._levels: dict[str, float] = {}
 
     def observe(
@@ -135,12 +145,15 @@ class Calibration:
         wait_error: float | None,
         late: bool | None,
         now: float,
+        *,
+        idle: bool = False,
     ) -> None:
         """An answer: its service less the point prediction it was chosen with, and (for a
         budgeted request) how much longer than predicted it waited (None: it was queued past hope,
         behind every on-time job, and no wait was predicted); ``late``: whether it came after
         both its budget and its bound (None: pinned, or no budget). Within budget, it kept the
-        promise; within a bound priced past the budget (a fallback), that bound was not too low."""
+        promise; within a bound priced past the budget (a fallback), that bound was not too low.
+        ``idle``: it was priced with nothing queued or running."""
         own = self._own.get(variant)
         if own is None:
             own = self._own[variant] = Recent(window=OWN_WINDOW, fresh_seconds=self.fresh_seconds)
@@ -149,6 +162,8 @@ class Calibration:
         centre = location(own.fresh(now))
         if centre is not None:
             self._spread.add(service_residual - centre, now)
+            if idle:
+                self._idle_spread.add(service_residual - centre, now)
         if centre is None:
             centre = location(self._all.fresh(now))
         own.add(service_residual, now)
@@ -162,6 +177,8 @@ class Calibration:
                 score = service_residual - centre + wait_error
                 self._tier_recent(self._totals, tier).add(score, now)
                 self._all_totals.add(score, now)
+                if idle:
+                    self._idle_totals.add(score, now)
         if late is not None:
             level = self._levels.get(tier, self.quantile) + self.level_step * (late - (1 - self.quantile))
             self._levels[tier] = min(LEVELS[1], max(LEVELS[0], level))
@@ -188,32 +205,51 @@ class Calibration:
         return location(self._all.fresh(now)) if centre is None else centre
 
     def service_margin(
-        self, variant: str, point: float, budget_seconds: float | None, now: float, level: float | None = None
+        self,
+        variant: str,
+        point: float,
+        budget_seconds: float | None,
+        now: float,
+        level: float | None = None,
+        *,
+        idle: bool = False,
     ) -> float:
         """What to add to ``variant``'s point prediction of its service, at ``level`` (default: the
-        budget's)."""
+        budget's), for a request priced ``idle`` or not."""
         centre = self._centre(variant, now)
-        spread = self._spread.fresh(now)
+        spread = self._idle_spread.fresh(now) if idle else []
+        if len(spread) < MIN_SPREAD:
+            spread = self._spread.fresh(now)
         if centre is None or len(spread) < MIN_SPREAD:
             return FIRST_MARGIN_FRACTION * point
         return centre + conformal_quantile(spread, self.level(budget_seconds) if level is None else level)
 
     def promise_margin(
-        self, variant: str, point: float, budget_seconds: float | None, now: float, level: float | None = None
+        self,
+        variant: str,
+        point: float,
+        budget_seconds: float | None,
+        now: float,
+        level: float | None = None,
+        *,
+        idle: bool = False,
     ) -> float:
         """What to add to ``variant``'s point prediction and the predicted wait for the bound its
         answer keeps at ``level`` (default: the budget's): its location plus the quantile of the
-        tier's total scores (every tier's while it has too few); the service and wait margins
-        stacked while no tier has enough."""
-        totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
-        scores = [] if totals is None else totals.fresh(now)
-        if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
-            scores = self._all_totals.fresh(now)
+        total scores of the answers priced idle (for a request priced ``idle``, once there are
+        enough), else of the tier's (every tier's while it has too few); the service and wait
+        margins stacked while none has enough."""
+        scores = self._idle_totals.fresh(now) if idle and budget_seconds is not None else []
+        if len(scores) < MIN_SPREAD:
+            totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
+            scores = [] if totals is None else totals.fresh(now)
+            if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
+                scores = self._all_totals.fresh(now)
         centre = self._centre(variant, now)
         if centre is None or len(scores) < MIN_SPREAD:
-            return self.service_margin(variant, point, budget_seconds, now, level) + self.wait_margin(
-                budget_seconds, now, level
-            )
+            return self.service_margin(
+                variant, point, budget_seconds, now, level, idle=idle
+            ) + self.wait_margin(budget_seconds, now, level)
         return centre + conformal_quantile(scores, self.level(budget_seconds) if level is None else level)
 
     def wait_margin(self, budget_seconds: float | None, now: float, level: float | None = None) -> float:

@@ -216,3 +216,23 @@ def test_an_overloads_waits_age_out_sooner_than_the_services() -> None:
         calibration.observe("v", 0.0, BUDGET, 0.0, None, 20.0 + 0.01 * i)
     assert calibration.promise_margin("v", point, BUDGET, 23.0) == pytest.approx(0.0)
     assert calibration.service_margin("v", point, BUDGET, 23.0) == pytest.approx(0.0)
+
+
+def test_a_request_priced_idle_is_priced_from_the_answers_priced_idle() -> None:
+    # A burst of load: one answer in ten ran 8 ms over its point and waited 20 ms longer than
+    # predicted. Then the server is idle, and its answers run to within 0.1 ms.
+    calibration = Calibration(window=1024, fresh_seconds=60.0, load_fresh_seconds=10.0)
+    point, now = 0.005, 1.0
+    for i in range(1000):
+        stalled = i % 10 == 0
+        calibration.observe("v", 0.008 * stalled, BUDGET, 0.020 * stalled, None, 0.001 * i)
+    for i in range(MIN_SPREAD):
+        # Too few idle answers yet: everyone's, the burst's, price it.
+        assert calibration.service_margin("v", point, BUDGET, now, idle=True) >= 0.008
+        assert calibration.promise_margin("v", point, BUDGET, now, idle=True) >= 0.028
+        calibration.observe("v", 0.0001 * (i % 2), BUDGET, 0.0, None, now, idle=True)
+    assert calibration.service_margin("v", point, BUDGET, now, idle=True) <= 0.0001
+    assert calibration.promise_margin("v", point, BUDGET, now, idle=True) <= 0.0001
+    # A request priced under load is priced from every answer, the burst's included.
+    assert calibration.service_margin("v", point, BUDGET, now) >= 0.008
+    assert calibration.promise_margin("v", point, BUDGET, now) >= 0.028

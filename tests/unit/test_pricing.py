@@ -34,7 +34,7 @@ def pricer() -> Pricer:
 def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> None:
     p = pricer()
     header = ImageHeader("JPEG", 500, 375, 100_000)
-    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True)
+    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True, True)
     prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
     plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, 0.05, place, 0.0)
     small, big = prices[SMALL], prices[BIG]
@@ -59,7 +59,7 @@ def test_a_wait_is_played_only_for_the_candidates_that_could_fit() -> None:
     busy = [0.0, 0.005]  # one worker free, the other for 5 ms more
 
     def priced(budget: float) -> tuple[dict[str, float], dict[str, float]]:
-        place = Place(schedule.dispatch_key(0.0, budget), (), [], busy, 2, True)
+        place = Place(schedule.dispatch_key(0.0, budget), (), [], busy, 2, True, False)
         prices = p.price([SMALL, BIG], header, budget, place, 0.0)
         played = {
             n: schedule.wait_at_place(place.job(pr.service_seconds), [], busy, 0.0)
