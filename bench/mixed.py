@@ -1,7 +1,8 @@
 """Mixed budgets (BENCH.md): closed-loop clients whose every request draws its budget uniformly
 from 10 / 20 / 50 ms / none, on the held-out half of the sample. Budget met per tier by the
 server's ``budget_met``, served top-1, delivered accuracy (answers with the image's class and on
-time, over the tier's requests) and queue wait per tier. ``bench/regret.py`` runs it against the
+time, over the tier's requests), queue wait per tier, and where the late answers' time went (their
+queue wait, and the server's time outside decode and inference). ``bench/regret.py`` runs it against the
 whole store and the ladder alone as part of ``make bench``.
 
 Alone (``python bench/mixed.py [--label NAME]``) it starts one server and measures only this, so
@@ -64,6 +65,9 @@ def summary(run: client.Run) -> dict[str, Any]:
         judged = [s for s in ok if s.budget_met is not None]
         queue = [s.queue_ms for s in ok if s.queue_ms is not None]
         top1 = [s.top1 for s in ok if s.top1 is not None]
+        # Where a late answer's time went: a queue no variant choice shortens, or the server's
+        # own time outside decode and inference (the event loop's).
+        late = [s for s in judged if not s.budget_met and s.overhead_ms is not None]
         out[tier] = {
             "requests": len(mine),
             "answered": len(ok),
@@ -77,6 +81,8 @@ def summary(run: client.Run) -> dict[str, Any]:
             ),
             "queue_p95_ms": float(np.percentile(queue, 95)) if queue else None,
             "total_p99_ms": float(np.percentile([s.total_ms for s in ok if s.total_ms], 99)) if ok else None,
+            "late_queue_p50_ms": statistics.median(s.queue_ms for s in late) if late else None,
+            "late_overhead_p50_ms": statistics.median(s.overhead_ms for s in late) if late else None,
             "variants": dict(Counter(s.variant for s in ok if s.variant)),
         }
     return out
@@ -105,8 +111,8 @@ def markdown(mixed: dict[str, Any]) -> list[str]:
     """The report's table: one row per client count and tier."""
     lines = [
         "| clients | tier | requests | budget met (server) | 503 | served top-1 | delivered "
-        "| queue p95 ms | variants |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| queue p95 ms | late: queue / overhead p50 ms | variants |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for clients, row in mixed.items():
         for tier in TIERS:
@@ -115,10 +121,15 @@ def markdown(mixed: dict[str, Any]) -> list[str]:
             top1 = "–" if t["served_top1"] is None else f"{t['served_top1']:.3f}"
             correct = "–" if t.get("delivered_accuracy") is None else f"{t['delivered_accuracy']:.1%}"
             queue = "–" if t["queue_p95_ms"] is None else f"{t['queue_p95_ms']:.1f}"
+            late = (
+                "–"
+                if t.get("late_queue_p50_ms") is None
+                else f"{t['late_queue_p50_ms']:.1f} / {t['late_overhead_p50_ms']:.1f}"
+            )
             mix = ", ".join(f"{k} {v}" for k, v in sorted(t["variants"].items(), key=lambda kv: -kv[1]))
             lines.append(
                 f"| {clients} | {tier} | {t['requests']} | {met} | {t['shed_503']} | {top1} | {correct} "
-                f"| {queue} "
+                f"| {queue} | {late} "
                 f"| {mix} |"
             )
     return lines
