@@ -2,8 +2,8 @@
 from 10 / 20 / 50 ms / none, on the held-out half of the sample. Budget met per tier by the
 server's ``budget_met``, served top-1, delivered accuracy (answers with the image's class and on
 time, over the tier's requests), queue wait per tier, and where the late answers' time went (their
-queue wait, and the server's time outside decode and inference). ``bench/regret.py`` runs it against the
-whole store and the ladder alone as part of ``make bench``.
+queue wait, and the server's time outside decode and inference). ``bench/regret.py`` runs it
+against the whole store and the ladder alone as part of ``make bench``.
 
 Alone (``python bench/mixed.py [--label NAME]``) it starts one server and measures only this, so
 two versions of the server can be compared in one sitting: run it with ``PYTHONPATH`` pointing
