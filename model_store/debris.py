@@ -26,8 +26,9 @@ from model_store.store import StoreError, open_store
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-# How store commands name the model files they write: ``{name}.{sha256[:12]}.onnx``.
-STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.onnx")
+# How store commands name the model and shared weights files they write:
+# ``{name}.{sha256[:12]}.onnx`` and ``{name}.{sha256[:12]}.weights``.
+STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.(onnx|weights)")
 
 
 @contextlib.contextmanager
@@ -78,10 +79,9 @@ def remove_debris(root: Path, *, unreferenced: bool) -> list[str]:
         removed.append(name)
     if unreferenced:
         try:
-            manifest = open_store(root).manifest
+            named = open_store(root).files()
         except StoreError:
             return removed  # no readable manifest: nothing tells which files are the store's
-        named = {v.file for v in manifest.variants} | {v.labels for v in manifest.variants}
         for path in sorted(root.iterdir()):
             # Only names store commands give (content-addressed): a user's own model file kept in
             # the store directory, say the one being added, is not ours to remove.

@@ -3,7 +3,8 @@
 A store is a directory holding ONNX files and one ``manifest.json``. Every variant entry is
 complete on its own, so a server can serve any subset of the store without reading anything else.
 Schema 3 added the confidence-cascade plans (``cascades``); a schema 2 manifest reads as one
-without plans.
+without plans. Schema 4 added shared weights files (``Variant.weights``); a schema 2 or 3 manifest
+reads as one whose variants each hold their own weights.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION: Literal[3] = 3
-# Versions this edgefit reads: 2 is 3 without ``cascades``.
-READABLE_VERSIONS = (2, 3)
+SCHEMA_VERSION: Literal[4] = 4
+# Versions this edgefit reads: 2 is 3 without ``cascades``, 3 is 4 without ``weights``.
+READABLE_VERSIONS = (2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 
 # Names become file names, URL parameters and metric label values: keep them boring.
@@ -90,6 +91,22 @@ class Subnet(BaseModel):
         return self
 
 
+class Weights(BaseModel):
+    """A weights file that variants cut from one network share: their ONNX files keep the graph
+    and refer to tensors in it (ONNX external data, located by this file name alone)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+
+    @field_validator("file")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value)
+
+
 def depth_tag(subnet: Subnet | None) -> str:
     """``d17`` for a subnet keeping 17 blocks, ``full`` for a full-depth variant."""
     return "full" if subnet is None else f"d{len(subnet.kept_blocks)}"
@@ -106,7 +123,11 @@ class Variant(BaseModel):
     precision: Precision
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # What the variant needs on disk and in memory: its file, plus the tensors of a shared
+    # weights file it uses.
     size_bytes: int = Field(gt=0)
+    # Set when the file's tensors are in a weights file shared with other variants.
+    weights: Weights | None = None
     params: int | None = Field(default=None, ge=0)
     macs: int | None = Field(default=None, ge=0)
     input: ModelInput
@@ -184,7 +205,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[2, 3] = SCHEMA_VERSION
+    schema_version: Literal[2, 3, 4] = SCHEMA_VERSION
     variants: tuple[Variant, ...] = ()
     cascades: tuple[Cascade, ...] = ()
 

@@ -14,6 +14,9 @@ import onnxruntime as ort
 
 from model_store.manifest import Variant
 
+# A file in memory that no external data location names (see ``open_session``).
+NO_EXTERNAL_DATA = ("", b"\0")
+
 
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -32,13 +35,22 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def open_session(model: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
-    """A CPU session made from the model's bytes, holding no copy of them.
+def open_session(
+    model: bytes, options: ort.SessionOptions, weights: tuple[str, bytes] | None = None
+) -> ort.InferenceSession:
+    """A CPU session made from the model's bytes, holding no copy of them; ``weights``: the shared
+    weights file its tensors are in, ``(file name, contents)``, given from memory (onnxruntime
+    copies what the model uses). onnxruntime opens no path for a model's external data: given
+    files in memory, it refuses a location it does not hold; given none, it would open one
+    relative to the working directory, so a model without shared weights gets a table that no
+    location names.
 
     onnxruntime's Python wrapper keeps the bytes it was given (``_model_bytes``, only to rebuild
     the session after a GPU provider fails): for the whole life of the session, as much memory
     again as the file, for nothing on a CPU-only server (``bench/memory.py`` measures it).
     """
+    name, data = NO_EXTERNAL_DATA if weights is None else weights
+    options.add_external_initializers_from_files_in_memory([name], [data], [len(data)])
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     session._model_bytes = None
     return session
@@ -47,10 +59,17 @@ def open_session(model: bytes, options: ort.SessionOptions) -> ort.InferenceSess
 class VariantRunner:
     """A loaded variant. ``infer`` is thread-safe (onnxruntime sessions are)."""
 
-    def __init__(self, model: bytes, variant: Variant, threads: int = 1) -> None:
-        """``model``: the ONNX file's bytes, as ``Store.verify`` checked them."""
+    def __init__(
+        self, model: bytes, variant: Variant, threads: int = 1, weights: bytes | None = None
+    ) -> None:
+        """``model``: the ONNX file's bytes, as ``Store.verify`` checked them; ``weights``: its
+        shared weights file's, as ``Store.verify_weights`` checked them (a variant with
+        ``weights`` cannot load without)."""
+        if (weights is None) != (variant.weights is None):
+            raise ValueError(f"{variant.name}: its shared weights file must be given, and only then")
         self.variant = variant
-        self.session = open_session(model, session_options(threads))
+        shared = None if variant.weights is None or weights is None else (variant.weights.file, weights)
+        self.session = open_session(model, session_options(threads), shared)
 
     def sharing_session(self, variant: Variant) -> VariantRunner:
         """A runner for ``variant`` on this runner's session: ``variant``'s file must be this

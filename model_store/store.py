@@ -64,12 +64,14 @@ class Store:
         """A hash of the manifest (which holds every file's sha256): changes when any model does."""
         return hashlib.sha256(self.manifest.model_dump_json().encode()).hexdigest()
 
-    def path_of(self, variant: Variant) -> Path:
-        """The variant's file, refusing any path that would leave the store directory."""
+    def path_of(self, variant: Variant, file: str | None = None) -> Path:
+        """The variant's file (or ``file``, one it uses), refusing any path that would leave the
+        store directory."""
+        file = variant.file if file is None else file
         root = self.root.resolve()
-        path = (root / variant.file).resolve()
+        path = (root / file).resolve()
         if path.parent != root:
-            raise StoreError(f"variant {variant.name}: file {variant.file!r} is outside the store")
+            raise StoreError(f"variant {variant.name}: file {file!r} is outside the store")
         return path
 
     def verify(self, variant: Variant) -> bytes:
@@ -78,20 +80,38 @@ class Store:
         What is returned is what was hashed: load these bytes, never the path again (the file
         could change between a check and a second open). Raises ``StoreError``.
         """
-        path = self.path_of(variant)
+        return self._verified(variant, variant.file, variant.sha256)
+
+    def verify_weights(self, variant: Variant) -> bytes | None:
+        """The shared weights file ``variant`` uses, verified as ``verify`` does; None when its
+        own file holds its weights."""
+        if variant.weights is None:
+            return None
+        return self._verified(variant, variant.weights.file, variant.weights.sha256)
+
+    def _verified(self, variant: Variant, file: str, sha256: str) -> bytes:
+        path = self.path_of(variant, file)
         if not path.is_file():
-            raise StoreError(f"variant {variant.name}: file {variant.file} is missing")
+            raise StoreError(f"variant {variant.name}: file {file} is missing")
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise StoreError(f"variant {variant.name}: cannot read {variant.file}: {exc.strerror}") from exc
+            raise StoreError(f"variant {variant.name}: cannot read {file}: {exc.strerror}") from exc
         actual = hashlib.sha256(data).hexdigest()
-        if actual != variant.sha256:
+        if actual != sha256:
             raise StoreError(
-                f"variant {variant.name}: {variant.file} has sha256 {actual[:12]}…, "
-                f"the manifest says {variant.sha256[:12]}…; refusing to serve it"
+                f"variant {variant.name}: {file} has sha256 {actual[:12]}…, "
+                f"the manifest says {sha256[:12]}…; refusing to serve it"
             )
         return data
+
+    def files(self) -> set[str]:
+        """Every file the manifest names: models, shared weights files, label files."""
+        named = set()
+        for v in self.manifest.variants:
+            named |= {v.file} | ({v.weights.file} if v.weights else set())
+            named |= {v.labels} if v.labels != IMAGENET else set()
+        return named
 
     def labels(self, variant: Variant) -> tuple[str, ...]:
         """The label of each class index of ``variant``, its label file checked against its name."""

@@ -42,7 +42,7 @@ from model_store.evaluate import (
 )
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
-from model_store.manifest import MANIFEST_NAME, Manifest, Precision, Subnet, Variant
+from model_store.manifest import Manifest, Precision, Subnet, Variant
 from model_store.onnx_facts import OnnxFacts, read_facts
 from model_store.quantize import passes_agreement_gate, quantize_int8
 from model_store.runner import VariantRunner
@@ -259,8 +259,9 @@ def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacin
     A variant already in the store (its file not in ``staging``) may be passed to update its entry.
     """
     for variant in variants:
-        if (staging / variant.file).exists():
-            (staging / variant.file).replace(previous.root / variant.file)
+        for file in (variant.file, variant.weights.file if variant.weights else None):
+            if file is not None and (staging / file).exists():
+                (staging / file).replace(previous.root / file)
     gone = set(replacing) | {v.name for v in variants}
     kept = [v for v in previous.manifest.variants if v.name not in gone]
     store = previous.write(Manifest(variants=(*kept, *variants)))
@@ -316,7 +317,7 @@ def drop_dominated_fp32_twins(staged: Store, manifest: Manifest) -> Manifest:
 
 
 def _remove_unreferenced(store: Store) -> None:
-    named = {v.file for v in store.manifest.variants} | {MANIFEST_NAME}
-    for path in store.root.glob("*.onnx"):
+    named = store.files()
+    for path in [*store.root.glob("*.onnx"), *store.root.glob("*.weights")]:
         if path.name not in named:
             path.unlink()

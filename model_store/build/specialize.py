@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model_store.build.builder import build_pair, commit, drop_disagreeing_int8, every_nth
@@ -48,6 +48,7 @@ from model_store.build.search import (
     evolve,
     spread_picks,
 )
+from model_store.build.shared_weights import share_weights
 from model_store.build.subnets import SubnetModule
 from model_store.evaluate import (
     LabelledImage,
@@ -151,9 +152,9 @@ def specialize(
         replacing = {
             v.name for v in store.manifest.variants if v.family == recipe.family and v.subnet is not None
         }
-        store = commit(
-            store, staging, [manifest.variant(base.name), *(p.variant for p in written)], replacing
-        )
+        shared = share_weights(staging, [p.variant for p in written])
+        written = [replace(p, variant=v) for p, v in zip(written, shared, strict=True)]
+        store = commit(store, staging, [manifest.variant(base.name), *shared], replacing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Specialized(

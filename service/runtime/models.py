@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from model_store.debris import clean_for_server
-from model_store.manifest import Variant
+from model_store.manifest import Variant, Weights
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
@@ -39,9 +39,9 @@ class ServedModels:
         )
 
 
-def _session(model: bytes, variant: Variant, threads: int) -> VariantRunner:
+def _session(model: bytes, variant: Variant, threads: int, weights: bytes | None) -> VariantRunner:
     try:
-        return VariantRunner(model, variant, threads=threads)
+        return VariantRunner(model, variant, threads=threads, weights=weights)
     except Exception as exc:  # onnxruntime's own error types are not part of its Python API
         # The runtime's message names its internals; the log keeps it, the user gets our words.
         log.error("onnxruntime refused %s (%s): %s", variant.name, variant.file, exc)
@@ -116,6 +116,7 @@ def _open_runners(
     names: dict[str, tuple[str, ...]] = {}
     unavailable: dict[str, str] = {}
     checked: set[str] = set()  # file names verified by this load, each read and hashed once
+    weights: dict[Weights | None, bytes | None] = {}  # shared weights files verified by this load
     for name, variant in variants.items():
         try:
             if variant.labels not in names:
@@ -125,8 +126,12 @@ def _open_runners(
                 # The bytes that were hashed are the bytes loaded: no second open of the path.
                 verified = store.verify(variant)
                 checked.add(variant.file)
+                if variant.weights not in weights:
+                    weights[variant.weights] = store.verify_weights(variant)
                 if runner is None:
-                    runner = serving.get(variant.sha256) or _session(verified, variant, threads)
+                    runner = serving.get(variant.sha256) or _session(
+                        verified, variant, threads, weights[variant.weights]
+                    )
                     loaded[variant.sha256] = runner
         except StoreError as exc:
             if previous is not None and name in previous.variants:

@@ -130,7 +130,7 @@ def test_cascades_are_planned_on_the_even_images_and_recorded_on_the_odd(
     assert result.returncode == 0, result.stderr
     assert "answers" in result.stderr  # progress
     manifest = json.loads((small_store / "manifest.json").read_text())
-    assert manifest["schema_version"] == 3
+    assert manifest["schema_version"] == 4
     for plan in manifest["cascades"]:
         assert (plan["small"], plan["big"]) == (DERIVED, BASE)
         assert plan["top1_dataset"] == "sample/odd-positions" and 0 < plan["threshold"] < 1

@@ -6,7 +6,7 @@ import pytest
 
 from model_store.build.recipes import LADDER, variant_name
 from model_store.build.specialize import held_out_dataset
-from model_store.evaluate import evaluate, labelled_images
+from model_store.evaluate import evaluate, held_out_half, labelled_images
 from model_store.manifest import depth_tag
 from model_store.store import open_store
 
@@ -96,4 +96,20 @@ def test_the_lite0_fp32_resolutions_share_one_file(store, sample_dir: Path) -> N
     assert len(ladder) >= 2 and len({v.file for v in ladder}) == 1
     for result in evaluate(store, ladder, labelled_images(sample_dir)):
         recorded = store.manifest.variant(result.variant).evaluations[sample_dir.name]
+        assert result.top1 == pytest.approx(recorded), result.variant
+
+
+def test_subnets_keep_their_networks_weights_once(store, sample_dir: Path) -> None:
+    """A family's subnets share one weights file per precision: on disk they take little more
+    than one of them, and each classifies as the build recorded through the store code path."""
+    subnets = [v for v in store.manifest.variants if v.subnet is not None]
+    assert subnets and all(v.weights is not None for v in subnets)
+    groups = {(v.family, v.precision) for v in subnets}
+    assert len({v.weights for v in subnets}) == len(groups)
+    files = {v.file for v in subnets} | {v.weights.file for v in subnets if v.weights is not None}
+    on_disk = sum((store.root / file).stat().st_size for file in files)
+    assert on_disk < 1.5 * len(groups) * max(v.size_bytes for v in subnets)
+    dataset = held_out_dataset(sample_dir.name)
+    for result in evaluate(store, subnets[:2], held_out_half(labelled_images(sample_dir))):
+        recorded = store.manifest.variant(result.variant).evaluations[dataset]
         assert result.top1 == pytest.approx(recorded), result.variant

@@ -34,10 +34,11 @@ def specialized(store_dir: Path, images: Path, tmp_path_factory: pytest.TempPath
     source = open_store(store_dir)
     variants = [v for v in source.manifest.variants if v.name.startswith(("lite0-224-", "lite0-128-"))]
     store = tmp_path_factory.mktemp("store")
-    for v in {v.file: v for v in variants}.values():  # resolutions may share a file
-        # Store files are never rewritten in place (content-addressed names, the manifest
-        # swapped by rename): a hard link is an independent copy.
-        os.link(source.path_of(v), store / v.file)
+    # Resolutions may share a file, subnets a weights file. Store files are never rewritten in
+    # place (content-addressed names, the manifest swapped by rename): a hard link is an
+    # independent copy.
+    for file in Store(store, Manifest(variants=tuple(variants))).files():
+        os.link(store_dir / file, store / file)
     Store(store, Manifest(variants=tuple(variants))).write(Manifest(variants=tuple(variants)))
     return specialize(
         store, images, LITE0, (128,), k=2, search_images=20, budget_seconds=5, say=print, sampled_checks=1

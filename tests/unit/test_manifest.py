@@ -28,7 +28,7 @@ def variant(**overrides: object) -> Variant:
 def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.schema_version == 3
+    assert manifest.schema_version == 4
     subnet = variant(name="lite0-224-d3-fp32", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
     assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
