@@ -61,10 +61,14 @@ def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: 
 
     def sessions() -> dict[str, ort.InferenceSession]:
         """As the server loads: each file's verified bytes, dropped once its session exists."""
-        options = session_options(1)
-        options.enable_cpu_mem_arena = bool(config["arena"])
-        options.enable_mem_pattern = bool(config["mem_pattern"])
-        loaded = {v.name: open_session(store.verify(v), options) for v in variants}
+        loaded = {}
+        for v in variants:
+            options = session_options(1)
+            options.enable_cpu_mem_arena = bool(config["arena"])
+            options.enable_mem_pattern = bool(config["mem_pattern"])
+            weights = store.verify_weights(v)
+            files = None if v.weights is None or weights is None else (v.weights.file, weights)
+            loaded[v.name] = open_session(store.verify(v), options, files)
         release_free_memory()
         return loaded
 

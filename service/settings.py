@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         "for throughput on 2 cores; see bench/).",
     )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per inference.")
+    share_tensors: bool = Field(
+        True,
+        description="Hold each weight tensor once for all the fp32 sessions that have it (a "
+        "family's subnets and its full network): each file is optimised for this CPU at load, "
+        "then opened with its tensors shared. false: every session holds its own.",
+    )
     profile_runs: int = Field(
         20, ge=3, le=1000, description="Timed runs per variant when profiling at start-up."
     )

@@ -5,11 +5,8 @@ file repeated them (nine lite0 subnets took 170 MB for 19 MB of distinct tensors
 subnets of one family and precision are rewritten as graphs whose tensors (from
 ``MIN_SHARED_BYTES`` up) live in one weights file, each distinct tensor once, located by that
 file's name alone (ONNX external data: name, offset, length). The server hands onnxruntime the
-verified file from memory (``model_store.runner.open_session``).
-
-What sharing does not save: memory. onnxruntime lays each session's convolution weights out
-again for its kernels (NCHWc), one copy per session; tensors shared across sessions
-(``SessionOptions.add_initializer``) are used only without that layout, 2.3x slower.
+verified file from memory (``model_store.runner.open_session``), which in memory holds each
+tensor once again for every fp32 session (``model_store.runner.SharedTensors``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from model_store.debris import clean_for_server
 from model_store.manifest import Variant, Weights
-from model_store.runner import VariantRunner
+from model_store.runner import SharedTensors, VariantRunner
 from model_store.store import Store, StoreError, open_store
 from service.core.latency import Profile
 from service.runtime.profiler import load_or_profile, load_or_profile_decode, profile_key, table_key
@@ -39,9 +39,11 @@ class ServedModels:
         )
 
 
-def _session(model: bytes, variant: Variant, threads: int, weights: bytes | None) -> VariantRunner:
+def _session(
+    model: bytes, variant: Variant, threads: int, weights: bytes | None, shared: SharedTensors | None
+) -> VariantRunner:
     try:
-        return VariantRunner(model, variant, threads=threads, weights=weights)
+        return VariantRunner(model, variant, threads, weights, shared)
     except Exception as exc:  # onnxruntime's own error types are not part of its Python API
         # The runtime's message names its internals; the log keeps it, the user gets our words.
         log.error("onnxruntime refused %s (%s): %s", variant.name, variant.file, exc)
@@ -74,7 +76,8 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
-    runners, names, unavailable = _open_runners(store, variants, previous, settings.threads)
+    shared = SharedTensors() if settings.share_tensors else None
+    runners, names, unavailable = _open_runners(store, variants, previous, settings.threads, shared)
     variants = {name: v for name, v in variants.items() if name in runners}
     known = {}
     if previous is not None:
@@ -99,9 +102,14 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
 
 
 def _open_runners(
-    store: Store, variants: dict[str, Variant], previous: ServedModels | None, threads: int
+    store: Store,
+    variants: dict[str, Variant],
+    previous: ServedModels | None,
+    threads: int,
+    shared: SharedTensors | None,
 ) -> tuple[dict[str, VariantRunner], dict[str, tuple[str, ...]], dict[str, str]]:
-    """A runner per variant that can be served, its label sets, and why each other cannot be.
+    """A runner per variant that can be served, its label sets, and why each other cannot be;
+    the new sessions' tensors held in ``shared`` (see ``VariantRunner``).
 
     Every file is verified; sessions of files already served are kept. Raises ``StoreError`` when
     nothing can be served, or when a reload would drop a variant that is being served.
@@ -130,7 +138,7 @@ def _open_runners(
                     weights[variant.weights] = store.verify_weights(variant)
                 if runner is None:
                     runner = serving.get(variant.sha256) or _session(
-                        verified, variant, threads, weights[variant.weights]
+                        verified, variant, threads, weights[variant.weights], shared
                     )
                     loaded[variant.sha256] = runner
         except StoreError as exc:
@@ -143,11 +151,13 @@ def _open_runners(
     if not runners:
         raise StoreError("no variant can be served: " + "; ".join(unavailable.values()))
     log.info(
-        "verified %d variants in %d files from %s: %d sessions opened, %d kept",
+        "verified %d variants in %d files from %s: %d sessions opened (%.0f MB of tensors held "
+        "once for their fp32 sessions), %d kept",
         len(runners),
         len(checked),
         store.root,
         len(loaded.keys() - serving.keys()),
+        0 if shared is None else shared.nbytes / 1e6,
         len(loaded.keys() & serving.keys()),
     )
     return runners, names, unavailable

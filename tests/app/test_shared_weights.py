@@ -5,6 +5,7 @@ whose "subnets" share a weights tensor."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from model_store.build.shared_weights import share_weights
 from model_store.manifest import Manifest, Subnet, Variant
-from model_store.runner import VariantRunner
+from model_store.runner import SharedTensors, VariantRunner
 from model_store.store import Store, StoreError, open_store
 from tests.app.conftest import image_bytes, serve, settings_for, tiny_model, tiny_variant
 from tests.app.test_degraded import corrupt
@@ -140,3 +141,54 @@ def test_the_debris_of_a_killed_command_includes_unnamed_weights_files(tmp_path:
     assert remove_debris(tmp_path, unreferenced=True) == [left.name]
     assert {p.name for p in tmp_path.iterdir()} == open_store(tmp_path).files() | {"manifest.json"}
     assert store.verify_weights(store.manifest.variant(SUBNETS[0])) is not None
+
+
+def test_fp32_sessions_hold_a_tensor_they_share_once_and_answer_the_same(tmp_path: Path) -> None:
+    """Two variants with the same weights (a subnet's, at two resolutions): optimised here and
+    opened with the tensor shared, they hold it once and answer as sessions of their own do (to
+    float rounding: the unpacked kernel sums in another order)."""
+    store = shared_store(tmp_path)
+    shared = SharedTensors()
+    for name in SUBNETS:
+        variant = store.manifest.variant(name)
+        weights = store.verify_weights(variant)
+        alone = VariantRunner(store.verify(variant), variant, weights=weights)
+        sharing = VariantRunner(store.verify(variant), variant, weights=weights, shared=shared)
+        assert sharing.shared is shared
+        np.testing.assert_allclose(answers(sharing), answers(alone), rtol=1e-5, atol=1e-4)
+    assert shared.nbytes == 3 * 1000 * 4
+
+
+def test_an_int8_variant_keeps_its_own_tensors(tmp_path: Path) -> None:
+    """int8 kernels pack their weights per session and run ~2x slower without: not shared."""
+    data = tiny_model(16, 7)
+    variant = tiny_variant("tiny-16-int8", 16, data, top1=0.5).model_copy(update={"precision": "int8"})
+    shared = SharedTensors()
+    runner = VariantRunner(data, variant, shared=shared)
+    assert runner.shared is None and shared.nbytes == 0
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared tensors", "own tensors"])
+def test_a_store_with_shared_weights_serves_either_way(tmp_path: Path, share: bool) -> None:
+    shared_store(tmp_path / "store")
+    settings = settings_for(tmp_path / "store", tmp_path / "cache", share_tensors=share)
+    with serve(settings) as client:
+        assert client.get("/readyz").json()["variants"] == 3
+        for name in [*SUBNETS, "tiny-24-fp32"]:
+            answer = client.post(
+                f"/classify?model={name}", content=image_bytes("PNG"), headers={"content-type": "image/png"}
+            )
+            assert answer.status_code == 200 and answer.json()["model"]["name"] == name
+
+
+def test_without_a_writable_temporary_directory_a_session_holds_its_own_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = shared_store(tmp_path)
+    variant = store.manifest.variant(SUBNETS[0])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    shared = SharedTensors()
+    weights = store.verify_weights(variant)
+    runner = VariantRunner(store.verify(variant), variant, weights=weights, shared=shared)
+    assert answers(runner).shape == (1000,) and shared.nbytes == 0
+    assert "holds its own tensors" in caplog.text
