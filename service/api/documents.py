@@ -47,7 +47,7 @@ def models_document(states: list[VariantState]) -> list[dict[str, Any]]:
     """``GET /models``' variants: manifest fields plus the live table and selection counts."""
     return [
         {
-            **s.variant.model_dump(mode="json", exclude={"file"}),
+            **s.variant.model_dump(mode="json", exclude={"file", "weights"}),
             "classes": s.classes,
             # "full", or "d17" for a subnet keeping 17 of its family's blocks.
             "depth": depth_tag(s.variant.subnet),

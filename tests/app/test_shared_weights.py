@@ -174,6 +174,8 @@ def test_a_store_with_shared_weights_serves_either_way(tmp_path: Path, share: bo
     settings = settings_for(tmp_path / "store", tmp_path / "cache", share_tensors=share)
     with serve(settings) as client:
         assert client.get("/readyz").json()["variants"] == 3
+        listed = client.get("/models").json()["variants"]
+        assert all("weights" not in v and "file" not in v and v["size_bytes"] > 0 for v in listed)
         for name in [*SUBNETS, "tiny-24-fp32"]:
             answer = client.post(
                 f"/classify?model={name}", content=image_bytes("PNG"), headers={"content-type": "image/png"}
