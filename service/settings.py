@@ -51,10 +51,11 @@ class Settings(BaseSettings):
     )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per inference.")
     share_tensors: bool = Field(
-        True,
+        False,
         description="Hold each weight tensor once for all the fp32 sessions that have it (a "
         "family's subnets and its full network): each file is optimised for this CPU at load, "
-        "then opened with its tensors shared. false: every session holds its own.",
+        "then opened with its tensors shared. About half the memory at ready, slightly slower "
+        "inference under load (README, 'The model store').",
     )
     profile_runs: int = Field(
         20, ge=3, le=1000, description="Timed runs per variant when profiling at start-up."
