@@ -18,7 +18,7 @@ from service.cascades import Cascades
 from service.core import schedule, selector
 from service.execution import Execution, classify_job, tensor_job
 from service.imaging import ImageHeader
-from service.live_table import LiveTable, PlanState, VariantState
+from service.live_table import Candidate, LiveTable, PlanState, VariantState
 from service.observability import Metrics
 from service.results import Classification, classification, stage
 from service.runtime.executor import Finished, InferenceExecutor
@@ -155,6 +155,11 @@ class DataPlane:
         """The served variants with their live latency figures and selection counts."""
         served = self.served_set.current()
         return [] if served is None else self.table.describe(served)
+
+    def describe_unserved(self) -> list[Candidate]:
+        """The store's variants that are not served, each with why."""
+        served = self.served_set.current()
+        return [] if served is None else self.table.describe_unserved(served)
 
     def describe_plans(self) -> list[PlanState]:
         """The served cascade plans with their recorded and live escalation."""

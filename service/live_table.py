@@ -46,6 +46,16 @@ class VariantState:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A variant of the served store that is not served, and why: ``excluded`` (not among
+    ``EDGEFIT_VARIANTS``) or ``unavailable`` (a file of its failed; ``detail`` says how)."""
+
+    variant: Variant
+    reason: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
 class PlanState:
     """A served cascade plan with what it did since it was loaded."""
 
@@ -215,6 +225,15 @@ class LiveTable:
                 )
             )
         return states
+
+    def describe_unserved(self, served: Served) -> list[Candidate]:
+        """The store's variants that are not served, each with why."""
+        failed = served.models.unavailable
+        return [
+            Candidate(v, "unavailable", failed[v.name]) if v.name in failed else Candidate(v, "excluded")
+            for v in served.models.store.manifest.variants
+            if v.name not in served.models.variants
+        ]
 
     def describe_plans(self, served: Served) -> list[PlanState]:
         """Every served cascade plan with its live counts."""

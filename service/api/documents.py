@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_store.manifest import Variant, depth_tag
-from service.live_table import PlanState, VariantState
+from service.live_table import Candidate, PlanState, VariantState
 
 
 def _ms(seconds: float) -> float:
@@ -43,11 +43,31 @@ class VariantEncodings:
         return known[1], known[2]
 
 
+def _manifest_fields(v: Variant) -> dict[str, Any]:
+    # Which files hold it is the store's business.
+    return v.model_dump(mode="json", exclude={"file", "weights"})
+
+
+def pool_document(states: list[VariantState], unserved: list[Candidate]) -> list[dict[str, Any]]:
+    """``GET /models?pool=true``' variants: every variant of the store, ``served`` or not and
+    why (``reason``: ``excluded`` by ``EDGEFIT_VARIANTS``, or ``unavailable``, with ``detail``)."""
+    return [{**doc, "served": True} for doc in models_document(states)] + [
+        {
+            **_manifest_fields(c.variant),
+            "depth": depth_tag(c.variant.subnet),
+            "served": False,
+            "reason": c.reason,
+            "detail": c.detail,
+        }
+        for c in unserved
+    ]
+
+
 def models_document(states: list[VariantState]) -> list[dict[str, Any]]:
     """``GET /models``' variants: manifest fields plus the live table and selection counts."""
     return [
         {
-            **s.variant.model_dump(mode="json", exclude={"file", "weights"}),
+            **_manifest_fields(s.variant),
             "classes": s.classes,
             # "full", or "d17" for a subnet keeping 17 of its family's blocks.
             "depth": depth_tag(s.variant.subnet),

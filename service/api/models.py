@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import PlaneDep
-from service.api.documents import models_document, plans_document
+from service.api.documents import models_document, plans_document, pool_document
 
 router = APIRouter()
 
@@ -14,13 +14,15 @@ router = APIRouter()
 @router.get(
     "/models",
     summary="Served variants (manifest fields, live latency, selection counts) and cascade plans "
-    "(recorded and live escalation rates)",
+    "(recorded and live escalation rates); with pool=true every variant of the store, served or "
+    "not and why",
 )
-async def models(plane: PlaneDep) -> JSONResponse:
+async def models(plane: PlaneDep, pool: bool = False) -> JSONResponse:
+    served = plane.describe()
     return JSONResponse(
         {
             "ready": plane.ready,
-            "variants": models_document(plane.describe()),
+            "variants": pool_document(served, plane.describe_unserved()) if pool else models_document(served),
             "cascades": plans_document(plane.describe_plans()),
         }
     )

@@ -137,3 +137,20 @@ def test_start_up_leaves_a_running_store_command_alone(store: Path, tmp_path: Pa
         with serve(plane.settings, plane) as client:
             assert client.get("/readyz").status_code == 200
         assert (store / ".staging-running").is_dir()
+
+
+def test_the_pool_lists_every_variant_of_the_store_served_or_not_and_why(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    write_store(root, {f"tiny-{r}-fp32": (r, tiny_model(r, r)) for r in (16, 24, 32)})
+    corrupt(root / "tiny-32-fp32.onnx")
+    settings = settings_for(root, tmp_path / "cache", variants=("tiny-16-fp32", "tiny-32-fp32"))
+    with serve(settings) as client:
+        served = client.get("/models").json()["variants"]
+        assert [v["name"] for v in served] == ["tiny-16-fp32"] and "served" not in served[0]
+        pool = {v["name"]: v for v in client.get("/models", params={"pool": "true"}).json()["variants"]}
+        assert set(pool) == {"tiny-16-fp32", "tiny-24-fp32", "tiny-32-fp32"}
+        assert pool["tiny-16-fp32"]["served"] is True and pool["tiny-16-fp32"]["latency_ms"]["p50"] > 0
+        assert (pool["tiny-24-fp32"]["served"], pool["tiny-24-fp32"]["reason"]) == (False, "excluded")
+        assert (pool["tiny-32-fp32"]["served"], pool["tiny-32-fp32"]["reason"]) == (False, "unavailable")
+        assert "sha256" in pool["tiny-32-fp32"]["detail"]
+        assert all("file" not in v and "weights" not in v for v in pool.values())
