@@ -10,7 +10,9 @@ RSS growth per reload, and the median inference time over all variants.
     .venv/bin/python bench/memory.py [--store DIR] [--inferences N] [--reloads N]
 
 Writes ``bench/results/memory.json`` and prints a table. Configurations: the CPU arena and
-memory patterns on/off, and glibc's arena count (``MALLOC_ARENA_MAX``).
+memory patterns on/off, glibc's arena count (``MALLOC_ARENA_MAX``), and the server's own settings
+with each weight tensor held once for the fp32 sessions (``EDGEFIT_SHARE_TENSORS``: the same
+served set, with and without in-memory sharing).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model_store.runner import open_session, session_options  # noqa: E402
+from model_store.runner import SharedTensors, open_session, session_options  # noqa: E402
 from model_store.store import open_store  # noqa: E402
 from service.runtime.memory import release_free_memory  # noqa: E402
 
@@ -44,6 +46,7 @@ CONFIGS = [
     {"arena": True, "mem_pattern": True, "malloc_arena_max": "1"},
     {"arena": False, "mem_pattern": False, "malloc_arena_max": "1"},
     {"arena": False, "mem_pattern": False, "malloc_arena_max": "2"},
+    {"arena": False, "mem_pattern": False, "malloc_arena_max": "2", "share_tensors": True},
 ]
 
 
@@ -62,13 +65,16 @@ def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: 
     def sessions() -> dict[str, ort.InferenceSession]:
         """As the server loads: each file's verified bytes, dropped once its session exists."""
         loaded = {}
+        shared = SharedTensors() if config.get("share_tensors") else None
         for v in variants:
             options = session_options(1)
             options.enable_cpu_mem_arena = bool(config["arena"])
             options.enable_mem_pattern = bool(config["mem_pattern"])
             weights = store.verify_weights(v)
             files = None if v.weights is None or weights is None else (v.weights.file, weights)
-            loaded[v.name] = open_session(store.verify(v), options, files)
+            # As ``VariantRunner`` does: int8 sessions keep their own tensors.
+            share = shared if v.precision == "fp32" else None
+            loaded[v.name] = open_session(store.verify(v), options, files, share)
         release_free_memory()
         return loaded
 
@@ -157,6 +163,7 @@ def main() -> None:
         print(
             f"arena={config['arena']!s:5} mem_pattern={config['mem_pattern']!s:5} "
             f"MALLOC_ARENA_MAX={config['malloc_arena_max'] or '-':2} "
+            f"shared tensors={config.get('share_tensors', False)!s:5} "
             f"loaded {result['rss_loaded_mb']:6.1f} MB  traffic {result['rss_after_traffic_mb']:6.1f}  "
             f"reloads {result['rss_after_reloads_mb']:6.1f} (+{result['reload_growth_mb_each']} each)  "
             f"peak {result['rss_peak_mb']:6.1f}  "
