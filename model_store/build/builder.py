@@ -257,6 +257,7 @@ def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacin
     entries and the entries named in ``replacing`` go. Then files nothing names any more go.
 
     A variant already in the store (its file not in ``staging``) may be passed to update its entry.
+    A cascade plan stays while both its stages stay with the same file (its answers unchanged).
     """
     for variant in variants:
         for file in (variant.file, variant.weights.file if variant.weights else None):
@@ -264,7 +265,14 @@ def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacin
                 (staging / file).replace(previous.root / file)
     gone = set(replacing) | {v.name for v in variants}
     kept = [v for v in previous.manifest.variants if v.name not in gone]
-    store = previous.write(Manifest(variants=(*kept, *variants)))
+    before = {v.name: v.sha256 for v in previous.manifest.variants}
+    after = {v.name: v.sha256 for v in (*kept, *variants)}
+    plans = tuple(
+        c
+        for c in previous.manifest.cascades
+        if all(before.get(s) is not None and before.get(s) == after.get(s) for s in (c.small, c.big))
+    )
+    store = previous.write(Manifest(variants=(*kept, *variants), cascades=plans))
     _remove_unreferenced(store)
     return store
 
