@@ -241,6 +241,11 @@ def cmd_list(args: argparse.Namespace) -> None:
             f"{v.name:22} {v.family:20} {v.resolution:4} {v.precision:5} "
             f"{v.size_bytes / 2**20:7.2f}MB {params} {macs} {top1}  {v.top1_source or 'unknown'}"
         )
+    # A variant's size counts the tensors it uses from a shared weights file; the store holds
+    # each file once.
+    files = store.files()
+    on_disk = sum((store.root / f).stat().st_size for f in files if (store.root / f).is_file())
+    print(f"{len(store.manifest.variants)} variants in {len(files)} files, {on_disk / 2**20:.2f} MB on disk")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -44,7 +44,10 @@ def test_list(small_store: Path) -> None:
     result = edgefit("store", "list", "--store", str(small_store))
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert "MACs" in lines[0] and len(lines) == 2 + len(NAMES)
+    assert "MACs" in lines[0] and len(lines) == 3 + len(NAMES)
+    files = open_store(small_store).files()
+    on_disk = sum((small_store / f).stat().st_size for f in files) / 2**20
+    assert lines[-1] == f"{len(NAMES)} variants in {len(files)} files, {on_disk:.2f} MB on disk"
     assert any("lite0-224-fp32" in line and "75.1%" in line and "published" in line for line in lines)
 
 
