@@ -47,7 +47,7 @@ def threads_in_one_process(
 
     store = open_store(store_dir)
     variant = store.manifest.variant(name)
-    runner = VariantRunner(store.verify(variant), variant, 1, store.verify_weights(variant))
+    runner = VariantRunner.from_store(store, variant)
     prep = variant.preprocessing
     for data in images[: floor.WARMUP]:
         top_k(runner.infer(load_tensor(data, prep, floor.MAX_PIXELS)), 5)

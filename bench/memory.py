@@ -70,11 +70,9 @@ def child(config: dict[str, object], store_dir: Path, inferences: int, reloads: 
             options = session_options(1)
             options.enable_cpu_mem_arena = bool(config["arena"])
             options.enable_mem_pattern = bool(config["mem_pattern"])
-            weights = store.verify_weights(v)
-            files = None if v.weights is None or weights is None else (v.weights.file, weights)
             # As ``VariantRunner`` does: int8 sessions keep their own tensors.
             share = shared if v.precision == "fp32" else None
-            loaded[v.name] = open_session(store.verify(v), options, files, share)
+            loaded[v.name] = open_session(store.verify(v), options, store.verify_weights(v), share)
         release_free_memory()
         return loaded
 

@@ -121,7 +121,7 @@ def evaluate(
     groups: dict[Preprocessing, list[Variant]] = {}
     for variant in variants:
         groups.setdefault(variant.preprocessing, []).append(variant)
-    runners = {v.name: VariantRunner(store.verify(v), v, 1, store.verify_weights(v)) for v in variants}
+    runners = {v.name: VariantRunner.from_store(store, v) for v in variants}
     answers: dict[str, list[tuple[int, float]]] = {v.name: [] for v in variants}
 
     def classify(preprocessing: Preprocessing, image: LabelledImage) -> dict[str, tuple[int, float]]:

@@ -266,7 +266,7 @@ def _predictions(
     """Each variant's top-1 class on ``files``."""
     result = {}
     for variant in variants:
-        runner = VariantRunner(store.verify(variant), variant, 1, store.verify_weights(variant))
+        runner = VariantRunner.from_store(store, variant)
         result[variant.name] = tuple(
             top_k(runner.infer(t), 1)[0][0] for t in _tensors(files, variant.preprocessing)
         )

@@ -41,7 +41,7 @@ def _answers(result: Evaluation, images: Sequence[LabelledImage]) -> Answers:
 
 def inference_cost(store: Store, variant: Variant) -> float:
     """The variant's median inference seconds on this machine, one thread, as served."""
-    runner = VariantRunner(store.verify(variant), variant, 1, store.verify_weights(variant))
+    runner = VariantRunner.from_store(store, variant)
     return statistics.median(time_inference(runner, COST_RUNS, COST_WARMUP))
 
 

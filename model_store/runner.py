@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from model_store.manifest import Variant
 from model_store.onnx_initializers import initializers
+from model_store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def session_options(threads: int) -> ort.SessionOptions:
 class SharedTensors:
     """Tensors held once for every fp32 session that uses them (onnxruntime's
     ``add_initializer``), by content: a family's subnets and its full network hold the same
-    weights, and each session held its own copy (the default store's lite0 network and its 11
-    subnets: 174 MB of files for 18.5 MB of distinct tensors). Keep it as long as any of those sessions."""
+    weights, which each session would otherwise copy. Keep it as long as any of those sessions."""
 
     def __init__(self) -> None:
         self._values: dict[bytes, tuple[np.ndarray, ort.OrtValue]] = {}
@@ -84,8 +84,8 @@ def open_session(
     ``shared``: the model is optimised for this machine first (onnxruntime's full graph
     optimisation, saved: it lays convolution weights out for this CPU's kernels), then opened
     as it is with its tensors taken from ``shared``, so that sessions holding the same weights
-    hold them once. Only without pre-packing: a kernel's packed copy is per session (an int8
-    one needs it, ~2x slower without: leave int8 models unshared).
+    hold them once. Only without pre-packing: a kernel's packed copy is per session (int8
+    kernels need theirs to run at speed: leave int8 models unshared).
 
     onnxruntime's Python wrapper keeps the bytes it was given (``_model_bytes``, only to rebuild
     the session after a GPU provider fails): for the whole life of the session, as much memory
@@ -142,20 +142,24 @@ class VariantRunner:
         model: bytes,
         variant: Variant,
         threads: int = 1,
-        weights: bytes | None = None,
+        weights: tuple[str, bytes] | None = None,
         shared: SharedTensors | None = None,
     ) -> None:
         """``model``: the ONNX file's bytes, as ``Store.verify`` checked them; ``weights``: its
-        shared weights file's, as ``Store.verify_weights`` checked them (a variant with
-        ``weights`` cannot load without); ``shared``: where an fp32 variant's tensors are held
-        once for every session that has them (see ``open_session``)."""
+        shared weights file, as ``Store.verify_weights`` checked it (a variant with ``weights``
+        cannot load without); ``shared``: where an fp32 variant's tensors are held once for
+        every session that has them (see ``open_session``)."""
         if (weights is None) != (variant.weights is None):
             raise ValueError(f"{variant.name}: its shared weights file must be given, and only then")
         self.variant = variant
-        files = None if variant.weights is None or weights is None else (variant.weights.file, weights)
         # Held as long as the session: its tensors are in it.
         self.shared = shared if variant.precision == "fp32" else None
-        self.session = open_session(model, session_options(threads), files, self.shared)
+        self.session = open_session(model, session_options(threads), weights, self.shared)
+
+    @classmethod
+    def from_store(cls, store: Store, variant: Variant, threads: int = 1) -> VariantRunner:
+        """``variant`` loaded from ``store``, every file it uses verified first."""
+        return cls(store.verify(variant), variant, threads, store.verify_weights(variant))
 
     def sharing_session(self, variant: Variant) -> VariantRunner:
         """A runner for ``variant`` on this runner's session: ``variant``'s file must be this

@@ -82,12 +82,12 @@ class Store:
         """
         return self._verified(variant, variant.file, variant.sha256)
 
-    def verify_weights(self, variant: Variant) -> bytes | None:
-        """The shared weights file ``variant`` uses, verified as ``verify`` does; None when its
-        own file holds its weights."""
+    def verify_weights(self, variant: Variant) -> tuple[str, bytes] | None:
+        """The shared weights file ``variant`` uses, ``(name, contents)``, verified as ``verify``
+        does; None when its own file holds its weights."""
         if variant.weights is None:
             return None
-        return self._verified(variant, variant.weights.file, variant.weights.sha256)
+        return variant.weights.file, self._verified(variant, variant.weights.file, variant.weights.sha256)
 
     def _verified(self, variant: Variant, file: str, sha256: str) -> bytes:
         path = self.path_of(variant, file)

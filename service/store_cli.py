@@ -261,8 +261,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     for v in tqdm(store.manifest.variants, desc="profile", unit="variant"):
         if v.top1 is None:
             continue
-        runner = VariantRunner(store.verify(v), v, args.threads, store.verify_weights(v))
-        timings = sorted(time_inference(runner, args.runs, 3))
+        timings = sorted(time_inference(VariantRunner.from_store(store, v, args.threads), args.runs, 3))
         points.append(
             Point(v.name, 1000 * timings[len(timings) // 2], v.top1, v.precision, subnet=v.subnet is not None)
         )

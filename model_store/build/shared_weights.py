@@ -1,8 +1,7 @@
 """Variants cut from one network keep one copy of its weights on disk.
 
 A family's subnets hold its network's tensors minus the blocks they skip: written whole, each
-file repeated them (the default store's 11 lite0 subnets took 155 MB for 18.5 MB of distinct
-tensors). Here the
+file repeated them. Here the
 subnets of one family and precision are rewritten as graphs whose tensors (from
 ``MIN_SHARED_BYTES`` up) live in one weights file, each distinct tensor once, located by that
 file's name alone (ONNX external data: name, offset, length). The server hands onnxruntime the

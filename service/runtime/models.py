@@ -40,7 +40,11 @@ class ServedModels:
 
 
 def _session(
-    model: bytes, variant: Variant, threads: int, weights: bytes | None, shared: SharedTensors | None
+    model: bytes,
+    variant: Variant,
+    threads: int,
+    weights: tuple[str, bytes] | None,
+    shared: SharedTensors | None,
 ) -> VariantRunner:
     try:
         return VariantRunner(model, variant, threads, weights, shared)
@@ -124,7 +128,7 @@ def _open_runners(
     names: dict[str, tuple[str, ...]] = {}
     unavailable: dict[str, str] = {}
     checked: set[str] = set()  # file names verified by this load, each read and hashed once
-    weights: dict[Weights | None, bytes | None] = {}  # shared weights files verified by this load
+    weights: dict[Weights | None, tuple[str, bytes] | None] = {}  # shared files verified by this load
     for name, variant in variants.items():
         try:
             if variant.labels not in names:

@@ -68,8 +68,8 @@ def test_subnets_of_one_network_keep_one_copy_of_its_weights_and_answer_the_same
             assert after == before
         else:  # what it needs: its graph and the tensors it uses
             assert after.size_bytes == shared.path_of(after).stat().st_size + blob.size_bytes
-        a = answers(VariantRunner(plain.verify(before), before))
-        b = answers(VariantRunner(shared.verify(after), after, weights=shared.verify_weights(after)))
+        a = answers(VariantRunner.from_store(plain, before))
+        b = answers(VariantRunner.from_store(shared, after))
         assert np.array_equal(a, b)
 
 
