@@ -18,7 +18,7 @@ from service.cascades import Cascades
 from service.core import schedule, selector
 from service.execution import Execution, classify_job, tensor_job
 from service.imaging import ImageHeader
-from service.live_table import Candidate, LiveTable, PlanState, VariantState
+from service.live_table import Candidate, LiveTable, PlanState, VariantState, not_served
 from service.observability import Metrics
 from service.results import Classification, classification, stage
 from service.runtime.executor import Finished, InferenceExecutor
@@ -97,7 +97,7 @@ class DataPlane:
         with self.chooser.in_flight(schedule.tier_name(budget)) as concurrent:
             served = self.served_set.require()
             if constraints.pinned is not None and constraints.pinned not in served.entries:
-                raise errors.UnknownModel(f"no variant named {constraints.pinned!r}; GET /models lists them")
+                raise errors.UnknownModel(not_served(served, constraints.pinned))
             self.table.saw_request()
             choice = self.chooser.choose(served, header, constraints, started, concurrent)
             name = choice.selection.name

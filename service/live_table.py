@@ -19,10 +19,12 @@ import numpy as np
 from model_store.manifest import Cascade, Variant
 from service.core import schedule
 from service.core.calibration import lesson
+from service.core.frontier import Reason
 from service.observability import Metrics
 from service.results import Classification
 from service.runtime.executor import InferenceExecutor
 from service.runtime.memory import release_free_memory
+from service.runtime.models import ServedModels
 from service.served_set import Served
 from service.settings import Settings
 
@@ -47,11 +49,11 @@ class VariantState:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A variant of the served store that is not served, and why: ``excluded`` (not among
-    ``EDGEFIT_VARIANTS``) or ``unavailable`` (a file of its failed; ``detail`` says how)."""
+    """A variant of the served store that is not served, and why (``service.core.frontier.Reason``;
+    ``detail`` says more, except for ``excluded``)."""
 
     variant: Variant
-    reason: str
+    reason: Reason
     detail: str | None = None
 
 
@@ -228,9 +230,8 @@ class LiveTable:
 
     def describe_unserved(self, served: Served) -> list[Candidate]:
         """The store's variants that are not served, each with why."""
-        failed = served.models.unavailable
         return [
-            Candidate(v, "unavailable", failed[v.name]) if v.name in failed else Candidate(v, "excluded")
+            why_not_served(served.models, v)
             for v in served.models.store.manifest.variants
             if v.name not in served.models.variants
         ]
@@ -248,3 +249,25 @@ class LiveTable:
     def slowdown(self, served: Served | None) -> float:
         """How much slower than profiled inferences run now (1: as profiled, or nothing ran)."""
         return 1.0 if served is None else served.pricer.latency.slowdown(time.perf_counter())
+
+
+def why_not_served(models: ServedModels, variant: Variant) -> Candidate:
+    """Why a variant of the store is not among ``models``' (it must not be)."""
+    if variant.name in models.unavailable:
+        return Candidate(variant, "unavailable", models.unavailable[variant.name])
+    left = models.left.get(variant.name)
+    return Candidate(variant, "excluded") if left is None else Candidate(variant, left.reason, left.detail)
+
+
+def not_served(served: Served, name: str) -> str:
+    """Why a request cannot pin ``name``, in words: not in the store, or not served here and why."""
+    try:
+        variant = served.models.store.manifest.variant(name)
+    except KeyError:
+        return f"no variant named {name!r}; GET /models lists them"
+    why = why_not_served(served.models, variant)
+    detail = "" if why.detail is None else f": {why.detail}"
+    return (
+        f"variant {name!r} is in the store but not served here ({why.reason}{detail}); "
+        "GET /models lists those served"
+    )

@@ -40,7 +40,21 @@ class Settings(BaseSettings):
         description="Writable directory for the on-device latency table.",
     )
     variants: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="Serve only these variants (comma-separated); empty: all of the store."
+        (),
+        description="Serve exactly these variants of the store (comma-separated); empty: as "
+        "EDGEFIT_FRONTIER says.",
+    )
+    frontier: bool = Field(
+        True,
+        description="Serve this device's frontier of the store, chosen at the first start on this "
+        "device and cached (README, 'The model store'); false: every variant of the store.",
+    )
+    frontier_size: int = Field(
+        12,
+        ge=1,
+        le=256,
+        description="At most this many variants of this device's frontier are served (the fastest "
+        "and the most accurate always); variants dominated here never are.",
     )
     workers: int = Field(
         default_factory=available_cpus,

@@ -9,7 +9,9 @@ from model_store.debris import clean_for_server
 from model_store.manifest import Variant, Weights
 from model_store.runner import SharedTensors, VariantRunner
 from model_store.store import Store, StoreError, open_store
+from service.core import frontier
 from service.core.latency import Profile
+from service.runtime import device_frontier
 from service.runtime.profiler import load_or_profile, load_or_profile_decode, profile_key, table_key
 from service.settings import Settings
 
@@ -27,6 +29,8 @@ class ServedModels:
     # The store's variants left out because a file of theirs failed (bit rot on flash, a bad
     # copy): name -> why, in words. The others are served.
     unavailable: dict[str, str] = field(default_factory=dict)
+    # The pool's candidates this device does not serve, and why (``service.core.frontier``).
+    left: dict[str, frontier.Left] = field(default_factory=dict)
 
     def degraded(self) -> str | None:
         """What is left out and why, in one line (for /readyz, the status page); None if nothing."""
@@ -57,11 +61,16 @@ def _session(
 
 
 def load_models(settings: Settings, previous: ServedModels | None = None) -> ServedModels:
-    """Blocking: verify sha256, open sessions, profile (or reuse known figures).
+    """Blocking: verify sha256, open sessions, profile (or reuse known figures), and keep this
+    device's frontier of the pool.
 
     ``previous`` is the set being served, if any: its sessions and figures are reused for
-    unchanged files (by sha256) and nothing profiled now is persisted, since traffic may be
-    running meanwhile.
+    unchanged files (by sha256) and nothing profiled or chosen now is persisted, since traffic may
+    be running meanwhile.
+    With ``EDGEFIT_FRONTIER`` and without ``EDGEFIT_VARIANTS`` the store is a pool: the frontier
+    chosen for this device and pool (``device_frontier``) is reused, or chosen from every
+    candidate, profiled here, and the others are closed. Otherwise exactly the variants
+    ``EDGEFIT_VARIANTS`` names are served, or every variant of the store.
     A variant whose file does not match its hash, cannot be read or is refused by onnxruntime
     (or whose label file is bad) is left out and named in ``unavailable``: a server never serves
     a file it cannot vouch for, and serves the others. Raises ``StoreError`` when the store as a
@@ -80,6 +89,13 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         raise StoreError(f"EDGEFIT_VARIANTS names {exc.args[0]}, which is not in {store.root}") from exc
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
+    fingerprint = table_key(settings.threads)
+    choice_key = device_frontier.cache_key(fingerprint, variants, settings.frontier_size)
+    specialize = settings.frontier and not settings.variants
+    choice = device_frontier.cached(settings.cache_dir, choice_key) if specialize else None
+    if choice is not None:
+        log.info("this device's frontier of the pool reused from the cache: %s", ", ".join(choice.served))
+        variants = {name: variants[name] for name in choice.served}
     shared = SharedTensors() if settings.share_tensors else None
     runners, names, unavailable = _open_runners(store, variants, previous, settings.threads, shared)
     variants = {name: v for name, v in variants.items() if name in runners}
@@ -89,7 +105,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     profiles = load_or_profile(
         runners,
         cache_dir=settings.cache_dir,
-        key=table_key(settings.threads),
+        key=fingerprint,
         runs=settings.profile_runs,
         warmup=settings.profile_warmup,
         known=known,
@@ -99,10 +115,25 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         decode = previous.decode_costs
     else:
         preprocessings = {v.preprocessing for v in variants.values()}
-        decode = load_or_profile_decode(
-            preprocessings, cache_dir=settings.cache_dir, key=table_key(settings.threads)
+        decode = load_or_profile_decode(preprocessings, cache_dir=settings.cache_dir, key=fingerprint)
+    left = {} if choice is None else choice.left
+    if choice is None and specialize:
+        served, left = frontier.choose(
+            device_frontier.points(variants, profiles, decode), settings.frontier_size
         )
-    return ServedModels(store, variants, runners, profiles, decode, names, unavailable)
+        log.info(
+            "this device's frontier of the pool (%d of %d candidates): %s",
+            len(served),
+            len(variants),
+            ", ".join(served),
+        )
+        if previous is None and not unavailable:
+            # A choice missing a candidate whose file failed would outlive the repair.
+            device_frontier.save(settings.cache_dir, choice_key, device_frontier.Choice(tuple(served), left))
+        variants = {name: variants[name] for name in served}
+        runners = {name: runners[name] for name in served}
+        profiles = {name: profiles[name] for name in served}
+    return ServedModels(store, variants, runners, profiles, decode, names, unavailable, left)
 
 
 def _open_runners(

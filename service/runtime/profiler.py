@@ -44,10 +44,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """A digest of the CPU's instruction-set flags (``flags`` on x86, ``Features`` on Arm): two
+    CPUs of one model name may differ in them (a VM hiding AVX-512), and int8 speed follows them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                return hashlib.sha256(flags.encode()).hexdigest()[:16]
+    except OSError:
+        pass
+    return "unknown"
+
+
 def table_key(threads: int) -> dict[str, str | int]:
-    """What the figures depend on besides the model file: this machine, runtime and threads."""
+    """This device's fingerprint, what the figures depend on besides the model file: the CPU (model
+    and flags), usable cores, runtime and threads."""
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "machine": platform.machine(),
         "cpus": available_cpus(),
         "onnxruntime": ort.__version__,
@@ -144,10 +159,10 @@ def _profile(
 
 
 def _save(path: Path, key: Mapping[str, str | int], files: Mapping[str, Profile]) -> None:
-    _write_json(path, {"key": dict(key), "files": {sha: vars(p) for sha, p in files.items()}})
+    write_json(path, {"key": dict(key), "files": {sha: vars(p) for sha, p in files.items()}})
 
 
-def _write_json(path: Path, data: object) -> None:
+def write_json(path: Path, data: object) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -213,7 +228,7 @@ def load_or_profile_decode(
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
     costs = profile_decode(preprocessings)
-    _write_json(path, {"key": full_key, "costs": costs})
+    write_json(path, {"key": full_key, "costs": costs})
     return costs
 
 

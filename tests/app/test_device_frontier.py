@@ -1,0 +1,166 @@
+"""The store is a pool: a server serves this device's frontier of it, chosen once and cached.
+
+The pools here hold tiny models and slow ones (a chain of large matrix products, tens of times
+the tiny ones' time), so which dominates which is not the machine's noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from model_store.manifest import Manifest
+from model_store.store import Store
+from tests.app.conftest import assert_problem, image_bytes, serve, settings_for, tiny_model, tiny_variant
+
+SLOW_PRODUCTS = 12
+
+
+def slow_model(resolution: int, seed: int, products: int = SLOW_PRODUCTS) -> bytes:
+    """A tiny model that also multiplies a 1024-vector made from the input by ``products``
+    1024 x 1024 matrices (adding 0 times the result to the logits): milliseconds, not microseconds."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(3, 1000)).astype(np.float32)
+    widen = rng.normal(size=(3, 1024)).astype(np.float32)
+    square = (rng.normal(size=(1024, 1024)) / 32).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["input"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["colour"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["colour", "weights"], ["scores"]),
+        helper.make_node("MatMul", ["colour", "widen"], ["h0"]),
+    ]
+    for i in range(products):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "square"], [f"h{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"h{products}"], ["sum"], keepdims=1),
+        helper.make_node("Mul", ["sum", "zero"], ["nothing"]),
+        helper.make_node("Add", ["scores", "nothing"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["n", resolution, resolution, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 1000])],
+        [
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(widen, "widen"),
+            numpy_helper.from_array(square, "square"),
+            numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_pool(root: Path, pool: dict[str, tuple[bytes, float]]) -> None:
+    """A store of ``name -> (model, top1)``, every one at 32 px."""
+    root.mkdir(parents=True, exist_ok=True)
+    variants = []
+    for name, (data, top1) in pool.items():
+        (root / f"{name}.onnx").write_bytes(data)
+        variants.append(tiny_variant(name, 32, data, top1=top1))
+    Store(root, Manifest()).write(Manifest(variants=tuple(variants)))
+
+
+POOL = {
+    "fast-fp32": (tiny_model(32, 1), 0.50),
+    "slow-worse-fp32": (slow_model(32, 2), 0.45),
+    "slow-better-fp32": (slow_model(32, 3), 0.70),
+}
+
+
+def served_and_pool(client) -> tuple[list[str], dict[str, dict[str, object]]]:
+    served = [v["name"] for v in client.get("/models").json()["variants"]]
+    pool = {v["name"]: v for v in client.get("/models", params={"pool": "true"}).json()["variants"]}
+    return served, pool
+
+
+def test_a_pool_serves_this_devices_frontier_and_says_why_not_the_others(tmp_path: Path) -> None:
+    write_pool(tmp_path / "store", POOL)
+    with serve(settings_for(tmp_path / "store", tmp_path / "cache", frontier=True)) as client:
+        served, pool = served_and_pool(client)
+        assert sorted(served) == ["fast-fp32", "slow-better-fp32"]
+        left = pool["slow-worse-fp32"]
+        assert not left["served"] and left["reason"] == "dominated"
+        assert str(left["detail"]).startswith("fast-fp32 is at least as accurate (50.0 % vs 45.0 %)")
+        # A pin to a candidate this device does not serve is refused, saying why.
+        problem = assert_problem(
+            client.post("/classify", params={"model": "slow-worse-fp32"}, content=image_bytes("JPEG")),
+            422,
+            "unknown-model",
+        )
+        assert "in the store but not served here (dominated: fast-fp32 is" in str(problem["detail"])
+        assert client.post(
+            "/classify", params={"model": "slow-better-fp32"}, content=image_bytes("JPEG")
+        ).is_success
+
+
+def test_at_most_frontier_size_are_served_the_fastest_and_the_best_always(tmp_path: Path) -> None:
+    pool = {
+        "fast-fp32": (tiny_model(32, 1), 0.5),
+        "mid-fp32": (slow_model(32, 2, products=SLOW_PRODUCTS), 0.6),
+        "best-fp32": (slow_model(32, 4, products=4 * SLOW_PRODUCTS), 0.7),
+    }
+    write_pool(tmp_path / "store", pool)
+    settings = settings_for(tmp_path / "store", tmp_path / "cache", frontier=True, frontier_size=2)
+    with serve(settings) as client:
+        served, listed = served_and_pool(client)
+    assert served == ["fast-fp32", "best-fp32"]
+    assert listed["mid-fp32"]["reason"] == "frontier_size"
+    assert "at most 2 variants are served" in str(listed["mid-fp32"]["detail"])
+
+
+def choice_files(cache: Path) -> list[Path]:
+    return sorted(cache.glob("frontier-*.json"))
+
+
+def test_the_choice_is_cached_per_device_and_pool(tmp_path: Path) -> None:
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    write_pool(store, POOL)
+    with serve(settings_for(store, cache, frontier=True)) as client:
+        assert sorted(served_and_pool(client)[0]) == ["fast-fp32", "slow-better-fp32"]
+    [saved] = choice_files(cache)
+    # Hit: a restart serves what the cache says, without choosing again. Edited here to serve
+    # only the slow one, so that the test sees the cache was read.
+    data = json.loads(saved.read_text())
+    data["served"] = ["slow-better-fp32"]
+    data["left"]["fast-fp32"] = {"reason": "frontier_size", "detail": "edited by the test"}
+    saved.write_text(json.dumps(data))
+    with serve(settings_for(store, cache, frontier=True)) as client:
+        served, pool = served_and_pool(client)
+        assert served == ["slow-better-fp32"]
+        assert pool["fast-fp32"]["detail"] == "edited by the test"
+    # Miss: another fingerprint (threads per inference are part of it) chooses again.
+    with serve(settings_for(store, cache, frontier=True, threads=2)) as client:
+        assert sorted(served_and_pool(client)[0]) == ["fast-fp32", "slow-better-fp32"]
+    assert len(choice_files(cache)) == 2
+    # Change: a candidate added to the store is a new pool: chosen again, the new one served.
+    manifest = json.loads((store / "manifest.json").read_text())
+    better = tiny_model(32, 9)
+    (store / "faster-better-fp32.onnx").write_bytes(better)
+    manifest["variants"].append(
+        tiny_variant("faster-better-fp32", 32, better, top1=0.8).model_dump(mode="json")
+    )
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    with serve(settings_for(store, cache, frontier=True)) as client:
+        served, pool = served_and_pool(client)
+    assert "faster-better-fp32" in served and pool["slow-worse-fp32"]["reason"] == "dominated"
+    assert len(choice_files(cache)) == 3
+
+
+def test_explicit_variants_are_served_as_named(tmp_path: Path) -> None:
+    write_pool(tmp_path / "store", POOL)
+    settings = settings_for(
+        tmp_path / "store", tmp_path / "cache", frontier=True, variants="slow-worse-fp32,fast-fp32"
+    )
+    with serve(settings) as client:
+        served, pool = served_and_pool(client)
+    assert sorted(served) == ["fast-fp32", "slow-worse-fp32"]
+    assert pool["slow-better-fp32"]["reason"] == "excluded"
+    assert not choice_files(tmp_path / "cache")
