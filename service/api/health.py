@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
 from service.api.deps import MetricsDep, PlaneDep
+from service.live_table import Candidate
 
 router = APIRouter()
 
@@ -26,9 +29,21 @@ async def readyz(plane: PlaneDep) -> JSONResponse:
         {
             "status": "ready",
             "variants": len(plane.variant_names),
-            "detail": plane.degraded() or f"serving every variant of the store ({len(plane.variant_names)})",
+            "detail": plane.degraded() or serving(len(plane.variant_names), plane.describe_unserved()),
             "unavailable": plane.unavailable(),
         }
+    )
+
+
+def serving(served: int, unserved: list[Candidate]) -> str:
+    """What is served of the store, in words: all of it, or how many and why not the others."""
+    if not unserved:
+        return f"serving every variant of the store ({served})"
+    reasons = Counter(c.reason for c in unserved)
+    why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return (
+        f"serving {served} of the store's {served + len(unserved)} variants ({why}); "
+        "GET /models?pool=true says why for each"
     )
 
 

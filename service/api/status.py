@@ -264,6 +264,12 @@ def page(plane: DataPlane, metrics: Metrics, history: History) -> dict[str, Any]
         "store": [_store_row(v) for v in variants],
         "plans": [_plan_row(p) for p in plans_document(plane.describe_plans())],
         "unavailable": sorted(plane.unavailable().items()),
+        # The pool's other candidates (a failed file has its own table, above).
+        "left": [
+            (c.variant.name, c.reason, c.detail or "")
+            for c in plane.describe_unserved()
+            if c.reason != "unavailable"
+        ],
     }
 
 

@@ -6,11 +6,11 @@ CPU (int8 is fast with dot-product instructions and slow without them), so every
 its own, as Once-for-All specialises a subnet per target.
 
 A candidate is **dominated** when another is at least as accurate and at least as fast here, and
-better in one of the two; a request's ``max_size=`` then chooses among the frontier. A variant of unknown accuracy is never dominated (nothing is
-known to beat it) and never dominates. When more than ``size`` candidates are left, the frontier is
-thinned to ``size`` by dropping, one at a time, the candidate whose accuracy step over the next
-faster one kept is the smallest: the fastest and the most accurate always stay, and so do variants
-of unknown accuracy.
+better in one of the two; a request's ``max_size=`` then chooses among the frontier. A variant of
+unknown accuracy is never dominated (nothing is known to beat it) and never dominates. When more
+than ``size`` candidates are left, the frontier is thinned to ``size`` by dropping, one at a time,
+the candidate whose accuracy step over the next faster one kept is the smallest: the fastest and
+the most accurate always stay, and so do variants of unknown accuracy.
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ def test_a_pool_serves_this_devices_frontier_and_says_why_not_the_others(tmp_pat
     with serve(settings_for(tmp_path / "store", tmp_path / "cache", frontier=True)) as client:
         served, pool = served_and_pool(client)
         assert sorted(served) == ["fast-fp32", "slow-better-fp32"]
+        assert (
+            client.get("/readyz")
+            .json()["detail"]
+            .startswith("serving 2 of the store's 3 variants (1 dominated); GET /models?pool=true")
+        )
         left = pool["slow-worse-fp32"]
         assert not left["served"] and left["reason"] == "dominated"
         assert str(left["detail"]).startswith("fast-fp32 is at least as accurate (50.0 % vs 45.0 %)")

@@ -39,7 +39,8 @@ def test_at_most_size_are_served_keeping_both_ends(pool, size) -> None:
     ranked = [n for n in undominated if pool[n].top1 is not None]
     if ranked:
         assert min(ranked, key=lambda n: (pool[n].seconds, n)) in served
-        assert max(pool[n].top1 for n in served if pool[n].top1 is not None) == max(pool[n].top1 for n in ranked)
+        best = max(pool[n].top1 for n in ranked)
+        assert max(pool[n].top1 for n in served if pool[n].top1 is not None) == best
     assert served == sorted(served, key=lambda n: (pool[n].seconds, n))
 
 
