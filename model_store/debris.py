@@ -26,9 +26,9 @@ from model_store.store import StoreError, open_store
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-# How store commands name the model and shared weights files they write:
-# ``{name}.{sha256[:12]}.onnx`` and ``{name}.{sha256[:12]}.weights``.
-STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.(onnx|weights)")
+# How store commands name the model, shared weights and reference files they write:
+# ``{name}.{sha256[:12]}.onnx``, ``{name}.{sha256[:12]}.weights``, ``reference.{sha256[:12]}.zip``.
+STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.(onnx|weights|zip)")
 
 
 @contextlib.contextmanager

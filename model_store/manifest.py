@@ -4,7 +4,9 @@ A store is a directory holding ONNX files and one ``manifest.json``. Every varia
 complete on its own, so a server can serve any subset of the store without reading anything else.
 Schema 3 added the confidence-cascade plans (``cascades``); a schema 2 manifest reads as one
 without plans. Schema 4 added shared weights files (``Variant.weights``); a schema 2 or 3 manifest
-reads as one whose variants each hold their own weights.
+reads as one whose variants each hold their own weights. Schema 5 added the reference set
+(``Manifest.reference``) and each int8 variant's record against it (``Variant.int8_check``); a
+schema 2-4 manifest reads as one without them (its int8 variants are not re-checked on a device).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION: Literal[4] = 4
-# Versions this edgefit reads: 2 is 3 without ``cascades``, 3 is 4 without ``weights``.
-READABLE_VERSIONS = (2, 3, 4)
+SCHEMA_VERSION: Literal[5] = 5
+# Versions this edgefit reads: 2 is 3 without ``cascades``, 3 is 4 without ``weights``, 4 is 5
+# without ``reference`` and ``int8_check``.
+READABLE_VERSIONS = (2, 3, 4, 5)
 MANIFEST_NAME = "manifest.json"
 
 # Names become file names, URL parameters and metric label values: keep them boring.
@@ -107,6 +110,34 @@ class Weights(BaseModel):
         return check_safe_name(value)
 
 
+class Reference(BaseModel):
+    """The reference set: a few held-out images of the store's evaluation, re-encoded small in one
+    file (``model_store.reference``), on which each int8 variant is re-checked on a device."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    images: int = Field(gt=0)
+
+    @field_validator("file")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value)
+
+
+class Int8Check(BaseModel):
+    """What an int8 variant is re-checked against on a device: its fp32 ``twin``'s top-1 answer on
+    each reference image, and the share of them the int8 variant agreed with where it was built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    twin: str
+    twin_answers: tuple[int, ...] = Field(min_length=1)
+    agreement: float = Field(ge=0.0, le=1.0)
+
+
 def depth_tag(subnet: Subnet | None) -> str:
     """``d17`` for a subnet keeping 17 blocks, ``full`` for a full-depth variant."""
     return "full" if subnet is None else f"d{len(subnet.kept_blocks)}"
@@ -143,6 +174,8 @@ class Variant(BaseModel):
     top1_base: str | None = None
     # Raw top-1 measured by this store's own evaluation, per labelled data set.
     evaluations: dict[str, float] = Field(default_factory=dict)
+    # An int8 variant's record against the store's reference set; None: not re-checked.
+    int8_check: Int8Check | None = None
 
     @field_validator("name", "file", "family")
     @classmethod
@@ -161,6 +194,8 @@ class Variant(BaseModel):
             raise ValueError(f"{self.name}: preprocessing.crop must equal resolution")
         if self.input.shape != (-1, self.resolution, self.resolution, 3):
             raise ValueError(f"{self.name}: input.shape must be [-1, resolution, resolution, 3]")
+        if self.int8_check is not None and self.precision != "int8":
+            raise ValueError(f"{self.name}: only an int8 variant has an int8_check")
         if self.subnet is not None and f"-{depth_tag(self.subnet)}-" not in self.name:
             raise ValueError(
                 f"{self.name}: a subnet's name carries its depth tag, -{depth_tag(self.subnet)}-"
@@ -205,9 +240,10 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[2, 3, 4] = SCHEMA_VERSION
+    schema_version: Literal[2, 3, 4, 5] = SCHEMA_VERSION
     variants: tuple[Variant, ...] = ()
     cascades: tuple[Cascade, ...] = ()
+    reference: Reference | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:
@@ -217,6 +253,13 @@ class Manifest(BaseModel):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
         # A plan naming a variant the store lacks (a hand-trimmed manifest) is not refused: it is
         # not served, as a plan over a variant a server leaves out is not.
+        checked = [v for v in self.variants if v.int8_check is not None]
+        if checked and self.reference is None:
+            raise ValueError("int8 checks need the reference set they were recorded on")
+        images = self.reference.images if self.reference else 0
+        for v in self.variants:
+            if v.int8_check is not None and len(v.int8_check.twin_answers) != images:
+                raise ValueError(f"{v.name}: int8_check has an answer per reference image")
         return self
 
     def variant(self, name: str) -> Variant:
@@ -235,4 +278,4 @@ class Manifest(BaseModel):
         by_name.update({v.name: v for v in updated})
         changed = {v.name for v in updated}
         kept = tuple(c for c in self.cascades if not {c.small, c.big} & changed)
-        return Manifest(variants=tuple(by_name.values()), cascades=kept)
+        return Manifest(variants=tuple(by_name.values()), cascades=kept, reference=self.reference)

@@ -25,7 +25,7 @@ from model_store.evaluate import (
     search_half,
     stage_progress,
 )
-from model_store.manifest import Cascade, Manifest, Variant
+from model_store.manifest import Cascade, Variant
 from model_store.runner import VariantRunner, time_inference
 from model_store.store import Store, open_store
 
@@ -92,4 +92,4 @@ def plan_store(root: Path, images_dir: Path, report: Progress | None = None) -> 
     images = labelled_images(images_dir)
     plans = plan_cascades(score(store, images, report))
     cascades = tuple(as_cascade(p, images_dir.name) for p in plans)
-    return store.write(Manifest(variants=store.manifest.variants, cascades=cascades)), plans
+    return store.write(store.manifest.model_copy(update={"cascades": cascades})), plans

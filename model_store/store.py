@@ -67,11 +67,13 @@ class Store:
     def path_of(self, variant: Variant, file: str | None = None) -> Path:
         """The variant's file (or ``file``, one it uses), refusing any path that would leave the
         store directory."""
-        file = variant.file if file is None else file
+        return self._path(variant.file if file is None else file, f"variant {variant.name}")
+
+    def _path(self, file: str, what: str) -> Path:
         root = self.root.resolve()
         path = (root / file).resolve()
         if path.parent != root:
-            raise StoreError(f"variant {variant.name}: file {file!r} is outside the store")
+            raise StoreError(f"{what}: file {file!r} is outside the store")
         return path
 
     def verify(self, variant: Variant) -> bytes:
@@ -80,34 +82,38 @@ class Store:
         What is returned is what was hashed: load these bytes, never the path again (the file
         could change between a check and a second open). Raises ``StoreError``.
         """
-        return self._verified(variant, variant.file, variant.sha256)
+        return self.verified(f"variant {variant.name}", variant.file, variant.sha256)
 
     def verify_weights(self, variant: Variant) -> tuple[str, bytes] | None:
         """The shared weights file ``variant`` uses, ``(name, contents)``, verified as ``verify``
         does; None when its own file holds its weights."""
         if variant.weights is None:
             return None
-        return variant.weights.file, self._verified(variant, variant.weights.file, variant.weights.sha256)
+        return variant.weights.file, self.verified(
+            f"variant {variant.name}", variant.weights.file, variant.weights.sha256
+        )
 
-    def _verified(self, variant: Variant, file: str, sha256: str) -> bytes:
-        path = self.path_of(variant, file)
+    def verified(self, what: str, file: str, sha256: str) -> bytes:
+        """``file`` of the store, read once and checked against ``sha256`` (``what`` names what it
+        is in errors). Raises ``StoreError``."""
+        path = self._path(file, what)
         if not path.is_file():
-            raise StoreError(f"variant {variant.name}: file {file} is missing")
+            raise StoreError(f"{what}: file {file} is missing")
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise StoreError(f"variant {variant.name}: cannot read {file}: {exc.strerror}") from exc
+            raise StoreError(f"{what}: cannot read {file}: {exc.strerror}") from exc
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise StoreError(
-                f"variant {variant.name}: {file} has sha256 {actual[:12]}…, "
-                f"the manifest says {sha256[:12]}…; refusing to serve it"
+                f"{what}: {file} has sha256 {actual[:12]}…, the manifest says {sha256[:12]}…; "
+                "refusing to use it"
             )
         return data
 
     def files(self) -> set[str]:
-        """Every file the manifest names: models, shared weights files, label files."""
-        named = set()
+        """Every file the manifest names: models, shared weights files, label files, the reference set."""
+        named = {self.manifest.reference.file} if self.manifest.reference else set()
         for v in self.manifest.variants:
             named |= {v.file} | ({v.weights.file} if v.weights else set())
             named |= {v.labels} if v.labels != IMAGENET else set()

@@ -36,15 +36,17 @@ from model_store.evaluate import (
     LabelledImage,
     Progress,
     evaluate,
+    held_out_half,
     labelled_images,
     record,
     stage_progress,
 )
 from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
-from model_store.manifest import Manifest, Precision, Subnet, Variant
+from model_store.manifest import Manifest, Precision, Reference, Subnet, Variant
 from model_store.onnx_facts import OnnxFacts, read_facts
 from model_store.quantize import passes_agreement_gate, quantize_int8
+from model_store.reference import record_int8_checks, reference_images, write_reference
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store, sha256_file
 
@@ -239,6 +241,9 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         results = evaluate(staged, variants, images, progress=advance)
         manifest = record(staged.manifest, dataset, results)
         manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+        reference = write_reference(staging, held_out_half(images))
+        staged = Store(staging, manifest.model_copy(update={"reference": reference}))
+        manifest = record_int8_checks(staged, reference_images(staged))
         manifest = drop_dominated_fp32_twins(staged, manifest)
 
         # A subnet's derived top1 refers to its base's measurements, which this build replaced:
@@ -247,24 +252,39 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         subnets = {
             v.name for v in previous.manifest.variants if v.subnet is not None and v.family in families
         }
-        return commit(previous, staging, manifest.variants, {v.name for v in variants} | subnets)
+        return commit(previous, staging, manifest.variants, {v.name for v in variants} | subnets, reference)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacing: Iterable[str]) -> Store:
+def commit(
+    previous: Store,
+    staging: Path,
+    variants: Sequence[Variant],
+    replacing: Iterable[str],
+    reference: Reference | None = None,
+) -> Store:
     """Move ``variants``' staged files in and swap the manifest: ``variants`` replace same-named
     entries and the entries named in ``replacing`` go. Then files nothing names any more go.
 
     A variant already in the store (its file not in ``staging``) may be passed to update its entry.
     A cascade plan stays while both its stages stay with the same file (its answers unchanged).
+    ``reference``, staged, replaces the store's reference set; kept variants checked on another
+    set lose their ``int8_check`` (their twins' answers were on other images).
     """
     for variant in variants:
         for file in (variant.file, variant.weights.file if variant.weights else None):
             if file is not None and (staging / file).exists():
                 (staging / file).replace(previous.root / file)
+    if reference is not None and (staging / reference.file).exists():
+        (staging / reference.file).replace(previous.root / reference.file)
+    reference = reference or previous.manifest.reference
     gone = set(replacing) | {v.name for v in variants}
-    kept = [v for v in previous.manifest.variants if v.name not in gone]
+    kept = [
+        v if reference == previous.manifest.reference else v.model_copy(update={"int8_check": None})
+        for v in previous.manifest.variants
+        if v.name not in gone
+    ]
     before = {v.name: v.sha256 for v in previous.manifest.variants}
     after = {v.name: v.sha256 for v in (*kept, *variants)}
     plans = tuple(
@@ -272,7 +292,7 @@ def commit(previous: Store, staging: Path, variants: Sequence[Variant], replacin
         for c in previous.manifest.cascades
         if all(before.get(s) is not None and before.get(s) == after.get(s) for s in (c.small, c.big))
     )
-    store = previous.write(Manifest(variants=(*kept, *variants), cascades=plans))
+    store = previous.write(Manifest(variants=(*kept, *variants), cascades=plans, reference=reference))
     _remove_unreferenced(store)
     return store
 
@@ -321,11 +341,15 @@ def drop_dominated_fp32_twins(staged: Store, manifest: Manifest) -> Manifest:
                 )  # fmt: skip
                 continue
         kept.append(v)
-    return Manifest(variants=tuple(kept))
+    return manifest.model_copy(update={"variants": tuple(kept)})
 
 
 def _remove_unreferenced(store: Store) -> None:
     named = store.files()
-    for path in [*store.root.glob("*.onnx"), *store.root.glob("*.weights")]:
+    for path in [
+        *store.root.glob("*.onnx"),
+        *store.root.glob("*.weights"),
+        *store.root.glob("reference.*.zip"),
+    ]:
         if path.name not in named:
             path.unlink()

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from model_store.imaging import ImageHeader
 from model_store.manifest import Variant
+from model_store.reference import AGREEMENT_TOLERANCE, agreement, answers, reference_images
+from model_store.runner import VariantRunner
+from model_store.store import Store, StoreError
 from service.core import frontier
 from service.core.latency import Profile, decode_seconds
 from service.runtime.profiler import decode_work, write_json
@@ -47,12 +50,38 @@ def points(
     machine's noise of that moment more than the variant's, and the choice is kept."""
     return {
         name: frontier.Point(
-            variants[name].top1,
-            decode_seconds(decode_costs["JPEG"], decode_work(TYPICAL_JPEG, variants[name].preprocessing))
-            + profile.p50,
+            variant.top1,
+            decode_seconds(decode_costs["JPEG"], decode_work(TYPICAL_JPEG, variant.preprocessing))
+            + profiles[name].p50,
         )
-        for name, profile in profiles.items()
+        for name, variant in variants.items()
     }
+
+
+def failed_int8_checks(store: Store, runners: Mapping[str, VariantRunner]) -> dict[str, frontier.Left]:
+    """The int8 variants among ``runners`` that agree with their fp32 twin's recorded answers on
+    the store's reference set less, here, than where they were built (``model_store.reference``),
+    each with why. Without a usable reference set every checked variant fails: unchecked, its
+    recorded accuracy is not vouched for here."""
+    checks = {name: r.variant.int8_check for name, r in runners.items() if r.variant.int8_check}
+    if not checks:
+        return {}
+    try:
+        images = reference_images(store)
+    except StoreError as exc:
+        log.error("int8 variants not served: %s", exc)
+        return {name: frontier.Left("int8_check_failed", f"not checked here: {exc}") for name in checks}
+    failed = {}
+    for name, check in checks.items():
+        here = agreement(answers(runners[name], images), check.twin_answers)
+        words = (
+            f"agrees with {check.twin} on {here:.0%} of the store's {len(images)} reference images here, "
+            f"{check.agreement:.0%} where it was built"
+        )
+        log.info("int8 check: %s %s", name, words)
+        if here < check.agreement - AGREEMENT_TOLERANCE:
+            failed[name] = frontier.Left("int8_check_failed", words)
+    return failed
 
 
 def _path(cache_dir: Path, key: Mapping[str, object]) -> Path:
@@ -61,14 +90,21 @@ def _path(cache_dir: Path, key: Mapping[str, object]) -> Path:
 
 
 def cache_key(
-    fingerprint: Mapping[str, str | int], pool: Mapping[str, Variant], size: int
+    fingerprint: Mapping[str, str | int], store: Store, pool: Mapping[str, Variant], size: int
 ) -> dict[str, object]:
-    """What a choice depends on: the device, every candidate (its files and figures) and ``size``."""
+    """What a choice depends on: the device, every candidate (its files and figures), the
+    reference set its int8 variants are checked on, and ``size``."""
     candidates = sorted(
         [v.name, v.sha256, v.weights.sha256 if v.weights else None, v.resolution, v.top1, v.size_bytes]
         for v in pool.values()
     )
-    return {**fingerprint, "candidates": candidates, "size": size}
+    reference = store.manifest.reference
+    return {
+        **fingerprint,
+        "candidates": candidates,
+        "reference": reference.sha256 if reference else None,
+        "size": size,
+    }
 
 
 def cached(cache_dir: Path, key: Mapping[str, object]) -> Choice | None:

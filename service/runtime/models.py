@@ -90,7 +90,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     if not variants:
         raise StoreError(f"the store at {store.root} has no variants")
     fingerprint = table_key(settings.threads)
-    choice_key = device_frontier.cache_key(fingerprint, variants, settings.frontier_size)
+    choice_key = device_frontier.cache_key(fingerprint, store, variants, settings.frontier_size)
     specialize = settings.frontier and not settings.variants
     choice = device_frontier.cached(settings.cache_dir, choice_key) if specialize else None
     if choice is not None:
@@ -118,9 +118,15 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         decode = load_or_profile_decode(preprocessings, cache_dir=settings.cache_dir, key=fingerprint)
     left = {} if choice is None else choice.left
     if choice is None and specialize:
+        failed = device_frontier.failed_int8_checks(store, runners)
+        candidates = {name: v for name, v in variants.items() if name not in failed}
         served, left = frontier.choose(
-            device_frontier.points(variants, profiles, decode), settings.frontier_size
+            device_frontier.points(candidates, profiles, decode), settings.frontier_size
         )
+        left.update(failed)
+        if not served:
+            reasons = "; ".join(f"{name}: {why.reason}: {why.detail}" for name, why in sorted(left.items()))
+            raise StoreError(f"no variant can be served here: {reasons}")
         log.info(
             "this device's frontier of the pool (%d of %d candidates): %s",
             len(served),

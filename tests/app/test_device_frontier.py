@@ -7,13 +7,17 @@ the tiny ones' time), so which dominates which is not the machine's noise.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model_store.manifest import Manifest
+from model_store.evaluate import LabelledImage
+from model_store.manifest import Int8Check, Manifest
+from model_store.reference import answers, reference_images, write_reference
+from model_store.runner import VariantRunner
 from model_store.store import Store
 from tests.app.conftest import assert_problem, image_bytes, serve, settings_for, tiny_model, tiny_variant
 
@@ -169,3 +173,56 @@ def test_explicit_variants_are_served_as_named(tmp_path: Path) -> None:
     assert sorted(served) == ["fast-fp32", "slow-worse-fp32"]
     assert pool["slow-better-fp32"]["reason"] == "excluded"
     assert not choice_files(tmp_path / "cache")
+
+
+def write_checked_pool(root: Path, images: Path) -> None:
+    """Two int8 variants of one tiny model and the reference set they are checked on: ``true-int8``
+    recorded with the answers it gives, ``drifted-int8`` with answers it never gives (as an int8
+    variant whose kernels saturate on this CPU would disagree with what was recorded)."""
+    root.mkdir(parents=True)
+    images.mkdir()
+    for i in range(4):
+        (images / f"{i}.jpeg").write_bytes(image_bytes("JPEG", (80 + 20 * i, 60)))
+    reference = write_reference(root, [LabelledImage(p, 0) for p in sorted(images.iterdir())])
+    data = tiny_model(32, 5)
+    variants = []
+    for name in ("true-int8", "drifted-int8"):
+        (root / f"{name}.onnx").write_bytes(data)
+        variants.append(tiny_variant(name, 32, data, top1=0.6).model_copy(update={"precision": "int8"}))
+    store = Store(root, Manifest(variants=tuple(variants), reference=reference))
+    given = answers(VariantRunner.from_store(store, variants[0]), reference_images(store))
+    recorded = {"true-int8": given, "drifted-int8": tuple((a + 1) % 1000 for a in given)}
+    checked = [
+        v.model_copy(
+            update={"int8_check": Int8Check(twin="its-fp32", twin_answers=recorded[v.name], agreement=1.0)}
+        )
+        for v in variants
+    ]
+    store.write(Manifest(variants=tuple(checked), reference=reference))
+
+
+def test_an_int8_variant_failing_its_check_here_is_not_served_and_says_why(tmp_path: Path) -> None:
+    write_checked_pool(tmp_path / "store", tmp_path / "images")
+    with serve(settings_for(tmp_path / "store", tmp_path / "cache", frontier=True)) as client:
+        served, pool = served_and_pool(client)
+    assert served == ["true-int8"]
+    assert pool["drifted-int8"]["reason"] == "int8_check_failed"
+    assert pool["drifted-int8"]["detail"] == (
+        "agrees with its-fp32 on 0% of the store's 4 reference images here, 100% where it was built"
+    )
+
+
+def test_with_a_tampered_reference_set_no_int8_variant_is_served(tmp_path: Path) -> None:
+    write_checked_pool(tmp_path / "store", tmp_path / "images")
+    [reference] = (tmp_path / "store").glob("reference.*.zip")
+    reference.write_bytes(reference.read_bytes()[:-10] + b"0123456789")
+    with serve(settings_for(tmp_path / "store", tmp_path / "cache", frontier=True), ready=False) as client:
+        deadline = time.monotonic() + 10
+        while (
+            "loading" in (readiness := client.get("/readyz").json())["detail"] and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    assert readiness["status"] == 503
+    assert "no variant can be served here" in readiness["detail"]
+    assert "int8_check_failed: not checked here: the reference set:" in readiness["detail"]
+    assert "refusing to use it" in readiness["detail"]

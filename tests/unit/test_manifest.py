@@ -1,7 +1,16 @@
 import pytest
 from pydantic import ValidationError
 
-from model_store.manifest import Cascade, Manifest, ModelInput, Preprocessing, Variant, check_safe_name
+from model_store.manifest import (
+    Cascade,
+    Int8Check,
+    Manifest,
+    ModelInput,
+    Preprocessing,
+    Reference,
+    Variant,
+    check_safe_name,
+)
 
 PRE = Preprocessing(resize_shorter=256, crop=224, mean=(127, 127, 127), std=(128, 128, 128))
 
@@ -28,7 +37,7 @@ def variant(**overrides: object) -> Variant:
 def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.schema_version == 4
+    assert manifest.schema_version == 5
     subnet = variant(name="lite0-224-d3-fp32", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
     assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
@@ -117,3 +126,16 @@ def test_replacing_a_variant_drops_the_plans_over_it() -> None:
     manifest = Manifest(variants=(small, big), cascades=(cascade(),))
     assert manifest.replace(other).cascades == manifest.cascades
     assert manifest.replace(big.model_copy(update={"top1": None})).cascades == ()
+
+
+def test_an_int8_check_needs_the_reference_set_it_was_recorded_on() -> None:
+    check = Int8Check(twin="lite0-224-fp32", twin_answers=(1, 2, 3), agreement=1.0)
+    int8 = variant(name="lite0-224-int8", precision="int8", int8_check=check)
+    reference = Reference(file="reference.0123456789ab.zip", sha256="0" * 64, size_bytes=10, images=3)
+    assert Manifest(variants=(int8,), reference=reference).variants[0].int8_check == check
+    with pytest.raises(ValidationError, match="need the reference set"):
+        Manifest(variants=(int8,))
+    with pytest.raises(ValidationError, match="an answer per reference image"):
+        Manifest(variants=(int8,), reference=reference.model_copy(update={"images": 4}))
+    with pytest.raises(ValidationError, match="only an int8 variant"):
+        variant(int8_check=check)
