@@ -67,6 +67,11 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_specialize(args: argparse.Namespace) -> None:
+    if args.device:
+        specialize_device(args)
+        return
+    if not (args.family and args.images):
+        raise StoreError("specialize needs --family and --images (or --device)")
     from model_store.build.latency_table import error_summary
     from model_store.build.specialize import recipe_for, specialize
 
@@ -110,6 +115,34 @@ def cmd_specialize(args: argparse.Namespace) -> None:
     print(
         f"specialized {recipe.arch} in {result.seconds:.0f} s; "
         f"the store has {len(result.store.manifest.variants)} variants"
+    )
+
+
+def specialize_device(args: argparse.Namespace) -> None:
+    """What a server's first start on this device does, offline: profile every candidate of the
+    store afresh, re-check its int8 variants, choose this device's frontier and cache the choice
+    where a server with the same ``EDGEFIT_*`` settings reads it."""
+    from service.runtime.models import load_models
+    from service.settings import Settings
+
+    settings = Settings(store_dir=_store_dir(args))
+    if settings.variants or not settings.frontier:
+        raise StoreError("--device chooses a frontier: unset EDGEFIT_VARIANTS, and EDGEFIT_FRONTIER=false")
+    started = time.monotonic()
+    models = load_models(settings, fresh=True)
+    print(f"this device's frontier ({len(models.variants)} variants, fastest first; p50 inference here):")
+    for name, variant in models.variants.items():
+        top1 = "unknown" if variant.top1 is None else f"{100 * variant.top1:.1f}%"
+        print(f"  {name:24} {1000 * models.profiles[name].p50:7.2f} ms  top1 {top1}")
+    print("not served here:")
+    for name, left in sorted(models.left.items()):
+        print(f"  {name:24} {left.reason}: {left.detail}")
+    for name, failed in sorted(models.unavailable.items()):
+        print(f"  {name:24} unavailable: {failed}")
+    total = len(models.variants) + len(models.left) + len(models.unavailable)
+    print(
+        f"chose {len(models.variants)} of {total} candidates in {time.monotonic() - started:.0f} s; "
+        f"cached in {settings.cache_dir}, where a server with these settings starts with it"
     )
 
 
@@ -339,10 +372,18 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     build.add_argument("--images", required=True, help="labelled images for calibration and evaluation")
 
     special = store_command(
-        "specialize", "search a family's subnets on this device and keep its frontier", cmd_specialize
+        "specialize",
+        "search a family's subnets on this device and write them into the store; with --device, "
+        "choose this device's frontier of the store for its servers",
+        cmd_specialize,
     )
-    special.add_argument("--family", required=True, help="lite0 or lite2")
-    special.add_argument("--images", required=True, help="labelled images: even positions search, odd score")
+    special.add_argument(
+        "--device",
+        action="store_true",
+        help="profile the whole store here and cache this device's frontier (EDGEFIT_* settings apply)",
+    )
+    special.add_argument("--family", help="lite0, lite1 or lite2")
+    special.add_argument("--images", help="labelled images: even positions search, odd score")
     special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
     special.add_argument("--k", type=int, default=4, help="most subnets to keep")
     special.add_argument("--search-images", type=int, default=100, help="search-half images to score with")

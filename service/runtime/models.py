@@ -60,13 +60,16 @@ def _session(
         ) from exc
 
 
-def load_models(settings: Settings, previous: ServedModels | None = None) -> ServedModels:
+def load_models(
+    settings: Settings, previous: ServedModels | None = None, *, fresh: bool = False
+) -> ServedModels:
     """Blocking: verify sha256, open sessions, profile (or reuse known figures), and keep this
     device's frontier of the pool.
 
     ``previous`` is the set being served, if any: its sessions and figures are reused for
     unchanged files (by sha256) and nothing profiled or chosen now is persisted, since traffic may
-    be running meanwhile.
+    be running meanwhile. ``fresh`` (``edgefit store specialize --device``): every variant is
+    profiled and the frontier chosen again, whatever this device's cache holds, and saved.
     With ``EDGEFIT_FRONTIER`` and without ``EDGEFIT_VARIANTS`` the store is a pool: the frontier
     chosen for this device and pool (``device_frontier``) is reused, or chosen from every
     candidate, profiled here, and the others are closed. Otherwise exactly the variants
@@ -92,7 +95,8 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
     fingerprint = table_key(settings.threads)
     choice_key = device_frontier.cache_key(fingerprint, store, variants, settings.frontier_size)
     specialize = settings.frontier and not settings.variants
-    choice = device_frontier.cached(settings.cache_dir, choice_key) if specialize else None
+    reuse = specialize and not fresh
+    choice = device_frontier.cached(settings.cache_dir, choice_key) if reuse else None
     if choice is not None:
         log.info("this device's frontier of the pool reused from the cache: %s", ", ".join(choice.served))
         variants = {name: variants[name] for name in choice.served}
@@ -110,6 +114,7 @@ def load_models(settings: Settings, previous: ServedModels | None = None) -> Ser
         warmup=settings.profile_warmup,
         known=known,
         persist=previous is None,
+        fresh=fresh,
     )
     if previous is not None:
         decode = previous.decode_costs

@@ -90,12 +90,13 @@ def load_or_profile(
     warmup: int,
     known: Mapping[str, Profile],
     persist: bool,
+    fresh: bool = False,
 ) -> dict[str, Profile]:
     """Profiles of every runner, by variant name.
 
     A variant is matched by ``profile_key`` (its file's sha256 and its resolution): a figure in
     ``known`` (the store served until now) or in this machine's persisted table is reused; only
-    variants found in neither are profiled. With
+    variants found in neither are profiled; with ``fresh``, every variant is, and saved. With
     ``persist`` false (a reload while the server takes traffic) new figures are used but not
     saved: measured under load, they would mislead every later start.
     """
@@ -107,6 +108,10 @@ def load_or_profile(
             saved = {sha: Profile(**p) for sha, p in data["files"].items()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
+    if fresh:
+        # Only this store's figures are measured again: the others saved stay.
+        measuring = {profile_key(r.variant) for r in runners.values()}
+        saved = {k: p for k, p in saved.items() if k not in measuring}
     by_file = {**saved, **known}
     table: dict[str, Profile] = {}
     missing = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from model_store.evaluate import LabelledImage
@@ -19,6 +20,7 @@ from model_store.manifest import Int8Check, Manifest
 from model_store.reference import answers, reference_images, write_reference
 from model_store.runner import VariantRunner
 from model_store.store import Store
+from service.cli import main
 from tests.app.conftest import assert_problem, image_bytes, serve, settings_for, tiny_model, tiny_variant
 
 SLOW_PRODUCTS = 12
@@ -226,3 +228,26 @@ def test_with_a_tampered_reference_set_no_int8_variant_is_served(tmp_path: Path)
     assert "no variant can be served here" in readiness["detail"]
     assert "int8_check_failed: not checked here: the reference set:" in readiness["detail"]
     assert "refusing to use it" in readiness["detail"]
+
+
+def test_store_specialize_device_chooses_offline_what_a_server_then_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    write_pool(store, POOL)
+    monkeypatch.setenv("EDGEFIT_CACHE_DIR", str(cache))
+    monkeypatch.setenv("EDGEFIT_PROFILE_RUNS", "3")
+    main(["store", "specialize", "--device", "--store", str(store)])
+    out = capsys.readouterr().out
+    assert "this device's frontier (2 variants, fastest first" in out
+    assert "  slow-worse-fp32          dominated: fast-fp32 is at least as accurate" in out
+    assert "chose 2 of 3 candidates in" in out
+    [saved] = choice_files(cache)
+    data = json.loads(saved.read_text())
+    data["left"]["slow-worse-fp32"]["detail"] = "chosen offline"
+    saved.write_text(json.dumps(data))
+    with serve(settings_for(store, cache, frontier=True, profile_runs=3)) as client:
+        assert served_and_pool(client)[1]["slow-worse-fp32"]["detail"] == "chosen offline"
+    # Run again, it chooses afresh whatever the cache holds.
+    main(["store", "specialize", "--device", "--store", str(store)])
+    assert "chosen offline" not in saved.read_text()
