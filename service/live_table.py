@@ -45,6 +45,7 @@ class VariantState:
     profiled_p95_seconds: float
     last_run_seconds_ago: float | None  # None: never run since it was loaded
     selected: int
+    frontier_seconds: float | None  # what this device's frontier compared it by; None: not chosen so
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Candidate:
     variant: Variant
     reason: Reason
     detail: str | None = None
+    frontier_seconds: float | None = None  # as ``VariantState``'s
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ class LiveTable:
                     profiled_p95_seconds=latency.idle(name, 0.95),
                     last_run_seconds_ago=None if last_run is None else now - last_run,
                     selected=served.selections[name],
+                    frontier_seconds=served.models.frontier_seconds.get(name),
                 )
             )
         return states
@@ -256,7 +259,9 @@ def why_not_served(models: ServedModels, variant: Variant) -> Candidate:
     if variant.name in models.unavailable:
         return Candidate(variant, "unavailable", models.unavailable[variant.name])
     left = models.left.get(variant.name)
-    return Candidate(variant, "excluded") if left is None else Candidate(variant, left.reason, left.detail)
+    if left is None:
+        return Candidate(variant, "excluded")
+    return Candidate(variant, left.reason, left.detail, models.frontier_seconds.get(variant.name))
 
 
 def not_served(served: Served, name: str) -> str:

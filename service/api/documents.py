@@ -15,6 +15,10 @@ def _ms(seconds: float) -> float:
     return round(1000 * seconds, 3)
 
 
+def _optional_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else _ms(seconds)
+
+
 def _model_object(v: Variant) -> dict[str, Any]:
     return {
         "name": v.name,
@@ -50,14 +54,20 @@ def _manifest_fields(v: Variant) -> dict[str, Any]:
 
 def pool_document(states: list[VariantState], unserved: list[Candidate]) -> list[dict[str, Any]]:
     """``GET /models?pool=true``' variants: every variant of the store, ``served`` or not and
-    why (``reason``: ``excluded`` by ``EDGEFIT_VARIANTS``, or ``unavailable``, with ``detail``)."""
-    return [{**doc, "served": True} for doc in models_document(states)] + [
+    why (``reason``, ``service.core.frontier.Reason``, with ``detail``), and ``frontier_ms``: what
+    this device's frontier compared it by (a typical JPEG's decode and its median inference
+    here), null where no frontier was chosen from it."""
+    return [
+        {**doc, "served": True, "frontier_ms": _optional_ms(s.frontier_seconds)}
+        for s, doc in zip(states, models_document(states), strict=True)
+    ] + [
         {
             **_manifest_fields(c.variant),
             "depth": depth_tag(c.variant.subnet),
             "served": False,
             "reason": c.reason,
             "detail": c.detail,
+            "frontier_ms": _optional_ms(c.frontier_seconds),
         }
         for c in unserved
     ]

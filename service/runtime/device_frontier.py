@@ -34,10 +34,12 @@ TYPICAL_JPEG = ImageHeader("JPEG", 500, 375, 110_000)
 
 @dataclass(frozen=True)
 class Choice:
-    """What this device serves of the pool, fastest first, and why each other candidate is not."""
+    """What this device serves of the pool, fastest first, why each other candidate is not, and
+    what each candidate measured here was compared by (``points``' seconds)."""
 
     served: tuple[str, ...]
     left: dict[str, frontier.Left]
+    seconds: dict[str, float]
 
 
 def points(
@@ -114,11 +116,14 @@ def cached(cache_dir: Path, key: Mapping[str, object]) -> Choice | None:
         if data.get("key") != json.loads(json.dumps(key)):
             return None
         left = {name: frontier.Left(why["reason"], why["detail"]) for name, why in data["left"].items()}
-        return Choice(tuple(data["served"]), left)
+        return Choice(tuple(data["served"]), left, {n: float(s) for n, s in data["seconds"].items()})
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
 def save(cache_dir: Path, key: Mapping[str, object], choice: Choice) -> None:
     left = {name: {"reason": why.reason, "detail": why.detail} for name, why in choice.left.items()}
-    write_json(_path(cache_dir, key), {"key": dict(key), "served": list(choice.served), "left": left})
+    write_json(
+        _path(cache_dir, key),
+        {"key": dict(key), "served": list(choice.served), "left": left, "seconds": choice.seconds},
+    )

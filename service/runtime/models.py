@@ -31,6 +31,8 @@ class ServedModels:
     unavailable: dict[str, str] = field(default_factory=dict)
     # The pool's candidates this device does not serve, and why (``service.core.frontier``).
     left: dict[str, frontier.Left] = field(default_factory=dict)
+    # What the frontier compared each candidate measured here by (``device_frontier.points``).
+    frontier_seconds: dict[str, float] = field(default_factory=dict)
 
     def degraded(self) -> str | None:
         """What is left out and why, in one line (for /readyz, the status page); None if nothing."""
@@ -122,12 +124,13 @@ def load_models(
         preprocessings = {v.preprocessing for v in variants.values()}
         decode = load_or_profile_decode(preprocessings, cache_dir=settings.cache_dir, key=fingerprint)
     left = {} if choice is None else choice.left
+    seconds = {} if choice is None else choice.seconds
     if choice is None and specialize:
         failed = device_frontier.failed_int8_checks(store, runners)
         candidates = {name: v for name, v in variants.items() if name not in failed}
-        served, left = frontier.choose(
-            device_frontier.points(candidates, profiles, decode), settings.frontier_size
-        )
+        points = device_frontier.points(candidates, profiles, decode)
+        seconds = {name: p.seconds for name, p in points.items()}
+        served, left = frontier.choose(points, settings.frontier_size)
         left.update(failed)
         if not served:
             reasons = "; ".join(f"{name}: {why.reason}: {why.detail}" for name, why in sorted(left.items()))
@@ -140,11 +143,12 @@ def load_models(
         )
         if previous is None and not unavailable:
             # A choice missing a candidate whose file failed would outlive the repair.
-            device_frontier.save(settings.cache_dir, choice_key, device_frontier.Choice(tuple(served), left))
+            choice = device_frontier.Choice(tuple(served), left, seconds)
+            device_frontier.save(settings.cache_dir, choice_key, choice)
         variants = {name: variants[name] for name in served}
         runners = {name: runners[name] for name in served}
         profiles = {name: profiles[name] for name in served}
-    return ServedModels(store, variants, runners, profiles, decode, names, unavailable, left)
+    return ServedModels(store, variants, runners, profiles, decode, names, unavailable, left, seconds)
 
 
 def _open_runners(

@@ -81,6 +81,33 @@ POOL = {
 }
 
 
+def assert_served_is_the_measured_frontier(pool: dict[str, dict[str, object]]) -> None:
+    """Every candidate measured here is served exactly when no other measured one is at least as
+    accurate and as fast (by ``frontier_ms``) and better in one, unless the frontier was cut to
+    its size; and every one not served says why."""
+    measured = {
+        n: (float(v["top1"]), float(v["frontier_ms"]))
+        for n, v in pool.items()
+        if v["frontier_ms"] is not None
+    }
+
+    def dominated(name: str) -> bool:
+        top1, ms = measured[name]
+        return any(
+            t >= top1 and m <= ms and (t, m) != (top1, ms) for o, (t, m) in measured.items() if o != name
+        )
+
+    for name, v in pool.items():
+        if v["served"]:
+            assert name in measured and not dominated(name), name
+        else:
+            assert (v["reason"] and v["detail"]) or v["reason"] == "excluded", name
+            if v["reason"] == "dominated":
+                assert dominated(name), name
+            if v["reason"] == "frontier_size":
+                assert not dominated(name), name
+
+
 def served_and_pool(client) -> tuple[list[str], dict[str, dict[str, object]]]:
     served = [v["name"] for v in client.get("/models").json()["variants"]]
     pool = {v["name"]: v for v in client.get("/models", params={"pool": "true"}).json()["variants"]}
@@ -97,6 +124,7 @@ def test_a_pool_serves_this_devices_frontier_and_says_why_not_the_others(tmp_pat
             .json()["detail"]
             .startswith("serving 2 of the store's 3 variants (1 dominated); GET /models?pool=true")
         )
+        assert_served_is_the_measured_frontier(pool)
         left = pool["slow-worse-fp32"]
         assert not left["served"] and left["reason"] == "dominated"
         assert str(left["detail"]).startswith("fast-fp32 is at least as accurate (50.0 % vs 45.0 %)")
