@@ -95,6 +95,9 @@ def start_server(
         **os.environ,
         "EDGEFIT_CACHE_DIR": str(REPO / ".cache" / "test-latency"),
         "EDGEFIT_PROFILE_RUNS": "10",
+        # Every variant of the store, so that tests may pin any of them; which ones this device's
+        # frontier keeps is tests/service/test_device_frontier.py's subject.
+        "EDGEFIT_FRONTIER": "false",
         **{f"EDGEFIT_{k.upper()}": v for k, v in env.items()},
     }
     process = subprocess.Popen(
