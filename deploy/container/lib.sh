@@ -170,21 +170,17 @@ sys.exit(0 if top["class_id"] == want else 1)
 EOF
 }
 
-# pick_variants WHICH: names from the store's manifest, so the checks follow the store.
-#   small: the int8 variant of the lowest resolution (the one for emulation);
-#   few:   that one, the most accurate int8 and the most accurate fp32 (short profiling).
+# pick_variants: names from the store's manifest, so the checks follow the store: the int8
+# variant with the least compute, the most accurate int8 and the most accurate fp32.
 pick_variants() {
-    python3 - "$STORE_SRC/manifest.json" "$1" <<'EOF'
+    python3 - "$STORE_SRC/manifest.json" <<'EOF'
 import json, sys
 variants = json.load(open(sys.argv[1]))["variants"]
 int8 = [v for v in variants if v["precision"] == "int8"] or variants
 small = min(int8, key=lambda v: (v["resolution"], v["size_bytes"]))  # least compute
-if sys.argv[2] == "small":
-    print(small["name"])
-else:
-    best = lambda vs: max(vs, key=lambda v: v["top1"] or 0)
-    fp32 = [v for v in variants if v["precision"] == "fp32"] or variants
-    print(",".join(dict.fromkeys([small["name"], best(int8)["name"], best(fp32)["name"]])))
+best = lambda vs: max(vs, key=lambda v: v["top1"] or 0)
+fp32 = [v for v in variants if v["precision"] == "fp32"] or variants
+print(",".join(dict.fromkeys([small["name"], best(int8)["name"], best(fp32)["name"]])))
 EOF
 }
 

@@ -60,7 +60,7 @@ check_sigterm() {
 
 preflight
 # A few variants (the smallest int8, the most accurate int8 and fp32) keep profiling short.
-VARIANTS=${EDGEFIT_VARIANTS:-$(pick_variants few)}
+VARIANTS=${EDGEFIT_VARIANTS:-$(pick_variants)}
 step "install buildah, podman, runc, debootstrap" container_tools
 step "base image (debootstrap bookworm amd64, cached)" make_base amd64
 step "build image from Dockerfile (linux/amd64)" build_image amd64 "$IMAGE"

@@ -1,0 +1,113 @@
+"""make test-arm64's second device: one small pool, each device's own frontier of it.
+
+``pool SRC DST``: a pool small enough to profile under emulation (where one inference takes
+seconds): from the store at SRC, the int8 variant with the least compute, its fp32 twin, the
+full-depth fp32 variant with the least compute and the subnet with the least, with the reference
+set cut to its first ``REFERENCE_IMAGES`` images (each int8 check cut alike). A valid store, so
+both devices load it as they would the default one.
+
+``check NAME=POOL.json ...``: each device's ``GET /models?pool=true`` side by side, and a check
+that what each serves is on the frontier it measured: no candidate it serves is dominated by
+another it measured (at least as accurate and as fast by ``frontier_ms``), and each candidate
+left out as dominated is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+REFERENCE_IMAGES = 8
+
+
+def pool(src: Path, dst: Path) -> None:
+    manifest = json.loads((src / "manifest.json").read_text())
+    variants = manifest["variants"]
+
+    def least(candidates: list[dict]) -> dict | None:
+        return min(candidates, key=lambda v: (v["macs"] or 0, v["name"]), default=None)
+
+    int8 = least([v for v in variants if v["precision"] == "int8" and v.get("int8_check")])
+    twin = next(v for v in variants if int8 and v["name"] == int8["int8_check"]["twin"])
+    fp32 = least([v for v in variants if v["precision"] == "fp32" and not v.get("subnet")])
+    subnet = least([v for v in variants if v.get("subnet")])
+    chosen = {v["name"]: v for v in (int8, twin, fp32, subnet) if v is not None}
+    dst.mkdir(parents=True)
+    reference = manifest["reference"]
+    with zipfile.ZipFile(src / reference["file"]) as archive:
+        names = sorted(archive.namelist())[:REFERENCE_IMAGES]
+        images = {name: archive.read(name) for name in names}
+    cut = dst / "reference.zip.tmp"
+    with zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in images.items():
+            archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    data = cut.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    cut.rename(dst / f"reference.{digest[:12]}.zip")
+    manifest["reference"] = {
+        "file": f"reference.{digest[:12]}.zip",
+        "sha256": digest,
+        "size_bytes": len(data),
+        "images": len(images),
+    }
+    for v in chosen.values():
+        for file in (v["file"], (v.get("weights") or {}).get("file")):
+            if file and not (dst / file).exists():
+                shutil.copyfile(src / file, dst / file)
+        if v.get("int8_check"):
+            v["int8_check"]["twin_answers"] = v["int8_check"]["twin_answers"][: len(images)]
+    manifest["variants"] = list(chosen.values())
+    manifest["cascades"] = []
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    for path in (dst, *dst.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    print(", ".join(chosen))
+
+
+def check(pools: dict[str, list[dict]]) -> int:
+    names = sorted({v["name"] for listed in pools.values() for v in listed})
+    by_device = {device: {v["name"]: v for v in listed} for device, listed in pools.items()}
+    print(f"{'candidate':26}" + "".join(f"{device:>44}" for device in pools))
+    for name in names:
+        cells = []
+        for device in pools:
+            v = by_device[device][name]
+            ms = "-" if v["frontier_ms"] is None else f"{v['frontier_ms']:.1f} ms"
+            cells.append(f"{'served' if v['served'] else v['reason']:>30} {ms:>13}")
+        print(f"{name:26}" + "".join(cells))
+    failures = []
+    for device, listed in by_device.items():
+        # A variant of unknown accuracy is always served and never dominates.
+        measured = {
+            n: (v["top1"], v["frontier_ms"])
+            for n, v in listed.items()
+            if v["frontier_ms"] is not None and v["top1"] is not None
+        }
+
+        def dominated(name: str, measured: dict = measured) -> bool:
+            top1, ms = measured[name]
+            return any(
+                t >= top1 and m <= ms and (t, m) != (top1, ms) for o, (t, m) in measured.items() if o != name
+            )
+
+        for name, v in listed.items():
+            if v["served"] and v["top1"] is not None and (name not in measured or dominated(name)):
+                failures.append(f"{device}: serves {name}, which is not on its measured frontier")
+            if v.get("reason") == "dominated" and not dominated(name):
+                failures.append(f"{device}: left out {name} as dominated, which it is not")
+        print(f"{device} serves: {', '.join(n for n, v in listed.items() if v['served'])}")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "pool":
+        pool(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        files = dict(arg.split("=", 1) for arg in sys.argv[2:])
+        sys.exit(check({device: json.loads(Path(f).read_text())["variants"] for device, f in files.items()}))
