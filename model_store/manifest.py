@@ -129,13 +129,24 @@ class Reference(BaseModel):
 
 class Int8Check(BaseModel):
     """What an int8 variant is re-checked against on a device: its fp32 ``twin``'s top-1 answer on
-    each reference image, and the share of them the int8 variant agreed with where it was built."""
+    each reference image, and its own (``answers``) where it was built."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     twin: str
     twin_answers: tuple[int, ...] = Field(min_length=1)
-    agreement: float = Field(ge=0.0, le=1.0)
+    answers: tuple[int, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _paired(self) -> Int8Check:
+        if len(self.answers) != len(self.twin_answers):
+            raise ValueError("an int8 check has its answer and its twin's for each reference image")
+        return self
+
+    @property
+    def agreed(self) -> int:
+        """Reference images on which it agreed with its twin where it was built."""
+        return sum(a == b for a, b in zip(self.answers, self.twin_answers, strict=True))
 
 
 def depth_tag(subnet: Subnet | None) -> str:

@@ -59,7 +59,8 @@ def pool(src: Path, dst: Path) -> None:
             if file and not (dst / file).exists():
                 shutil.copyfile(src / file, dst / file)
         if v.get("int8_check"):
-            v["int8_check"]["twin_answers"] = v["int8_check"]["twin_answers"][: len(images)]
+            for answers in ("twin_answers", "answers"):
+                v["int8_check"][answers] = v["int8_check"][answers][: len(images)]
     manifest["variants"] = list(chosen.values())
     manifest["cascades"] = []
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))

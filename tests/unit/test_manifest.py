@@ -129,7 +129,10 @@ def test_replacing_a_variant_drops_the_plans_over_it() -> None:
 
 
 def test_an_int8_check_needs_the_reference_set_it_was_recorded_on() -> None:
-    check = Int8Check(twin="lite0-224-fp32", twin_answers=(1, 2, 3), agreement=1.0)
+    check = Int8Check(twin="lite0-224-fp32", twin_answers=(1, 2, 3), answers=(1, 2, 4))
+    assert check.agreed == 2
+    with pytest.raises(ValidationError, match="its answer and its twin's"):
+        Int8Check(twin="lite0-224-fp32", twin_answers=(1, 2, 3), answers=(1, 2))
     int8 = variant(name="lite0-224-int8", precision="int8", int8_check=check)
     reference = Reference(file="reference.0123456789ab.zip", sha256="0" * 64, size_bytes=10, images=3)
     assert Manifest(variants=(int8,), reference=reference).variants[0].int8_check == check
