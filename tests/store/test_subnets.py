@@ -20,7 +20,7 @@ from model_store.image_input import wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import Subnet, depth_tag
 
-LITE0, LITE2 = LADDER
+LITE0, _, LITE2 = LADDER
 RESOLUTION = 128  # the cheapest lite0 resolution of the ladder
 
 
