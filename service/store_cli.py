@@ -91,8 +91,10 @@ def cmd_specialize(args: argparse.Namespace) -> None:
         "est. top-1 = store top1 of the full network + the subnet's difference on the search half):"
     )
     for c in result.front:
-        search = "  (store)" if c.search_top1 is None else f"{100 * c.search_top1:8.1f}%"
-        print(f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  search {search}")
+        print(
+            f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  "
+            f"search {100 * c.search_top1:5.1f}%"
+        )
     print("written (top1 derived from the held-out half):")
     for pick in result.picks:
         v = pick.variant
@@ -335,16 +337,21 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         command.set_defaults(run=run)
         return command
 
-    build = store_command("build", "build the default EfficientNet-Lite ladder", cmd_build)
+    build = store_command("build", "build the default EfficientNet-Lite ladder, fp32 and int8", cmd_build)
     build.add_argument("--images", required=True, help="labelled images for calibration and evaluation")
 
     special = store_command(
-        "specialize", "search a family's subnets on this device and keep its frontier", cmd_specialize
+        "specialize", "search a family's subnets and add them to the pool, fp32 and int8", cmd_specialize
     )
-    special.add_argument("--family", required=True, help="lite0 or lite2")
+    special.add_argument("--family", required=True, help="lite0, lite1 or lite2")
     special.add_argument("--images", required=True, help="labelled images: even positions search, odd score")
     special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
-    special.add_argument("--k", type=int, default=4, help="most subnets to keep")
+    special.add_argument(
+        "--k",
+        type=int,
+        default=4,
+        help="most subnets to write (each in fp32 and int8), shared among resolutions",
+    )
     special.add_argument("--search-images", type=int, default=100, help="search-half images to score with")
     special.add_argument("--budget", type=float, default=60.0, help="search time budget in seconds")
 

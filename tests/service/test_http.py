@@ -17,8 +17,8 @@ from PIL import Image
 
 from model_store.evaluate import evaluate, labelled_images
 from model_store.imaging import load_tensor
-from model_store.manifest import Preprocessing
-from model_store.store import open_store
+from model_store.manifest import Manifest, Preprocessing
+from model_store.store import Store, open_store
 from tests.conftest import Server
 from tests.unit.test_imaging import png_header_only
 
@@ -364,7 +364,9 @@ def test_a_corrupt_file_leaves_its_variant_out_and_a_reload_after_repair_serves_
     manifest = json.loads((store_dir / "manifest.json").read_text())
     manifest["variants"] = [v for v in manifest["variants"] if v["name"] in (kept.name, rotten.name)]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    shutil.copy(store.path_of(kept), tmp_path)
+    # Every file both use (their graphs, the weights files they keep their tensors in).
+    for file in Store(store_dir, Manifest(variants=(kept, rotten))).files():
+        shutil.copy(store_dir / file, tmp_path)
     good = store.path_of(rotten).read_bytes()
     flipped = bytearray(good)
     flipped[len(flipped) // 2] ^= 0x01  # one bit, as flash storage loses them
