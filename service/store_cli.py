@@ -57,16 +57,18 @@ def _progress_bars() -> Callable[[str, int, int], None]:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from model_store.answers import AnswerCache
     from model_store.build.builder import build
 
     started = time.monotonic()
-    store = build(_store_dir(args), Path(args.images), _progress_bars())
+    store = build(_store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default())
     print(
         f"built {len(store.manifest.variants)} variants in {store.root} in {time.monotonic() - started:.0f} s"
     )
 
 
 def cmd_specialize(args: argparse.Namespace) -> None:
+    from model_store.answers import AnswerCache
     from model_store.build.latency_table import error_summary
     from model_store.build.specialize import recipe_for, specialize
 
@@ -85,6 +87,7 @@ def cmd_specialize(args: argparse.Namespace) -> None:
         search_images=args.search_images,
         budget_seconds=args.budget,
         say=say,
+        answers=AnswerCache.default(),
     )
     print(
         f"frontier on this device with {recipe.arch}'s subnets ({result.scored} scored; "
@@ -211,9 +214,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_cascades(args: argparse.Namespace) -> None:
+    from model_store.answers import AnswerCache
     from model_store.planning import plan_store
 
-    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars())
+    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default())
     if not plans:
         print(f"no cascade beats the single variants of {store.root}: none written")
     for p in plans:

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from model_store.answers import AnswerCache
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
 from model_store.build.recipes import (
     CALIBRATION_IMAGES,
@@ -215,9 +216,11 @@ def share_one_file(
     ]
 
 
-def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
+def build(
+    store_root: Path, images_dir: Path, progress: Progress, answers: AnswerCache | None = None
+) -> Store:
     """Build the default ladder into ``store_root`` (keeping any other variants already there,
-    except the ladder families' subnets).
+    except the ladder families' subnets); each variant's answers on the images go to ``answers``.
 
     Raises ``StoreError`` when an input is missing or a check fails.
     """
@@ -242,6 +245,9 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
         staged = Store(staging, Manifest(variants=tuple(variants)))
         advance = stage_progress(progress, f"evaluate on {dataset}", len(images) * len(variants))
         results = evaluate(staged, variants, images, progress=advance)
+        if answers is not None:
+            for variant, result in zip(variants, results, strict=True):
+                answers.remember(variant, images, result)
         manifest = record(staged.manifest, dataset, results)
         log_int8_agreement(manifest, {r.variant: r.predictions for r in results})
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_store.answers import AnswerCache
 from model_store.build.builder import build_pair, commit, every_nth, log_int8_agreement
 from model_store.build.export import export_onnx, load_pretrained
 from model_store.build.latency_table import (
@@ -124,9 +125,10 @@ def specialize(
     budget_seconds: float,
     say: Say,
     sampled_checks: int = 2,
+    answers: AnswerCache | None = None,
 ) -> Specialized:
     """Search ``recipe``'s subnets at ``resolutions`` and write up to ``k`` of them into the store,
-    each in fp32 and int8.
+    each in fp32 and int8; their answers on the held-out half go to ``answers``.
 
     Raises ``StoreError`` when the store lacks the full-depth variants the table is built from, or
     an export check fails.
@@ -146,7 +148,7 @@ def specialize(
         # Scored and measured as written: on the shared weights files.
         staged = share_weights(staging, export_picks(recipe, picks, device, staging, images, say), "subnets")
         manifest = score_held_out(
-            store, recipe, base, staged, staging, images, held_out_dataset(images_dir.name), say
+            store, recipe, base, staged, staging, images, held_out_dataset(images_dir.name), say, answers
         )
         written, checks = check_picks(store, Store(staging, manifest), recipe, scored, picks, device)
         checks += _sampled_checks(store, recipe, scored, picks, device, staging, sampled_checks)
@@ -263,12 +265,17 @@ def score_held_out(
     images: Sequence[LabelledImage],
     held_name: str,
     say: Say,
+    answers: AnswerCache | None = None,
 ) -> Manifest:
     """Step 3b: the base and the staged subnets on the held-out half; the subnets' ``top1``
-    derived from the base's published figure; each int8 twin's agreement with fp32 logged."""
+    derived from the base's published figure; each int8 twin's agreement with fp32 logged.
+    The subnets' answers go to ``answers``."""
     held_out = held_out_half(images)
     say(f"{recipe.arch}: held-out top-1 on {len(held_out)} images ({held_name})")
     results = evaluate(Store(staging, Manifest(variants=tuple(staged))), staged, held_out)
+    if answers is not None:
+        for variant, result in zip(staged, results, strict=True):
+            answers.remember(variant, held_out, result)
     results += evaluate(store, [base], held_out)
     manifest = record(Manifest(variants=(base, *staged)), held_name, results)
     log_int8_agreement(manifest, {r.variant: r.predictions for r in results})
