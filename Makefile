@@ -21,17 +21,16 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $@
 
 # Built only when absent: a store is data, not a build product to refresh on every change.
-# The ladder first, then this machine's frontier subnets of lite0 between its steps below 224 px,
-# where the frontier's fast end and its gaps are. lite2 is not specialised by default: on CPUs
-# without int8 dot products its int8 subnets fail the agreement gate and its fp32 ones are slower
-# than its full int8 network (DEVELOPERS.md); `edgefit store specialize --family lite2` does it on
-# demand. --k 12, more than the subnets wanted: the domination check drops some of the picks.
-# Last, the confidence cascades over the whole store (any later `store add` keeps them; rerun
-# `edgefit store cascades` to plan with the new variants too).
+# A pool of candidates, not this machine's frontier: the server chooses the frontier of the device
+# it runs on. The ladder (lite0, lite1, lite2) in fp32 and int8, whatever their speed or int8
+# agreement here; then lite0's subnets, 8 picks from the search at 192, 160 and 128 px, each in
+# fp32 and int8 (`edgefit store specialize --family lite2` cuts lite2's on demand). Last, the
+# confidence cascades over the whole pool, from the answers the first two steps kept (any later
+# `store add` keeps them; rerun `edgefit store cascades` to plan with the new variants too).
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \
-		--family lite0 --resolutions 192,160,128 --k 12 --budget 45
+		--family lite0 --resolutions 192,160,128 --k 8 --budget 15
 	$(BIN)/edgefit store cascades --store $(STORE_DIR) --images $(SAMPLE)
 
 run: setup

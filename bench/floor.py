@@ -43,7 +43,7 @@ def _loop(
 
     store = open_store(Path(store_dir))
     variant = store.manifest.variant(variant_name)
-    runner = VariantRunner(store.verify(variant), variant, threads)
+    runner = VariantRunner.from_store(store, variant, threads)
     prep = variant.preprocessing
     tensors = [load_tensor(data, prep, MAX_PIXELS) for data in images] if infer_only else []
 
@@ -124,7 +124,7 @@ def idle_p95_ms(store_dir: Path, variant_name: str, threads: int, images: list[b
 
     store = open_store(store_dir)
     variant = store.manifest.variant(variant_name)
-    runner = VariantRunner(store.verify(variant), variant, threads)
+    runner = VariantRunner.from_store(store, variant, threads)
     prep = variant.preprocessing
     latencies = []
     for i in range(WARMUP + runs):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 # Thresholds tried: a coarse grid, so that a few hundred images choose among few options.
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 20))
@@ -31,7 +32,7 @@ class Answers:
     top_scores: tuple[float, ...]
     correct: tuple[bool, ...]
 
-    @property
+    @cached_property  # read for every pair and threshold planned
     def accuracy(self) -> float:
         return sum(self.correct) / len(self.correct)
 

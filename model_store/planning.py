@@ -1,10 +1,11 @@
 """``edgefit store cascades``: the store's confidence cascade plans, measured and written.
 
-Every variant classifies the labelled sample once (``model_store.evaluate``, the serving path)
-and its inference is timed on this machine as the server profiles it; ``model_store.cascades``
-chooses the plans from those answers (thresholds from the search half, figures from the held-out
-half), and they replace the manifest's plans. Plans are measured here, not assumed: a badly
-chosen pair is worse than a single variant.
+Every variant classifies the labelled sample once (``model_store.evaluate``, the serving path;
+answers that ``store build`` and ``store specialize`` kept are taken as they are,
+``model_store.answers``) and its inference is timed on this machine as the server profiles it;
+``model_store.cascades`` chooses the plans from those answers (thresholds from the search half,
+figures from the held-out half), and they replace the manifest's plans. Plans are measured here,
+not assumed: a badly chosen pair is worse than a single variant.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_store.answers import AnswerCache, evaluate_remembered
 from model_store.cascades import Answers, Plan, Scored, plan_cascades
 from model_store.evaluate import (
     Evaluation,
@@ -45,12 +47,20 @@ def inference_cost(store: Store, variant: Variant) -> float:
     return statistics.median(time_inference(runner, COST_RUNS, COST_WARMUP))
 
 
-def score(store: Store, images: Sequence[LabelledImage], report: Progress | None = None) -> list[Scored]:
-    """Every variant's answers on both halves of ``images`` and its cost on this machine;
-    ``report`` follows both."""
+def score(
+    store: Store,
+    images: Sequence[LabelledImage],
+    report: Progress | None = None,
+    answers: AnswerCache | None = None,
+) -> list[Scored]:
+    """Every variant's answers on both halves of ``images`` (those ``answers`` keeps taken from
+    it) and its cost on this machine; ``report`` follows both."""
     variants = list(store.manifest.variants)
     answering = None if report is None else stage_progress(report, "answers", len(images) * len(variants))
-    results = evaluate(store, variants, images, progress=answering)
+    if answers is None:
+        results = evaluate(store, variants, images, progress=answering)
+    else:
+        results = evaluate_remembered(answers, store, variants, images, answering)
     timing = None if report is None else stage_progress(report, "latency", len(variants))
     scored = []
     for variant, result in zip(variants, results, strict=True):
@@ -84,12 +94,14 @@ def as_cascade(plan: Plan, dataset: str) -> Cascade:
     )
 
 
-def plan_store(root: Path, images_dir: Path, report: Progress | None = None) -> tuple[Store, list[Plan]]:
+def plan_store(
+    root: Path, images_dir: Path, report: Progress | None = None, answers: AnswerCache | None = None
+) -> tuple[Store, list[Plan]]:
     """Plan the store at ``root`` on the labelled images in ``images_dir`` and write the plans
-    (none, when no pair beats the single variants); ``report`` follows the variants' answers.
-    Raises ``StoreError``."""
+    (none, when no pair beats the single variants); ``report`` follows the variants' answers,
+    ``answers`` holds those already known. Raises ``StoreError``."""
     store = open_store(root)
     images = labelled_images(images_dir)
-    plans = plan_cascades(score(store, images, report))
+    plans = plan_cascades(score(store, images, report, answers))
     cascades = tuple(as_cascade(p, images_dir.name) for p in plans)
     return store.write(store.manifest.model_copy(update={"cascades": cascades})), plans

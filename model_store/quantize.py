@@ -1,7 +1,9 @@
-"""fp32 ONNX -> int8 ONNX, and the gate an int8 variant must pass to be stored.
+"""fp32 ONNX -> int8 ONNX, and how often an int8 variant agrees with its fp32 twin.
 
-One quantiser and one gate for every way into the store: the builder (``store build``) and
-``store add`` both call them. Needs onnx and onnxruntime (the ``store`` extra), never torch.
+One quantiser and one agreement measure for every way into the store: the builder (``store
+build``, ``store specialize``) records the agreement of every int8 variant of its pool in the log
+and keeps them all (a server checks agreement again on its own device); ``store add`` keeps an
+int8 variant only if it passes the gate. Needs onnx and onnxruntime (the ``store`` extra), never torch.
 
 Quantisation is onnxruntime static quantisation: QDQ format, per-channel 7-bit weights, ``uint8``
 activations calibrated on real cropped images. The input prefix (``model_store.image_input``)
@@ -29,7 +31,8 @@ from model_store.image_input import prefix_node_names
 
 log = logging.getLogger(__name__)
 
-# The share of images on which an int8 variant's top-1 class must equal its fp32 twin's.
+# The share of images on which an int8 variant's top-1 class must equal its fp32 twin's
+# (``store add``'s gate).
 DEFAULT_MIN_AGREEMENT = 0.95
 
 
@@ -71,6 +74,14 @@ def quantize_int8(
         )
 
 
+def agreement(int8_predictions: Sequence[int], fp32_predictions: Sequence[int]) -> float:
+    """The share of the same images on which an int8 variant and its fp32 twin give the same
+    top-1 class. Raises ``ValueError`` if the predictions do not pair up."""
+    if len(int8_predictions) != len(fp32_predictions) or not fp32_predictions:
+        raise ValueError("agreement needs both variants' predictions on the same images")
+    return float(np.mean(np.asarray(int8_predictions) == np.asarray(fp32_predictions)))
+
+
 def passes_agreement_gate(
     name: str,
     twin: str,
@@ -78,25 +89,21 @@ def passes_agreement_gate(
     fp32_predictions: Sequence[int],
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> bool:
-    """Whether int8 variant ``name`` agrees with its fp32 ``twin`` often enough to be stored.
-
-    Agreement is the share of the same images on which both give the same top-1 class; the
-    outcome is logged either way. Raises ``ValueError`` if the predictions do not pair up.
-    """
-    if len(int8_predictions) != len(fp32_predictions) or not fp32_predictions:
-        raise ValueError("the agreement gate needs both variants' predictions on the same images")
-    agreement = float(np.mean(np.asarray(int8_predictions) == np.asarray(fp32_predictions)))
-    if agreement < min_agreement:
+    """Whether int8 variant ``name`` agrees with its fp32 ``twin`` often enough to be stored
+    (:func:`agreement`); the outcome is logged either way. Raises ``ValueError`` if the
+    predictions do not pair up."""
+    share = agreement(int8_predictions, fp32_predictions)
+    if share < min_agreement:
         log.warning(
             "%s: top-1 agrees with %s on %.1f%% of %d images (< %.0f%%); not written",
             name,
             twin,
-            100 * agreement,
+            100 * share,
             len(fp32_predictions),
             100 * min_agreement,
         )
         return False
     log.info(
-        "%s: top-1 agrees with %s on %.1f%% of %d images", name, twin, 100 * agreement, len(fp32_predictions)
+        "%s: top-1 agrees with %s on %.1f%% of %d images", name, twin, 100 * share, len(fp32_predictions)
     )
     return True

@@ -57,10 +57,11 @@ def _progress_bars() -> Callable[[str, int, int], None]:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from model_store.answers import AnswerCache
     from model_store.build.builder import build
 
     started = time.monotonic()
-    store = build(_store_dir(args), Path(args.images), _progress_bars())
+    store = build(_store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default())
     print(
         f"built {len(store.manifest.variants)} variants in {store.root} in {time.monotonic() - started:.0f} s"
     )
@@ -72,6 +73,7 @@ def cmd_specialize(args: argparse.Namespace) -> None:
         return
     if not (args.family and args.images):
         raise StoreError("specialize needs --family and --images (or --device)")
+    from model_store.answers import AnswerCache
     from model_store.build.latency_table import error_summary
     from model_store.build.specialize import recipe_for, specialize
 
@@ -90,14 +92,17 @@ def cmd_specialize(args: argparse.Namespace) -> None:
         search_images=args.search_images,
         budget_seconds=args.budget,
         say=say,
+        answers=AnswerCache.default(),
     )
     print(
         f"frontier on this device with {recipe.arch}'s subnets ({result.scored} scored; "
         "est. top-1 = store top1 of the full network + the subnet's difference on the search half):"
     )
     for c in result.front:
-        search = "  (store)" if c.search_top1 is None else f"{100 * c.search_top1:8.1f}%"
-        print(f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  search {search}")
+        print(
+            f"  {c.name:22} {c.predicted_ms:7.2f} ms  est. {100 * c.estimated_top1:5.1f}%  "
+            f"search {100 * c.search_top1:5.1f}%"
+        )
     print("written (top1 derived from the held-out half):")
     for pick in result.picks:
         v = pick.variant
@@ -242,9 +247,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_cascades(args: argparse.Namespace) -> None:
+    from model_store.answers import AnswerCache
     from model_store.planning import plan_store
 
-    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars())
+    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default())
     if not plans:
         print(f"no cascade beats the single variants of {store.root}: none written")
     for p in plans:
@@ -368,13 +374,13 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         command.set_defaults(run=run)
         return command
 
-    build = store_command("build", "build the default EfficientNet-Lite ladder", cmd_build)
+    build = store_command("build", "build the default EfficientNet-Lite ladder, fp32 and int8", cmd_build)
     build.add_argument("--images", required=True, help="labelled images for calibration and evaluation")
 
     special = store_command(
         "specialize",
-        "search a family's subnets on this device and write them into the store; with --device, "
-        "choose this device's frontier of the store for its servers",
+        "search a family's subnets and add them to the pool, fp32 and int8; with --device, choose "
+        "this device's frontier of the store for its servers",
         cmd_specialize,
     )
     special.add_argument(
@@ -385,7 +391,12 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     special.add_argument("--family", help="lite0, lite1 or lite2")
     special.add_argument("--images", help="labelled images: even positions search, odd score")
     special.add_argument("--resolutions", default="", help="comma-separated (default: the family's ladder)")
-    special.add_argument("--k", type=int, default=4, help="most subnets to keep")
+    special.add_argument(
+        "--k",
+        type=int,
+        default=4,
+        help="most subnets to write (each in fp32 and int8), shared among resolutions",
+    )
     special.add_argument("--search-images", type=int, default=100, help="search-half images to score with")
     special.add_argument("--budget", type=float, default=60.0, help="search time budget in seconds")
 

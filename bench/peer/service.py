@@ -30,6 +30,10 @@ class Classifier:
         self.variant = store.manifest.variant(os.environ["PEER_VARIANT"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("PEER_THREADS", "1"))
+        weights = store.verify_weights(self.variant)
+        if weights is not None:  # the variant keeps its tensors in a weights file of the store
+            name, data = weights
+            options.add_external_initializers_from_files_in_memory([name], [data], [len(data)])
         self.session = ort.InferenceSession(
             store.verify(self.variant), options, providers=["CPUExecutionProvider"]
         )

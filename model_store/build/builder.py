@@ -1,10 +1,15 @@
 """``edgefit store build``: export, verify, quantise and evaluate the default ladder.
 
-Everything is produced in a staging directory inside the store and checked there: every fp32
-export against PyTorch, every int8 variant against its fp32 twin. Files get content-addressed
-names, so moving them in never touches a file the current manifest names; the manifest swap is
-the commit, and files nothing names any more are removed after it. A failed build leaves the
-previous store as it was.
+The store is a pool of candidates for whatever device serves it, not the frontier of the machine
+that builds it: every resolution of the ladder is written in fp32 and in int8, however fast each
+is here. Everything is produced in a staging directory inside the store and checked there: every
+fp32 export against PyTorch (a mismatch fails the build); every int8 variant's top-1 agreement
+with its fp32 twin is logged, not used to drop it (int8 kernels round differently from one CPU
+to another: the device that serves the pool judges). Each family's variants of one precision keep
+their tensors in one weights file (``model_store.build.shared_weights``). Files get
+content-addressed names, so moving them in never touches a file the current manifest names; the
+manifest swap is the commit, and files nothing names any more are removed after it. A failed
+build leaves the previous store as it was.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import numpy as np
 import onnx
 from torch import nn
 
+from model_store.answers import AnswerCache
 from model_store.build.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_pretrained, parity_error
-from model_store.build.latency_table import whole_network_ms
 from model_store.build.recipes import (
     CALIBRATION_IMAGES,
     LADDER,
@@ -30,6 +35,7 @@ from model_store.build.recipes import (
     lite_preprocessing,
     variant_name,
 )
+from model_store.build.shared_weights import share_weights
 from model_store.build.subnets import SubnetModule
 from model_store.evaluate import (
     MAX_PIXELS,
@@ -45,15 +51,13 @@ from model_store.image_input import image_input, wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import Manifest, Precision, Reference, Subnet, Variant
 from model_store.onnx_facts import OnnxFacts, read_facts
-from model_store.quantize import passes_agreement_gate, quantize_int8
+from model_store.quantize import DEFAULT_MIN_AGREEMENT, agreement, quantize_int8
 from model_store.reference import record_int8_checks, reference_images, write_reference
 from model_store.runner import VariantRunner
 from model_store.store import Store, StoreError, open_store, sha256_file
 
 log = logging.getLogger(__name__)
 
-DOMINANCE_RUNS = 10
-DOMINANCE_ROUNDS = 3
 # Logits of a resolution on the shared file against its own export (``share_one_file``).
 SHARING_TOLERANCE = 1e-5
 
@@ -214,9 +218,11 @@ def share_one_file(
     ]
 
 
-def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
+def build(
+    store_root: Path, images_dir: Path, progress: Progress, answers: AnswerCache | None = None
+) -> Store:
     """Build the default ladder into ``store_root`` (keeping any other variants already there,
-    except the ladder families' subnets).
+    except the ladder families' subnets); each variant's answers on the images go to ``answers``.
 
     Raises ``StoreError`` when an input is missing or a check fails.
     """
@@ -235,16 +241,20 @@ def build(store_root: Path, images_dir: Path, progress: Progress) -> Store:
                 family += build_pair(recipe, resolution, staging, images)
             variants += share_one_file(recipe, family, staging, images)
         progress("export + quantize", steps, steps)
+        # Evaluated as written: on the shared weights files.
+        variants = share_weights(staging, variants, "ladder")
 
         staged = Store(staging, Manifest(variants=tuple(variants)))
         advance = stage_progress(progress, f"evaluate on {dataset}", len(images) * len(variants))
         results = evaluate(staged, variants, images, progress=advance)
+        if answers is not None:
+            for variant, result in zip(variants, results, strict=True):
+                answers.remember(variant, images, result)
         manifest = record(staged.manifest, dataset, results)
-        manifest = drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+        log_int8_agreement(manifest, {r.variant: r.predictions for r in results})
         reference = write_reference(staging, held_out_half(images))
         staged = Store(staging, manifest.model_copy(update={"reference": reference}))
         manifest = record_int8_checks(staged, reference_images(staged))
-        manifest = drop_dominated_fp32_twins(staged, manifest)
 
         # A subnet's derived top1 refers to its base's measurements, which this build replaced:
         # the family's subnets go too (``edgefit store specialize`` cuts them again).
@@ -297,51 +307,24 @@ def commit(
     return store
 
 
-def drop_disagreeing_int8(manifest: Manifest, predictions: dict[str, tuple[int, ...]]) -> Manifest:
-    """``manifest`` without the int8 variants whose top-1 agrees with their fp32 twin's on fewer
-    than ``INT8_MIN_AGREEMENT`` of the images (``predictions`` holds both, image by image)."""
-    kept = []
+def log_int8_agreement(manifest: Manifest, predictions: dict[str, tuple[int, ...]]) -> None:
+    """Log how often each int8 variant of ``manifest`` gives its fp32 twin's top-1 class
+    (``predictions`` holds both, image by image). Nothing is dropped: how well int8 agrees
+    depends on the CPU's int8 kernels, so the device that serves the pool decides."""
     for variant in manifest.variants:
-        if variant.precision == "int8":
-            twin = variant.name.removesuffix("-int8") + "-fp32"
-            if not passes_agreement_gate(variant.name, twin, predictions[variant.name], predictions[twin]):
-                continue
-        kept.append(variant)
-    return Manifest(variants=tuple(kept))
-
-
-def drop_dominated_fp32_twins(staged: Store, manifest: Manifest) -> Manifest:
-    """``manifest`` without the fp32 variants that only served their int8 twin's checks: a
-    full-depth fp32 variant whose int8 twin passed the gate goes when another variant is both
-    faster on this machine (fastest of ``DOMINANCE_ROUNDS`` × ``DOMINANCE_RUNS``, serving
-    settings) and at least as accurate. A family's published base stays: derived figures refer
-    to it."""
-    present = {v.name for v in manifest.variants}
-    models = {v.name: staged.verify(v) for v in manifest.variants}
-    # Rounds over every variant in turn, fastest of all: a burst of load on a shared machine
-    # then slows one round of each variant, not every run of one of them.
-    latency_ms = {v.name: float("inf") for v in manifest.variants}
-    for _ in range(DOMINANCE_ROUNDS):
-        for v in manifest.variants:
-            ms = whole_network_ms(models[v.name], v.resolution, DOMINANCE_RUNS)
-            latency_ms[v.name] = min(latency_ms[v.name], ms)
-    kept = []
-    for v in manifest.variants:
-        twin = v.name.removesuffix("-fp32") + "-int8"
-        if v.precision == "fp32" and v.top1_source != "published" and twin in present:
-            better = [
-                o.name
-                for o in manifest.variants
-                if latency_ms[o.name] < latency_ms[v.name] and (o.top1 or 0.0) >= (v.top1 or 0.0)
-            ]
-            if better:
-                log.info(
-                    "%s: not kept (%.1f ms, top-1 %.1f%%): %s is faster and at least as accurate",
-                    v.name, latency_ms[v.name], 100 * (v.top1 or 0.0), better[0],
-                )  # fmt: skip
-                continue
-        kept.append(v)
-    return manifest.model_copy(update={"variants": tuple(kept)})
+        twin = variant.name.removesuffix("-int8") + "-fp32"
+        if variant.precision != "int8" or twin not in predictions:
+            continue
+        share = agreement(predictions[variant.name], predictions[twin])
+        below = (
+            f" (below {DEFAULT_MIN_AGREEMENT:.0%} here: kept in the pool)"
+            if share < DEFAULT_MIN_AGREEMENT
+            else ""
+        )
+        log.info(
+            "%s: top-1 agrees with %s on %.1f%% of %d images%s",
+            variant.name, twin, 100 * share, len(predictions[twin]), below,
+        )  # fmt: skip
 
 
 def _remove_unreferenced(store: Store) -> None:

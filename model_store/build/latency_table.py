@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_store.runner import session_options
+from model_store.runner import open_session, session_options
+
+# A model as a store gives it: its verified bytes, and its verified shared weights file
+# (``Store.verify_weights``) or None.
+Model = tuple[bytes, tuple[str, bytes] | None]
 
 CHECK_RUNS = 20
 _BLOCK = re.compile(r"_blocks\.(\d+)[/._]")
@@ -49,13 +53,13 @@ def _block_of(node_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def whole_network_ms(model: bytes, resolution: int, runs: int, warmup: int = 3) -> float:
-    """Fastest of ``runs`` inferences of ``model`` (an ONNX file's bytes), serving settings.
+def whole_network_ms(model: Model, resolution: int, runs: int, warmup: int = 3) -> float:
+    """Fastest of ``runs`` inferences of ``model``, serving settings.
 
     The fastest, not the median: on a shared machine other work only ever adds time, and the
     table and its checks are measured minutes apart, under whatever load each minute brings.
     """
-    session = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
+    session = open_session(model[0], session_options(1), model[1])
     feed = {session.get_inputs()[0].name: _noise(resolution)}
     return 1000 * min(_timed(session, feed, runs, warmup))
 
@@ -79,15 +83,15 @@ def _timed(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int
 
 
 def measure_table(
-    model: bytes, resolution: int, total_blocks: int, whole_ms: float, runs: int = 20
+    model: Model, resolution: int, total_blocks: int, whole_ms: float, runs: int = 20
 ) -> BlockTable:
-    """The block table of the full-depth network ``model`` (a store variant's verified bytes),
-    whose plain latency (:func:`whole_network_ms`) is ``whole_ms``."""
+    """The block table of the full-depth network ``model`` (a store variant), whose plain latency
+    (:func:`whole_network_ms`) is ``whole_ms``."""
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(1)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = open_session(model[0], options, model[1])
         feed = {session.get_inputs()[0].name: _noise(resolution)}
         _timed(session, feed, runs, warmup=3)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -135,7 +139,7 @@ class PredictionCheck:
 
 
 def check_prediction(
-    name: str, table: BlockTable, kept: tuple[int, ...], subnet: bytes, full: bytes, resolution: int
+    name: str, table: BlockTable, kept: tuple[int, ...], subnet: Model, full: Model, resolution: int
 ) -> PredictionCheck:
     """The table's prediction for a subnet against its measurement.
 

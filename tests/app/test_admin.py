@@ -143,7 +143,7 @@ def test_failed_reload_keeps_serving_the_previous_store(settings: Settings, stor
     with serve(settings) as client:
         (store / "tiny-16-fp32.onnx").write_bytes(b"tampered")
         problem = assert_problem(client.post("/admin/reload"), 409, "reload-failed")
-        assert "refusing to serve" in str(problem["detail"])
+        assert "refusing to use" in str(problem["detail"])
         assert client.get("/readyz").status_code == 200
         response = client.post("/classify", params={"model": "tiny-16-fp32"}, content=image_bytes("PNG"))
         assert response.status_code == 200

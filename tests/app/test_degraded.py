@@ -47,7 +47,7 @@ def test_a_corrupt_file_leaves_its_variant_out_and_a_reload_after_repair_brings_
         body = ready.json()
         assert body["variants"] == 1 and set(body["unavailable"]) == {"tiny-32-fp32"}
         assert "degraded" in body["detail"] and "tiny-32-fp32" in body["detail"]
-        assert "refusing to serve" in body["unavailable"]["tiny-32-fp32"]
+        assert "refusing to use" in body["unavailable"]["tiny-32-fp32"]
         assert [r for r in caplog.records if r.levelno == logging.ERROR and "tiny-32-fp32" in r.getMessage()]
 
         metrics = client.get("/metrics").text

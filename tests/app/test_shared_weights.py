@@ -39,8 +39,8 @@ def shared_store(root: Path) -> Store:
     """``subnet_store`` with its subnets rewritten onto one weights file, as ``store specialize``
     writes them."""
     store = subnet_store(root)
-    variants = share_weights(root, store.manifest.variants)
-    return store.write(Manifest(variants=tuple(variants)))
+    subnets = share_weights(root, [store.manifest.variant(n) for n in SUBNETS], "subnets")
+    return store.write(store.manifest.replace(*subnets))
 
 
 def answers(runner: VariantRunner) -> np.ndarray:

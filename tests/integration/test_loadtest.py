@@ -24,9 +24,9 @@ from tests.conftest import REPO, start_server
 pytestmark = pytest.mark.integration
 
 # A few variants, fast and slow enough for the budget tiers to mean something, plus the store's
-# fastest int8 variant (which ones exist depends on the CPU that built the store); few profile
-# runs keep the start-up short. lite0-128-fp32 is the one that makes 10 ms reachable on a CPU
-# without int8 dot-product instructions (the CI failure of 2026-11-28: 10 ms met 0 % without it).
+# fastest full-depth int8 variant; few profile runs keep the start-up short. lite0-128-fp32 is the
+# one that makes 10 ms reachable on a CPU without int8 dot-product instructions (the CI failure of
+# 2026-11-28: 10 ms met 0 % without it).
 LADDER = ("lite0-128-fp32", "lite0-160-fp32", "lite0-192-fp32", "lite0-224-fp32")
 RUN_SECONDS = 25
 # The locustfile's steady thresholds state the service level for a quiet machine (`make

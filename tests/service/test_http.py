@@ -17,8 +17,8 @@ from PIL import Image
 
 from model_store.evaluate import evaluate, labelled_images
 from model_store.imaging import load_tensor
-from model_store.manifest import Preprocessing
-from model_store.store import open_store
+from model_store.manifest import Manifest, Preprocessing
+from model_store.store import Store, open_store
 from tests.conftest import Server
 from tests.unit.test_imaging import png_header_only
 
@@ -347,7 +347,7 @@ def test_503_not_ready_when_a_file_does_not_match_its_hash(
         assert ready.status_code == 503 and int(ready.headers["retry-after"]) >= 1
         response = classify(s, tabby)
         assert_problem(response, 503, "not-ready")
-        assert "refusing to serve" in s.log.read_text() and "refusing to serve" in ready.json()["detail"]
+        assert "refusing to use" in s.log.read_text() and "refusing to use" in ready.json()["detail"]
         assert "edgefit_ready 0.0" in httpx.get(f"{s.url}/metrics").text
     finally:
         assert s.stop() == 0
@@ -364,7 +364,9 @@ def test_a_corrupt_file_leaves_its_variant_out_and_a_reload_after_repair_serves_
     manifest = json.loads((store_dir / "manifest.json").read_text())
     manifest["variants"] = [v for v in manifest["variants"] if v["name"] in (kept.name, rotten.name)]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    shutil.copy(store.path_of(kept), tmp_path)
+    # Every file both use (their graphs, the weights files they keep their tensors in).
+    for file in Store(store_dir, Manifest(variants=(kept, rotten))).files():
+        shutil.copy(store_dir / file, tmp_path)
     good = store.path_of(rotten).read_bytes()
     flipped = bytearray(good)
     flipped[len(flipped) // 2] ^= 0x01  # one bit, as flash storage loses them

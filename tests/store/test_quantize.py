@@ -1,11 +1,11 @@
-"""The one int8 quantiser and gate, shared by ``store build`` and ``store add``."""
+"""The one int8 quantiser and agreement measure, shared by ``store build`` and ``store add``."""
 
 import subprocess
 import sys
 
 import pytest
 
-from model_store.quantize import passes_agreement_gate
+from model_store.quantize import agreement, passes_agreement_gate
 
 
 def test_store_add_quantises_without_torch() -> None:
@@ -27,3 +27,9 @@ def test_gate_compares_top1_classes_on_the_same_images(agreeing: int, minimum: f
 def test_gate_refuses_predictions_that_do_not_pair_up() -> None:
     with pytest.raises(ValueError, match="same images"):
         passes_agreement_gate("m-int8", "m-fp32", [1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="same images"):
+        agreement([], [])
+
+
+def test_agreement_is_the_share_of_images_with_the_same_top1() -> None:
+    assert agreement([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75

@@ -17,7 +17,7 @@ def test_tampered_file_is_never_vouched_for(tmp_path: Path, tiny_onnx: Path) -> 
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="refusing to serve"):
+    with pytest.raises(StoreError, match="refusing to use"):
         store.verify(variant)
     path.unlink()
     with pytest.raises(StoreError, match="missing"):

@@ -12,6 +12,7 @@ from model_store.build.search import (
     Candidate,
     PrefixCachedAccuracy,
     pareto_front,
+    picks_per_resolution,
     spread_picks,
 )
 from model_store.build.subnets import SubnetModule, skippable_blocks, subnet_of
@@ -20,7 +21,7 @@ from model_store.image_input import wrap_file
 from model_store.imaging import load_tensor
 from model_store.manifest import Subnet, depth_tag
 
-LITE0, LITE2 = LADDER
+LITE0, _, LITE2 = LADDER
 RESOLUTION = 128  # the cheapest lite0 resolution of the ladder
 
 
@@ -108,3 +109,29 @@ def test_front_and_picks_span_the_latency_range() -> None:
         Candidate("b", 160, "fp32", (0, 1, 3), 7, 0.55, 0.55, False),
     ]
     assert [c.name for c in spread_picks(pareto_front(namesakes), 5)] == ["a"]
+
+
+def test_picks_are_shared_out_among_resolutions() -> None:
+    """A pool wants depth steps at every resolution: each gets its share of k from the front of
+    its own fp32 subnets; a share one resolution has no subnets for goes to the others."""
+
+    def at(resolution: int, blocks: int, ms: float, top1: float, precision: str = "fp32") -> Candidate:
+        kept = tuple(range(blocks))
+        name = f"{resolution}-d{blocks}-{precision}"
+        return Candidate(name, resolution, precision, kept, ms, top1, top1, False)  # type: ignore[arg-type]
+
+    scored = [
+        *(at(128, blocks, blocks / 10, blocks / 20) for blocks in range(5, 12)),
+        *(at(160, blocks, blocks / 5, 0.1 + blocks / 20) for blocks in range(5, 12)),
+        at(192, 10, 9.0, 0.9),
+        at(192, 10, 3.0, 0.9, "int8"),  # its int8 twin: one pick, not two
+        Candidate("192-full", 192, "fp32", tuple(range(16)), 12.0, 0.95, 0.95, True),
+    ]
+    picks = picks_per_resolution(scored, (192, 160, 128), 6)
+    # Two each; 192 px has one subnet, so its second goes to the next resolution, 160 px.
+    assert sorted((c.resolution, len(c.kept_blocks)) for c in picks) == [
+        (128, 5), (128, 11), (160, 5), (160, 7), (160, 11), (192, 10),
+    ]  # fmt: skip
+    assert all(c.precision == "fp32" and not c.full_depth for c in picks)
+    assert [c.predicted_ms for c in picks] == sorted(c.predicted_ms for c in picks)
+    assert picks_per_resolution(scored, (192, 160, 128), 2) == [scored[7], scored[14]]
