@@ -9,6 +9,8 @@ from model_store.build.recipes import LADDER, PRECISIONS, variant_name
 from model_store.build.specialize import held_out_dataset
 from model_store.evaluate import evaluate, held_out_half, labelled_images
 from model_store.manifest import depth_tag
+from model_store.reference import REFERENCE_IMAGES, answers, reference_images
+from model_store.runner import VariantRunner
 from model_store.store import open_store
 
 # What the pool may take on disk, each shared file once (`edgefit store list`'s last line).
@@ -64,6 +66,23 @@ def test_every_int8_variant_has_its_fp32_twin_and_full_depth_ones_lose_at_most_t
             # A subnet's int8 twin may lose more (fewer blocks, and half the images): that is
             # for the serving device to weigh. A broken quantisation loses everything.
             assert twin.evaluations[dataset] - accuracy <= (0.1 if v.subnet else 0.02), v.name
+
+
+def test_every_int8_variant_is_recorded_on_the_reference_set_it_carries(store) -> None:
+    images = reference_images(store)
+    assert store.manifest.reference is not None and len(images) == REFERENCE_IMAGES
+    for v in store.manifest.variants:
+        if v.precision != "int8":
+            assert v.int8_check is None
+            continue
+        check = v.int8_check
+        assert check is not None and check.twin == v.name.removesuffix("-int8") + "-fp32", v.name
+        # What was recorded is what the variants answer (this machine built the store).
+        twin = store.manifest.variant(check.twin)
+        assert answers(VariantRunner.from_store(store, twin), images) == check.twin_answers, v.name
+        assert answers(VariantRunner.from_store(store, v), images) == check.answers, v.name
+        # Not a degenerate record: most reference images agree.
+        assert check.agreed >= 0.75 * len(images), v.name
 
 
 def test_specialised_subnets_record_held_out_accuracy(store, sample_dir: Path) -> None:
