@@ -27,7 +27,7 @@ from model_store.evaluate import (
     search_half,
     stage_progress,
 )
-from model_store.manifest import Cascade, Variant
+from model_store.manifest import Cascade, Manifest, Variant
 from model_store.runner import VariantRunner, time_inference
 from model_store.store import Store, open_store
 
@@ -104,4 +104,7 @@ def plan_store(
     images = labelled_images(images_dir)
     plans = plan_cascades(score(store, images, report, answers))
     cascades = tuple(as_cascade(p, images_dir.name) for p in plans)
-    return store.write(store.manifest.model_copy(update={"cascades": cascades})), plans
+    written = Manifest(
+        variants=store.manifest.variants, cascades=cascades, reference=store.manifest.reference
+    )
+    return store.write(written), plans

@@ -365,7 +365,9 @@ def test_a_corrupt_file_leaves_its_variant_out_and_a_reload_after_repair_serves_
     manifest["variants"] = [v for v in manifest["variants"] if v["name"] in (kept.name, rotten.name)]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     # Every file both use (their graphs, the weights files they keep their tensors in).
-    for file in Store(store_dir, Manifest(variants=(kept, rotten))).files():
+    for file in Store(
+        store_dir, Manifest(variants=(kept, rotten), reference=store.manifest.reference)
+    ).files():
         shutil.copy(store_dir / file, tmp_path)
     good = store.path_of(rotten).read_bytes()
     flipped = bytearray(good)

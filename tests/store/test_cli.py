@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from model_store.evaluate import labelled_images
-from model_store.manifest import Manifest
+from model_store.manifest import SCHEMA_VERSION, Manifest
 from model_store.plot import Point, frontier
 from model_store.store import Store, StoreError, open_store
 
@@ -26,8 +26,9 @@ def small_store(store_dir: Path, tmp_path: Path) -> Path:
     store = open_store(store_dir)
     copy = tmp_path / "store"
     copy.mkdir()
-    # Their graph and the weights file they share.
-    for file in Store(store_dir, Manifest(variants=tuple(store.manifest.variant(n) for n in NAMES))).files():
+    # Their graph, the weights file they share and the reference set their int8 twins' checks need.
+    variants = tuple(store.manifest.variant(n) for n in NAMES)
+    for file in Store(store_dir, Manifest(variants=variants, reference=store.manifest.reference)).files():
         shutil.copy(store_dir / file, copy)
     manifest = json.loads((store_dir / "manifest.json").read_text())
     manifest["variants"] = [v for v in manifest["variants"] if v["name"] in NAMES]
@@ -134,7 +135,7 @@ def test_cascades_are_planned_on_the_even_images_and_recorded_on_the_odd(
     assert result.returncode == 0, result.stderr
     assert "answers" in result.stderr  # progress
     manifest = json.loads((small_store / "manifest.json").read_text())
-    assert manifest["schema_version"] == 4
+    assert manifest["schema_version"] == SCHEMA_VERSION
     for plan in manifest["cascades"]:
         assert (plan["small"], plan["big"]) == (DERIVED, BASE)
         assert plan["top1_dataset"] == "sample/odd-positions" and 0 < plan["threshold"] < 1

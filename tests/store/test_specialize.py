@@ -38,9 +38,10 @@ def specialized(store_dir: Path, images: Path, tmp_path_factory: pytest.TempPath
     # Resolutions may share a file, subnets a weights file. Store files are never rewritten in
     # place (content-addressed names, the manifest swapped by rename): a hard link is an
     # independent copy.
-    for file in Store(store, Manifest(variants=tuple(variants))).files():
+    manifest = Manifest(variants=tuple(variants), reference=source.manifest.reference)
+    for file in Store(store, manifest).files():
         os.link(store_dir / file, store / file)
-    Store(store, Manifest(variants=tuple(variants))).write(Manifest(variants=tuple(variants)))
+    Store(store, Manifest()).write(manifest)
     return specialize(
         store, images, LITE0, (128,), k=2, search_images=20, budget_seconds=5, say=print, sampled_checks=1
     )
@@ -98,14 +99,17 @@ def test_committing_subnets_keeps_the_plans_whose_stages_stay(store_dir: Path, t
     subnet = next(v for v in source.manifest.variants if v.subnet is not None)
     small, big = source.manifest.variant("lite0-128-fp32"), source.manifest.variant("lite0-224-fp32")
     variants = (subnet, small, big)
-    for file in Store(tmp_path, Manifest(variants=variants)).files():
+    reference = source.manifest.reference
+    for file in Store(tmp_path, Manifest(variants=variants, reference=reference)).files():
         os.link(store_dir / file, tmp_path / file)
     figures = {"threshold": 0.5, "top1": 0.7, "top1_dataset": "d", "held_out_accuracy": 0.7}
     plans = tuple(
         Cascade(small=s.name, big=big.name, escalation_rate=0.3, planned_cost_ms=5.0, **figures)
         for s in (small, subnet)
     )
-    store = Store(tmp_path, Manifest()).write(Manifest(variants=variants, cascades=plans))
+    store = Store(tmp_path, Manifest()).write(
+        Manifest(variants=variants, cascades=plans, reference=reference)
+    )
     staging = tmp_path / ".staging-test"
     staging.mkdir()
     after = commit(store, staging, [big], replacing=[subnet.name])
