@@ -94,37 +94,31 @@ class Subnet(BaseModel):
         return self
 
 
-class Weights(BaseModel):
+class StoredFile(BaseModel):
+    """A file of the store besides a variant's own model file, named with its sha256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+
+    @field_validator("file")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_safe_name(value)
+
+
+class Weights(StoredFile):
     """A weights file that variants cut from one network share: their ONNX files keep the graph
     and refer to tensors in it (ONNX external data, located by this file name alone)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(gt=0)
-
-    @field_validator("file")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        return check_safe_name(value)
-
-
-class Reference(BaseModel):
+class Reference(StoredFile):
     """The reference set: a few held-out images of the store's evaluation, re-encoded small in one
     file (``model_store.reference``), on which each int8 variant is re-checked on a device."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(gt=0)
     images: int = Field(gt=0)
-
-    @field_validator("file")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        return check_safe_name(value)
 
 
 class Int8Check(BaseModel):
