@@ -12,6 +12,7 @@ schema 2-4 manifest reads as one without them (its int8 variants are not re-chec
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -137,10 +138,14 @@ class Int8Check(BaseModel):
             raise ValueError("an int8 check has its answer and its twin's for each reference image")
         return self
 
+    def agreeing(self, answers: Sequence[int]) -> int:
+        """Reference images on which ``answers`` give the twin's class."""
+        return sum(a == b for a, b in zip(answers, self.twin_answers, strict=True))
+
     @property
     def agreed(self) -> int:
         """Reference images on which it agreed with its twin where it was built."""
-        return sum(a == b for a, b in zip(self.answers, self.twin_answers, strict=True))
+        return self.agreeing(self.answers)
 
 
 def depth_tag(subnet: Subnet | None) -> str:

@@ -75,14 +75,13 @@ def failed_int8_checks(store: Store, runners: Mapping[str, VariantRunner]) -> di
         return {name: frontier.Left("int8_check_failed", f"not checked here: {exc}") for name in checks}
     failed = {}
     for name, check in checks.items():
-        here = answers(runners[name], images)
-        agreed = sum(a == b for a, b in zip(here, check.twin_answers, strict=True))
+        agreed = check.agreeing(answers(runners[name], images))
         words = (
             f"agrees with {check.twin} on {agreed} of the store's {len(images)} reference images here, "
             f"on {check.agreed} where it was built"
         )
         log.info("int8 check: %s %s", name, words)
-        if fails_here(check, here):
+        if fails_here(check, agreed):
             failed[name] = frontier.Left("int8_check_failed", words)
     return failed
 
