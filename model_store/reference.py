@@ -41,25 +41,32 @@ def write_reference(directory: Path, images: Sequence[LabelledImage]) -> Referen
     """``REFERENCE_IMAGES`` of ``images``, spread over them, re-encoded into one zip of JPEGs
     ``reference.{sha12}.zip`` in ``directory``. The same images give the same file."""
     step = max(1, len(images) // REFERENCE_IMAGES)
-    chosen = list(images[::step])[:REFERENCE_IMAGES]
+    jpegs = []
+    for image in list(images[::step])[:REFERENCE_IMAGES]:
+        with Image.open(image.path) as opened:
+            picture = opened.convert("RGB")
+        scale = SHORTER_SIDE / min(picture.size)
+        picture = picture.resize(
+            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BICUBIC
+        )
+        encoded = io.BytesIO()
+        picture.save(encoded, format="JPEG", quality=JPEG_QUALITY)
+        jpegs.append(encoded.getvalue())
+    return write_images(directory, jpegs)
+
+
+def write_images(directory: Path, jpegs: Sequence[bytes]) -> Reference:
+    """``jpegs`` as a reference set, ``reference.{sha12}.zip`` in ``directory``."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for i, image in enumerate(chosen):
-            with Image.open(image.path) as opened:
-                picture = opened.convert("RGB")
-            scale = SHORTER_SIDE / min(picture.size)
-            picture = picture.resize(
-                (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BICUBIC
-            )
-            encoded = io.BytesIO()
-            picture.save(encoded, format="JPEG", quality=JPEG_QUALITY)
+        for i, jpeg in enumerate(jpegs):
             # A fixed timestamp: the archive's bytes, and so its name, depend on the images only.
-            archive.writestr(zipfile.ZipInfo(f"{i:03d}.jpeg", (1980, 1, 1, 0, 0, 0)), encoded.getvalue())
+            archive.writestr(zipfile.ZipInfo(f"{i:03d}.jpeg", (1980, 1, 1, 0, 0, 0)), jpeg)
     data = out.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     name = f"reference.{digest[:12]}.zip"
     (directory / name).write_bytes(data)
-    return Reference(file=name, sha256=digest, size_bytes=len(data), images=len(chosen))
+    return Reference(file=name, sha256=digest, size_bytes=len(data), images=len(jpegs))
 
 
 def reference_images(store: Store) -> list[bytes]:

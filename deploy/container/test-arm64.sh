@@ -51,7 +51,7 @@ qemu_setup() {
 
 small_pool() {
     chmod 755 "$WORK"
-    log "pool: $(python3 "$REPO/deploy/container/two_devices.py" pool "$STORE_SRC" "$WORK/pool")"
+    log "pool: $(PYTHONPATH="$REPO" "$REPO/.venv/bin/python" "$REPO/deploy/container/two_devices.py" pool "$STORE_SRC" "$WORK/pool")"
 }
 
 # This machine's frontier of the pool, as a server here chooses it at its first start.
@@ -85,7 +85,7 @@ run_container() {
 two_frontiers() {
     curl -fsS "$URL/models?pool=true" >"$WORK/arm64.json"
     podman "${STORAGE[@]}" logs "$NAME" 2>&1 | grep -E "int8 check|frontier of the pool" >&2 || true
-    python3 "$REPO/deploy/container/two_devices.py" check \
+    PYTHONPATH="$REPO" "$REPO/.venv/bin/python" "$REPO/deploy/container/two_devices.py" check \
         "this machine=$WORK/native.json" "arm64 under qemu=$WORK/arm64.json" >&2 \
         || die "a device serves a variant off the frontier it measured"
 }

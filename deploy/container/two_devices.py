@@ -14,12 +14,13 @@ left out as dominated is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
-import zipfile
 from pathlib import Path
+
+from model_store.reference import reference_images, write_images
+from model_store.store import open_store
 
 REFERENCE_IMAGES = 8
 
@@ -37,23 +38,8 @@ def pool(src: Path, dst: Path) -> None:
     subnet = least([v for v in variants if v.get("subnet")])
     chosen = {v["name"]: v for v in (int8, twin, fp32, subnet) if v is not None}
     dst.mkdir(parents=True)
-    reference = manifest["reference"]
-    with zipfile.ZipFile(src / reference["file"]) as archive:
-        names = sorted(archive.namelist())[:REFERENCE_IMAGES]
-        images = {name: archive.read(name) for name in names}
-    cut = dst / "reference.zip.tmp"
-    with zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in images.items():
-            archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
-    data = cut.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    cut.rename(dst / f"reference.{digest[:12]}.zip")
-    manifest["reference"] = {
-        "file": f"reference.{digest[:12]}.zip",
-        "sha256": digest,
-        "size_bytes": len(data),
-        "images": len(images),
-    }
+    images = reference_images(open_store(src))[:REFERENCE_IMAGES]
+    manifest["reference"] = write_images(dst, images).model_dump(mode="json")
     for v in chosen.values():
         for file in (v["file"], (v.get("weights") or {}).get("file")):
             if file and not (dst / file).exists():
