@@ -23,6 +23,12 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 MIN_GAIN = 0.005
 # The selector weighs every plan for every request: a handful is enough.
 MAX_PLANS = 4
+# A plan is also offered where it is as accurate as its big stage alone for at least this share
+# less mean compute: idle, where the most accurate candidate that fits wins and a tie goes to the
+# one that costs the workers less, it answers instead of the big stage, as well, for less. One
+# such plan for each of the ``MAX_MATCHING`` most accurate variants (the top of the staircase).
+MIN_SAVING = 0.25
+MAX_MATCHING = 2
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,44 @@ def calibrate(small: Scored, big: Scored, variants: Sequence[Scored]) -> tuple[f
     return best
 
 
+def match(small: Scored, big: Scored) -> tuple[float, float] | None:
+    """The lowest threshold (the least escalation) at which (``small``, ``big``) is as accurate as
+    ``big`` alone on the search half, at a mean cost ``MIN_SAVING`` below big's or more: (threshold,
+    mean cost), or None."""
+    for threshold in THRESHOLDS:
+        accuracy, escalation = simulate(small.search, big.search, threshold)
+        cost = small.cost_seconds + escalation * big.cost_seconds
+        if accuracy >= big.search.accuracy and cost <= (1 - MIN_SAVING) * big.cost_seconds:
+            return threshold, cost
+    return None
+
+
+def _matching(
+    variants: Sequence[Scored], taken: set[tuple[str, str]]
+) -> list[tuple[Scored, Scored, float, float]]:
+    """For each of the ``MAX_MATCHING`` most accurate variants that no cheaper one out-answers
+    (search half), the cheapest plan matching it (``match``) over a pair not ``taken``: (small,
+    big, threshold, mean cost)."""
+
+    def out_answered(v: Scored) -> bool:
+        return any(
+            o.cost_seconds <= v.cost_seconds and o.search.accuracy > v.search.accuracy for o in variants
+        )
+
+    tops = [v for v in variants if v.top1 is not None and not out_answered(v)]
+    tops.sort(key=lambda v: (-v.search.accuracy, v.cost_seconds, v.name))
+    plans = []
+    for big in tops[:MAX_MATCHING]:
+        found = [
+            (small, big, *m)
+            for small, dear in _pairs(variants)
+            if dear is big and (small.name, big.name) not in taken and (m := match(small, big))
+        ]
+        if found:
+            plans.append(min(found, key=lambda f: (f[3], f[0].name)))
+    return plans
+
+
 def _pairs(variants: Sequence[Scored]) -> list[tuple[Scored, Scored]]:
     """(small, big): one class space, small cheaper, big more accurate (search half), big's
     accuracy known."""
@@ -119,8 +163,9 @@ def _pairs(variants: Sequence[Scored]) -> list[tuple[Scored, Scored]]:
 
 def plan_cascades(variants: Sequence[Scored], max_plans: int = MAX_PLANS) -> list[Plan]:
     """At most ``max_plans`` plans, each beating every single variant at its mean cost (search
-    half), none beaten by another kept plan on both gain and cost; the largest gains first. Their
-    recorded figures come from the held-out half."""
+    half), none beaten by another kept plan on both gain and cost, the largest gains first; then
+    the plans matching the most accurate variants for less (``_matching``). Their recorded figures
+    come from the held-out half."""
     calibrated = []
     for small, big in _pairs(variants):
         found = calibrate(small, big, variants)
@@ -132,8 +177,11 @@ def plan_cascades(variants: Sequence[Scored], max_plans: int = MAX_PLANS) -> lis
         if not any(o[3] >= c[3] and o[4] <= c[4] and (o[3], o[4]) != (c[3], c[4]) for o in calibrated)
     ]
     undominated.sort(key=lambda c: (-c[3], c[4], c[0].name, c[1].name))
+    kept = [(small, big, threshold, cost) for small, big, threshold, _, cost in undominated[:max_plans]]
+    kept += _matching(variants, {(small.name, big.name) for small, big, _, _ in kept})
     plans = []
-    for small, big, threshold, gain, cost in undominated[:max_plans]:
+    for small, big, threshold, cost in kept:
+        gain = simulate(small.search, big.search, threshold)[0] - best_single(variants, cost)
         accuracy, escalation = simulate(small.held_out, big.held_out, threshold)
         # On the variants' scale, as the store derives a variant's top1 (_pairs: big's is known).
         top1 = min(max((big.top1 or 0.0) + accuracy - big.held_out.accuracy, 0.0), 1.0)

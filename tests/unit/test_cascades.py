@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_store.cascades import Answers, Scored, calibrate, plan_cascades, simulate
+from model_store.cascades import (
+    MIN_SAVING,
+    THRESHOLDS,
+    Answers,
+    Scored,
+    calibrate,
+    match,
+    plan_cascades,
+    simulate,
+)
 
 
 def answers(scores: list[float], correct: list[bool]) -> Answers:
@@ -89,3 +98,24 @@ def test_only_one_class_space_and_a_handful() -> None:
     plans = plan_cascades(variants + other, max_plans=2)
     assert len(plans) == 2
     assert all((p.small.endswith("-x")) == (p.big.endswith("-x")) for p in plans)
+
+
+def test_a_plan_matching_the_most_accurate_variant_for_less_is_offered() -> None:
+    """Beside the plans that gain the most, one that is as accurate as its big stage alone (search
+    half) for at least a quarter less mean compute: the lowest such threshold."""
+    variants = ladder(1, 2)
+    small, big = variants[0], variants[1]
+    plans = plan_cascades(variants, max_plans=0)
+    assert [(p.small, p.big) for p in plans][:1] == [("small", "big")]
+    plan = plans[0]
+    accuracy, _ = simulate(small.search, big.search, plan.threshold)
+    assert accuracy >= big.search.accuracy and plan.cost_seconds <= (1 - MIN_SAVING) * big.cost_seconds
+    lower = [t for t in THRESHOLDS if t < plan.threshold]
+    assert all(simulate(small.search, big.search, t)[0] < big.search.accuracy for t in lower)
+
+
+def test_no_matching_plan_without_the_saving() -> None:
+    small, big, _ = ladder(1, 2)
+    dear = Scored(small.name, small.labels, 0.009, small.top1, small.search, small.held_out)
+    assert match(small, big) is not None
+    assert match(dear, big) is None

@@ -340,6 +340,19 @@ def test_a_plan_weighed_at_its_mean_wins_under_load_where_its_worst_case_would_n
     )
 
 
+def test_idle_a_plan_as_accurate_as_its_big_stage_answers_for_less() -> None:
+    """A tie in accuracy goes to what costs the workers less: a plan matching its big stage, once
+    its worst case fits; the big stage where only it fits."""
+    big = Candidate("big", 0.77, 1, predicted_seconds=0.010, idle_seconds=0.01)
+    small = Candidate("small", 0.70, 1, predicted_seconds=0.004, idle_seconds=0.004)
+    matching = Candidate(
+        "small>big", 0.77, 1, predicted_seconds=0.014, idle_seconds=0.014, mean_seconds=0.007
+    )
+    table = [big, small, matching]
+    assert select(table, Constraints(budget_seconds=0.02), elapsed_seconds=0.0).name == "small>big"
+    assert select(table, Constraints(budget_seconds=0.012), elapsed_seconds=0.0).name == "big"
+
+
 def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> None:
     # "good" turns worker time into the most correct answers (0.70 per 7.5 ms); only "tiny" (0.36
     # per 5 ms) fits in time behind this queue.
