@@ -78,7 +78,8 @@ def test_a_job_past_hope_is_shed_once_it_waited_as_long_as_it_may() -> None:
             await asyncio.sleep(0.1)
             gate.set()
             await blocker
-            assert (await fresh).value == "on time"
+            on_time = await fresh
+            assert on_time.value == "on time" and not on_time.started_past_hope
             with pytest.raises(Shed):
                 await hopeless
             # Without patience (a strict request, a cascade's second stage) it goes at once.
@@ -90,7 +91,8 @@ def test_a_job_past_hope_is_shed_once_it_waited_as_long_as_it_may() -> None:
             patient = executor.submit(lambda: "late", Job(key=0.0, run_seconds=0.001, budgeted=True), 60.0)
             gate.set()
             await blocker
-            assert (await patient).value == "late"
+            late = await patient
+            assert late.value == "late" and late.started_past_hope  # its wait was the schedule's
             with pytest.raises(Shed):
                 await impatient
         finally:
