@@ -105,12 +105,8 @@ class LiveTable:
             decode_seconds=first.decode_seconds,
             inferences=[(s.variant.name, s.inference_seconds) for s in result.stages],
             service_residual=service - result.point_seconds,
-            # A job queued, or started, past hope waited behind every on-time one by the schedule's
-            # choice: under overload those waits (up to the queue bound) were most of the scores,
-            # and a margin of a second priced every variant out.
-            wait_error=None
-            if result.past_hope or any(s.started_past_hope for s in result.stages)
-            else wait_error,
+            # A job queued past hope waited behind every on-time one: no wait was predicted.
+            wait_error=None if result.past_hope else wait_error,
             late=self._late(result, total_seconds),
             now=now,
             idle=result.idle,

@@ -42,7 +42,6 @@ class Stage:
     decode_seconds: float  # decoding (the first stage) and resizing to the variant's input
     inference_seconds: float
     metrics: VariantMetrics  # the variant's metric children
-    started_past_hope: bool  # ``Finished.started_past_hope``
 
 
 def stage(entry: Entry, finished: Finished[Classified]) -> Stage:
@@ -55,7 +54,6 @@ def stage(entry: Entry, finished: Finished[Classified]) -> Stage:
         done.decode_seconds,
         done.inference_seconds,
         entry.metrics,
-        finished.started_past_hope,
     )
 
 

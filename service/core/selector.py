@@ -18,9 +18,6 @@ reason a request that, at that price, only a worse converter fits in time is ref
 (``Saturated``: the server sheds it, 503): served, it would let the queue settle where only the
 poorest subnet fits, and parked behind the jobs that can be on time (tried), it was served late
 whenever they left a worker free, so that the saturated server spent its workers on late answers.
-So, at that price, is a request that nothing fits in time behind the queue although an idle
-server would meet its budget: answered as likely on time, or late, it made most answers at
-twice the capacity late.
 
 A confidence cascade plan is a candidate like a variant, with two costs: it must fit the budget
 at its worst case (both stages run), and it is weighed at its mean (the second stage runs only
@@ -106,8 +103,8 @@ class BudgetUnmeetableNow(Exception):
 
 
 class Saturated(Exception):
-    """Worker time is worth more than what the variants that fit this request in time make of it,
-    or than a late answer to a budget an idle server would meet (see ``select``)."""
+    """Worker time is worth more than what the variants that fit this request in time make of it
+    (see ``select``)."""
 
 
 def _accuracy(candidate: Candidate) -> float:
@@ -184,10 +181,9 @@ def select(
     and the server is ``contended`` (other requests queued or running: their load is in the
     waits and in the margins), the most accurate variant whose ``likely_seconds`` fit answers;
     when nothing fits even so, or on an idle server, the fastest allowed variant (never a plan)
-    answers late; ``strict`` refuses either way. Saturated (the price at its ceiling), the
-    request is refused where only worse converters than the store's best fit, and where nothing
-    fits that an idle server would meet. A choice less accurate than an idle server would make is
-    reported as ``contention``.
+    answers late; ``strict`` refuses either way. Saturated (the price at its ceiling) with only
+    worse converters than the store's best fitting, the request is refused. A choice less
+    accurate than an idle server would make is reported as ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
@@ -229,7 +225,8 @@ def select(
         # only a worse converter fits in time: served now, it would take the workers from
         # requests that get the better one, and the queue would settle where only the poorest
         # subnet fits.
-        if _saturated(pool, backlog_seconds, budget) and _yield(best) < _worth(pool):
+        worth = max(_yield(c) for c in pool)
+        if 0 < worth <= load_price(backlog_seconds, budget) and _yield(best) < worth:
             raise Saturated(
                 "the server is saturated: what fits this budget behind the queue now would take "
                 "workers from requests it serves better"
@@ -238,39 +235,21 @@ def select(
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
-    if contended:
-        # Nothing fits in time with other requests in the server. Saturated, where an idle server
-        # would meet the budget (the load is why), an answer likely on time or late takes a worker
-        # from requests that can be on time and makes every one behind it later: refused.
-        load_is_why = any(c.idle_seconds <= budget for c in pool)
-        if load_is_why and _saturated(pool, backlog_seconds, budget):
-            raise Saturated("the server is saturated: nothing meets this budget behind the queue now")
-        if not constraints.strict:
-            # Not saturated: the most accurate variant likely on time (answers at its bound's
-            # looser quantile fit), rather than the fastest, which in a store of subnets is its
-            # least accurate and was on time about as often.
-            likely = [
-                c
-                for c in pool
-                if c.mean_seconds is None
-                and elapsed_seconds + c.wait_seconds + (c.likely_seconds or c.predicted_seconds) <= budget
-            ]
-            if likely:
-                chosen = max(likely, key=_rank)
-                return Selection(chosen.name, "fallback", total(chosen))
+    if contended and not constraints.strict:
+        # Nothing fits with other requests in the server: the most accurate variant likely on
+        # time (answers at its bound's looser quantile fit), rather than the fastest, which in a
+        # store of subnets is its least accurate and was on time about as often.
+        likely = [
+            c
+            for c in pool
+            if c.mean_seconds is None
+            and elapsed_seconds + c.wait_seconds + (c.likely_seconds or c.predicted_seconds) <= budget
+        ]
+        if likely:
+            chosen = max(likely, key=_rank)
+            return Selection(chosen.name, "fallback", total(chosen))
     fastest = _late(pool, constraints, budget, total)
     return Selection(fastest.name, "fallback", total(fastest))
-
-
-def _worth(pool: Sequence[Candidate]) -> float:
-    """The most accuracy per second of worker time any allowed candidate makes."""
-    return max(_yield(c) for c in pool)
-
-
-def _saturated(pool: Sequence[Candidate], backlog_seconds: float, budget: float) -> bool:
-    """Worker time is priced at what the best converter of ``pool`` makes of it, or more."""
-    worth = _worth(pool)
-    return 0 < worth <= load_price(backlog_seconds, budget)
 
 
 def _late(

@@ -31,9 +31,6 @@ class Finished(Generic[T]):
     value: T
     queue_seconds: float
     run_seconds: float
-    # It could no longer be on time when a worker took it (``schedule.missed``): it waited behind
-    # every job that still could, by the schedule's choice, however well its wait was predicted.
-    started_past_hope: bool
 
 
 class Shed(Exception):
@@ -48,7 +45,6 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     submitted: float
     shed_after_seconds: float
-    started_past_hope: bool = False
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -142,7 +138,6 @@ class InferenceExecutor:
                 i = schedule.pick([p.job for p in self._queue], others, now)
                 if i is not None:
                     pending = self._queue.pop(i)
-                    pending.started_past_hope = schedule.missed(pending.job, now)
                     self._started[worker] = (now, pending.job.run_seconds)
                     return pending
                 # Every queued job is held back: wait for a worker to finish, a new job, or the
@@ -175,12 +170,7 @@ class InferenceExecutor:
         value: Any = None
         error: BaseException | None = None
         try:
-            value = Finished(
-                pending.work(),
-                started - pending.submitted,
-                time.perf_counter() - started,
-                pending.started_past_hope,
-            )
+            value = Finished(pending.work(), started - pending.submitted, time.perf_counter() - started)
         except Exception as exc:  # handed to the awaiting request, which maps it
             error = exc
         finally:
