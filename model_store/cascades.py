@@ -91,6 +91,12 @@ def best_single(variants: Sequence[Scored], cost_seconds: float) -> float:
     return best
 
 
+def search_point(small: Scored, big: Scored, threshold: float) -> tuple[float, float]:
+    """The plan's accuracy and mean cost on the search half."""
+    accuracy, escalation = simulate(small.search, big.search, threshold)
+    return accuracy, small.cost_seconds + escalation * big.cost_seconds
+
+
 def calibrate(small: Scored, big: Scored, variants: Sequence[Scored]) -> tuple[float, float, float] | None:
     """The threshold for (``small``, ``big``), read from the search half only: the one whose plan
     beats the best single variant at no more mean cost by the most. Returns (threshold, gain,
@@ -101,8 +107,7 @@ def calibrate(small: Scored, big: Scored, variants: Sequence[Scored]) -> tuple[f
     the height above it is what it adds there. Ties go to the higher threshold (more accurate)."""
     best: tuple[float, float, float] | None = None
     for threshold in THRESHOLDS:
-        accuracy, escalation = simulate(small.search, big.search, threshold)
-        cost = small.cost_seconds + escalation * big.cost_seconds
+        accuracy, cost = search_point(small, big, threshold)
         gain = accuracy - best_single(variants, cost)
         if gain >= MIN_GAIN and (best is None or gain >= best[1]):
             best = (threshold, gain, cost)
@@ -114,19 +119,19 @@ def match(small: Scored, big: Scored) -> tuple[float, float] | None:
     ``big`` alone on the search half, at a mean cost ``MIN_SAVING`` below big's or more: (threshold,
     mean cost), or None."""
     for threshold in THRESHOLDS:
-        accuracy, escalation = simulate(small.search, big.search, threshold)
-        cost = small.cost_seconds + escalation * big.cost_seconds
+        accuracy, cost = search_point(small, big, threshold)
         if accuracy >= big.search.accuracy and cost <= (1 - MIN_SAVING) * big.cost_seconds:
             return threshold, cost
     return None
 
 
 def _matching(
-    variants: Sequence[Scored], taken: set[tuple[str, str]]
-) -> list[tuple[Scored, Scored, float, float]]:
+    variants: Sequence[Scored], pairs: Sequence[tuple[Scored, Scored]], taken: set[tuple[str, str]]
+) -> list[tuple[Scored, Scored, float, float, float]]:
     """For each of the ``MAX_MATCHING`` most accurate variants that no cheaper one out-answers
-    (search half), the cheapest plan matching it (``match``) over a pair not ``taken``: (small,
-    big, threshold, mean cost)."""
+    (search half), the cheapest plan matching it (``match``) over one of ``pairs`` not ``taken``:
+    (small, big, threshold, gain over the singles at its mean cost, mean cost), as ``calibrate``
+    gives them."""
 
     def out_answered(v: Scored) -> bool:
         return any(
@@ -139,11 +144,13 @@ def _matching(
     for big in tops[:MAX_MATCHING]:
         found = [
             (small, big, *m)
-            for small, dear in _pairs(variants)
+            for small, dear in pairs
             if dear is big and (small.name, big.name) not in taken and (m := match(small, big))
         ]
         if found:
-            plans.append(min(found, key=lambda f: (f[3], f[0].name)))
+            small, _, threshold, cost = min(found, key=lambda f: (f[3], f[0].name))
+            gain = search_point(small, big, threshold)[0] - best_single(variants, cost)
+            plans.append((small, big, threshold, gain, cost))
     return plans
 
 
@@ -166,8 +173,9 @@ def plan_cascades(variants: Sequence[Scored], max_plans: int = MAX_PLANS) -> lis
     half), none beaten by another kept plan on both gain and cost, the largest gains first; then
     the plans matching the most accurate variants for less (``_matching``). Their recorded figures
     come from the held-out half."""
+    pairs = _pairs(variants)
     calibrated = []
-    for small, big in _pairs(variants):
+    for small, big in pairs:
         found = calibrate(small, big, variants)
         if found is not None:
             calibrated.append((small, big, *found))
@@ -177,11 +185,10 @@ def plan_cascades(variants: Sequence[Scored], max_plans: int = MAX_PLANS) -> lis
         if not any(o[3] >= c[3] and o[4] <= c[4] and (o[3], o[4]) != (c[3], c[4]) for o in calibrated)
     ]
     undominated.sort(key=lambda c: (-c[3], c[4], c[0].name, c[1].name))
-    kept = [(small, big, threshold, cost) for small, big, threshold, _, cost in undominated[:max_plans]]
-    kept += _matching(variants, {(small.name, big.name) for small, big, _, _ in kept})
+    kept = undominated[:max_plans]
+    kept += _matching(variants, pairs, {(small.name, big.name) for small, big, *_ in kept})
     plans = []
-    for small, big, threshold, cost in kept:
-        gain = simulate(small.search, big.search, threshold)[0] - best_single(variants, cost)
+    for small, big, threshold, gain, cost in kept:
         accuracy, escalation = simulate(small.held_out, big.held_out, threshold)
         # On the variants' scale, as the store derives a variant's top1 (_pairs: big's is known).
         top1 = min(max((big.top1 or 0.0) + accuracy - big.held_out.accuracy, 0.0), 1.0)
