@@ -7,7 +7,11 @@ answers (``service.core.calibration``). Every variant is priced the same way, wh
 chosen lately or not, so comparing two variants compares like with like. Each answer teaches the
 tables back (``learn``).
 
-A confidence cascade plan is priced from its stages' prices (``price_plan``).
+A confidence cascade plan is priced from its stages' prices (``price_plan``). One whose held-out
+accuracy is below its big stage's by no more than ``MATCH_TOLERANCE`` ranks as that stage: the
+store's matching plans (``model_store.cascades.match``) are as accurate as it on the search half,
+and a difference of an image or two on the held-out half is noise, not a reason to spend the
+compute they save.
 
 A candidate's queue wait is the queue played forward (``schedule.wait_at_place``), the dearest
 part of a price with a queue: under load, played for every variant of every request, it made the
@@ -36,6 +40,9 @@ IDLE_QUANTILE = 0.95
 # What a fallback under load goes by (``selector.Candidate.likely_seconds``): on time nine
 # times in ten.
 LIKELY_QUANTILE = 0.9
+# How far below its big stage's top1 a plan's may be and still rank as it: the paired tolerance
+# a cascade is judged by (about two images in 500).
+MATCH_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)
@@ -173,9 +180,13 @@ class Pricer:
         job = place.job(first)
         predicted = max(worst, first) + wait_margin
         could_fit = budget_seconds is None or elapsed_seconds + predicted <= budget_seconds
+        matched = big.candidate.top1
         candidate = selector.Candidate(
             name=plan.name,
             top1=plan.top1,
+            ranked_top1=matched
+            if matched is not None and matched - MATCH_TOLERANCE <= plan.top1 < matched
+            else None,
             size_bytes=max(small.candidate.size_bytes, big.candidate.size_bytes),
             predicted_seconds=predicted,
             idle_seconds=small.candidate.idle_seconds + big.candidate.idle_seconds,

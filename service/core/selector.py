@@ -55,6 +55,9 @@ class Candidate:
     ``likely_seconds``: decode + inference at a looser quantile than the promise's
     (``service.pricing.LIKELY_QUANTILE``): what a fallback under load goes by. None: the same
     as ``predicted_seconds``.
+    ``ranked_top1``: the accuracy the choice ranks it at, where not its ``top1`` (a plan that
+    matches its big stage within the figures' noise ranks as that stage: see
+    ``service.pricing.MATCH_TOLERANCE``); ``min_accuracy`` still goes by ``top1``.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Candidate:
     blocks: bool = False
     mean_seconds: float | None = None
     likely_seconds: float | None = None
+    ranked_top1: float | None = None
 
     @property
     def weighed_seconds(self) -> float:
@@ -109,6 +113,8 @@ class Saturated(Exception):
 
 def _accuracy(candidate: Candidate) -> float:
     # Unknown accuracy ranks below every known one: never chosen over a measured variant.
+    if candidate.ranked_top1 is not None:
+        return candidate.ranked_top1
     return -1.0 if candidate.top1 is None else candidate.top1
 
 

@@ -19,7 +19,7 @@ def pricer() -> Pricer:
     small = variant(
         name=SMALL, resolution=160, preprocessing=Preprocessing(**{**PRE.model_dump(), "crop": 160})
     )
-    big = variant(name=BIG)
+    big = variant(name=BIG, top1=0.742, top1_source="published")
     profiles = {SMALL: Profile(0.004, 0.005), BIG: Profile(0.010, 0.012)}
     # Decoding costs 1 ms plus 10 ns per input pixel: the big stage's decode is dearer.
     decode = DecodeModel({"JPEG": (0.001, 0.0, 0.0, 1e-8)}, window=64, fresh_seconds=5)
@@ -51,6 +51,22 @@ def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> N
     )
     assert plan.service_seconds < plan.candidate.mean_seconds < plan.candidate.predicted_seconds
     assert plan.candidate.top1 == 0.74 and plan.candidate.size_bytes == big.candidate.size_bytes
+
+
+@pytest.mark.parametrize(
+    ("plan_top1", "ranked"),
+    [(0.74, 0.742), (0.737, 0.742), (0.736, None), (0.742, None), (0.75, None)],
+)
+def test_a_plan_within_the_tolerance_below_its_big_stage_ranks_as_it(plan_top1, ranked) -> None:
+    """Its own figure stays its top1 (``min_accuracy`` goes by it); only the ranking is the big one's."""
+    p = pricer()
+    header = ImageHeader("JPEG", 500, 375, 100_000)
+    place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True, True)
+    prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
+    assert prices[BIG].candidate.top1 == 0.742
+    plan = p.price_plan(cascade(small=SMALL, big=BIG, top1=plan_top1), prices, 0.05, place, 0.0)
+    assert plan.candidate.top1 == plan_top1
+    assert plan.candidate.ranked_top1 == ranked
 
 
 def test_a_wait_is_played_only_for_the_candidates_that_could_fit() -> None:

@@ -353,6 +353,21 @@ def test_idle_a_plan_as_accurate_as_its_big_stage_answers_for_less() -> None:
     assert select(table, Constraints(budget_seconds=0.012), elapsed_seconds=0.0).name == "big"
 
 
+def test_a_plan_ranked_as_its_big_stage_answers_for_less_but_min_accuracy_reads_its_own_top1() -> None:
+    big = Candidate("big", 0.77, 1, predicted_seconds=0.010, idle_seconds=0.01)
+    small = Candidate("small", 0.70, 1, predicted_seconds=0.004, idle_seconds=0.004)
+    matched = Candidate(
+        "small>big", 0.768, 1, predicted_seconds=0.014, idle_seconds=0.014, mean_seconds=0.007
+    )
+    assert select([big, small, matched], Constraints(budget_seconds=0.02), elapsed_seconds=0.0).name == "big"
+    ranked = replace(matched, ranked_top1=0.77)
+    table = [big, small, ranked]
+    choice = select(table, Constraints(budget_seconds=0.02), elapsed_seconds=0.0)
+    assert (choice.name, choice.reason) == ("small>big", "best_fit")
+    strict = Constraints(budget_seconds=0.02, min_accuracy=0.77)
+    assert select(table, strict, elapsed_seconds=0.0).name == "big"
+
+
 def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> None:
     # "good" turns worker time into the most correct answers (0.70 per 7.5 ms); only "tiny" (0.36
     # per 5 ms) fits in time behind this queue.
