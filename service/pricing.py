@@ -71,9 +71,9 @@ class Place:
     budgeted: bool
     idle: bool  # nothing queued or running: the request is priced from idle answers (calibration)
 
-    def job(self, run_seconds: float) -> schedule.Job:
-        """A job at this place that runs ``run_seconds``."""
-        return schedule.Job(self.key, run_seconds, self.limits, self.budgeted)
+    def job(self, run_seconds: float, typical_seconds: float | None = None) -> schedule.Job:
+        """A job at this place that runs ``run_seconds`` at most (``typical_seconds`` typically)."""
+        return schedule.Job(self.key, run_seconds, self.limits, self.budgeted, typical_seconds)
 
 
 class Pricer:
@@ -121,7 +121,7 @@ class Pricer:
             parts[name] = (
                 decoding,
                 point,
-                place.job(service),
+                place.job(service, point),
                 self.calibration.promise_margin(name, point, budget_seconds, now, idle=place.idle),
             )
         # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their locations
@@ -177,7 +177,7 @@ class Pricer:
         first = decoding + small.service_seconds - small.decode_seconds
         wait_margin = small.wait_margin_seconds
         # What is queued now is the first stage; the second is priced and scheduled on its own.
-        job = place.job(first)
+        job = place.job(first, point)
         predicted = max(worst, first) + wait_margin
         could_fit = budget_seconds is None or elapsed_seconds + predicted <= budget_seconds
         matched = big.candidate.top1

@@ -121,7 +121,7 @@ class Chooser:
             raise errors.Overloaded(str(exc), retry_after_seconds=retry_after(wait)) from None
         price = prices[choice.name]
         fastest = min(p.point_seconds for p in prices.values())
-        job = place.job(price.service_seconds)
+        job = place.job(price.service_seconds, price.point_seconds)
         return Choice(choice, price, job, fastest, schedule.missed(job, now), place.idle)
 
     def escalation(

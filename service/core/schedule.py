@@ -7,12 +7,11 @@ Pure: times are seconds on the caller's clock; nothing here reads a clock or run
   keyed ``NO_BUDGET_HORIZON`` after its arrival: it comes after every budgeted request that arrived
   with it, and ages, so only the finitely many jobs keyed before it can ever overtake it.
 - **A job past hope goes last.** A budgeted job that would end after its deadline even if it
-  started now (``missed``) waits behind every job that can still be on time. Plain deadline
-  order breaks down under overload: once the queue holds more than a budget, every job is
-  late because the late ones ahead of it ran first (EDF's domino effect). Jobs past hope wait,
-  in deadline order, for a moment when
-  nothing that can still be saved is queued (the executor sheds those that wait past the
-  admission bound).
+  started now and ran at its typical pace (``missed``) waits behind every job that can still be
+  on time. Plain deadline order breaks down under overload: once the queue holds more than a
+  budget, every job is late because the late ones ahead of it ran first (EDF's domino effect).
+  Jobs past hope wait, in deadline order, for a moment when nothing that can still be saved is
+  queued (the executor sheds those that wait past the admission bound).
 - **Capacity kept for tight deadlines.** An inference cannot be pre-empted, so a long job started
   now decides whether a tight request arriving a moment later finds a worker. Each budget tier
   present in the recent arrivals (``ArrivalMix``) keeps workers in proportion to its share, but
@@ -77,11 +76,16 @@ class Job:
     run_seconds: float
     limits: tuple[float, ...] = ()
     budgeted: bool = False
+    typical_seconds: float | None = None  # its run at its typical pace (None: ``run_seconds``)
 
 
 def missed(job: Job, now: float) -> bool:
-    """A budgeted job that would end after its deadline even if it started now."""
-    return job.budgeted and now + job.run_seconds > job.key
+    """A budgeted job that would end after its deadline even if it started now and ran at its
+    typical pace. Not at its bound's pace: under load that bound is several typical runs, and a
+    job ``run_seconds`` from its deadline still ends on time most often; sent last, behind every
+    other, it waited for the queue to empty and was late for sure."""
+    run = job.run_seconds if job.typical_seconds is None else job.typical_seconds
+    return job.budgeted and now + run > job.key
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,16 @@ def test_missed_and_its_place_in_the_order() -> None:
     )
 
 
+def test_past_hope_goes_by_the_typical_run_not_the_bound() -> None:
+    """Under load a job's bound is several typical runs: 15 ms from its deadline, a job whose
+    bound is 20 ms but which typically runs 5 ms still keeps its place; at 4 ms it is past hope."""
+    job = Job(key=0.015, run_seconds=0.020, budgeted=True, typical_seconds=0.005)
+    assert not missed(job, now=0.0) and missed(job, now=0.011)
+    other = Job(key=0.030, run_seconds=0.005, budgeted=True)
+    assert pick([other, job], [0.0], now=0.0) == 1  # the earlier deadline first
+    assert pick([other, job], [0.0], now=0.011) == 0
+
+
 @given(workloads)
 @settings(deadline=None)
 def test_a_worker_is_kept_for_the_tight_tier(raw) -> None:
