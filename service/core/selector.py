@@ -112,9 +112,9 @@ class Saturated(Exception):
 
 
 def _accuracy(candidate: Candidate) -> float:
-    # Unknown accuracy ranks below every known one: never chosen over a measured variant.
     if candidate.ranked_top1 is not None:
         return candidate.ranked_top1
+    # Unknown accuracy ranks below every known one: never chosen over a measured variant.
     return -1.0 if candidate.top1 is None else candidate.top1
 
 
