@@ -53,7 +53,12 @@ class Cascades:
         run_options = ort.RunOptions()
         job = classify_job(image, small.runner, top, self.settings.max_image_pixels, run_options, decode_for)
         first = await self.execution.run(
-            job, choice.job, run_options, plan.small, budget, shed_when_missed=constraints.strict
+            job,
+            choice.job,
+            run_options,
+            plan.small,
+            budget,
+            shed_when_missed=choice.shed_when_missed(constraints.strict),
         )
         stages, best = [stage(small, first)], first.value.best
         escalation: Escalation = "answered"

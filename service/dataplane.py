@@ -111,7 +111,12 @@ class DataPlane:
             run_options = ort.RunOptions()
             job = classify_job(image, entry.runner, top, self.settings.max_image_pixels, run_options)
             finished = await self.execution.run(
-                job, choice.job, run_options, name, budget, shed_when_missed=constraints.strict
+                job,
+                choice.job,
+                run_options,
+                name,
+                budget,
+                shed_when_missed=choice.shed_when_missed(constraints.strict),
             )
             return classification(
                 choice,

@@ -33,6 +33,13 @@ class Choice:
     past_hope: bool  # the job could not be on time when it was queued (``schedule.missed``)
     idle: bool  # priced with nothing queued or running (``Place.idle``)
 
+    def shed_when_missed(self, strict: bool) -> bool:
+        """Whether its job is dropped (503) as soon as it is past hope rather than answered late:
+        a strict request's, and one queued in time (the queue or the machine moved since: kept,
+        it waited last for a worker and took it from a request still on time). Only a job queued
+        past hope, its budget out of reach from the start, waits last to answer late."""
+        return strict or not self.past_hope
+
 
 class Chooser:
     def __init__(self, settings: Settings, executor: InferenceExecutor) -> None:
