@@ -111,8 +111,8 @@ class Execution:
         A job past hope (``schedule.missed``: it can no longer end within its budget) still runs,
         after everything that can be on time, unless it waited past the admission bound, or is
         ``shed_when_missed`` (``Choice.shed_when_missed``; a cascade's second stage, whose first
-        answer stands): then it raises ``errors.Overloaded``. Also raises ``errors.InferenceTimeout``, or
-        what ``work`` raised."""
+        answer stands): then it raises ``errors.Overloaded``. Also raises
+        ``errors.InferenceTimeout``, or what ``work`` raised."""
         patience = 0.0 if shed_when_missed else self.settings.max_queue_wait_seconds
         future = self.executor.submit(work, scheduled, patience)
         self.metrics.queue_depth.set(self.executor.queued)

@@ -10,8 +10,8 @@ tables back (``learn``).
 A confidence cascade plan is priced from its stages' prices (``price_plan``). One whose held-out
 accuracy is below its big stage's by no more than ``MATCH_TOLERANCE`` ranks as that stage: the
 store's matching plans (``model_store.cascades.match``) are as accurate as it on the search half,
-and a difference of an image or two on the held-out half is noise, not a reason to spend the
-compute they save.
+and a difference that small on the held-out half is noise, not a reason to spend the compute
+they save.
 
 A candidate's queue wait is the queue played forward (``schedule.wait_at_place``), the dearest
 part of a price with a queue: under load, played for every variant of every request, it made the
@@ -41,7 +41,7 @@ IDLE_QUANTILE = 0.95
 # times in ten.
 LIKELY_QUANTILE = 0.9
 # How far below its big stage's top1 a plan's may be and still rank as it: the paired tolerance
-# a cascade is judged by (about two images in 500).
+# a cascade is judged by, within the noise of a held-out half.
 MATCH_TOLERANCE = 0.005
 
 
