@@ -35,10 +35,12 @@ class Choice:
 
     def shed_when_missed(self, strict: bool) -> bool:
         """Whether its job is dropped (503) as soon as it is past hope rather than answered late:
-        a strict request's, and one queued in time (the queue or the machine moved since: kept,
-        it waited last for a worker and took it from a request still on time). Only a job queued
-        past hope, its budget out of reach from the start, waits last to answer late."""
-        return strict or not self.past_hope
+        a strict request's, and one queued in time while others were in the server (the queue or
+        the machine moved since: kept, it waited last for a worker and took it from a request
+        still on time). A job queued past hope, its budget out of reach from the start, waits last
+        to answer late, and so does one priced alone in the server: its own run, not other work,
+        made it late, and there was nobody to take a worker from."""
+        return strict or not (self.past_hope or self.idle)
 
 
 class Chooser:

@@ -173,6 +173,19 @@ def test_selection_on_an_idle_server(server: Server, tabby: bytes, store_dir: Pa
     assert_problem(classify(server, tabby, min_accuracy="99%"), 422, "no-variant-allowed")
 
 
+def test_a_client_asking_in_turn_is_never_shed(server: Server, tabby: bytes) -> None:
+    # Budgets swept across every variant's edge (from below the fastest one's typical run to past
+    # the slowest one's p95), one request at a time: where a variant only just fits, its job can
+    # turn past hope before a worker takes it, and with nobody else in the server it is answered
+    # (late, at worst), never refused.
+    latencies = [v["latency_ms"] for v in httpx.get(f"{server.url}/models").json()["variants"]]
+    low = min(lat["p50"] for lat in latencies)
+    high = max(lat["p95"] for lat in latencies) + 8.0
+    budgets = [low + (high - low) * i / 150 for i in range(151)]
+    statuses = [classify(server, tabby, budget=f"{b:.3f}ms").status_code for b in budgets]
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
 def test_models_lists_the_live_table(server: Server) -> None:
     variants = httpx.get(f"{server.url}/models").json()["variants"]
     assert len(variants) >= 12

@@ -7,7 +7,7 @@ from service.pricing import Price
 from service.selection import Choice
 
 
-def choice(past_hope: bool) -> Choice:
+def choice(past_hope: bool, idle: bool = False) -> Choice:
     candidate = selector.Candidate("v", 0.7, 1, predicted_seconds=0.012, idle_seconds=0.010)
     return Choice(
         selection=selector.Selection("v", "best_fit" if not past_hope else "fallback", 0.012),
@@ -15,14 +15,18 @@ def choice(past_hope: bool) -> Choice:
         job=schedule.Job(0.020, 0.012, budgeted=True, typical_seconds=0.008),
         fastest_point_seconds=0.008,
         past_hope=past_hope,
-        idle=False,
+        idle=idle,
     )
 
 
-def test_only_a_job_queued_past_hope_waits_to_answer_late() -> None:
-    # Queued in time and past hope since: dropped at once, strict or not.
+def test_only_a_job_queued_past_hope_or_alone_waits_to_answer_late() -> None:
+    # Queued in time beside other work and past hope since: dropped at once, strict or not.
     assert choice(past_hope=False).shed_when_missed(strict=False)
     assert choice(past_hope=False).shed_when_missed(strict=True)
     # Its budget out of reach from the start: answered late, unless strict.
     assert not choice(past_hope=True).shed_when_missed(strict=False)
     assert choice(past_hope=True).shed_when_missed(strict=True)
+    # Priced alone in the server (a client asking in turn): its own run made it late, and no
+    # other request is there to take the worker from: answered late, unless strict.
+    assert not choice(past_hope=False, idle=True).shed_when_missed(strict=False)
+    assert choice(past_hope=False, idle=True).shed_when_missed(strict=True)
