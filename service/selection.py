@@ -35,12 +35,13 @@ class Choice:
 
     def shed_when_missed(self, strict: bool) -> bool:
         """Whether its job is dropped (503) as soon as it is past hope rather than answered late:
-        a strict request's, and one queued in time while others were in the server (the queue or
-        the machine moved since: kept, it waited last for a worker and took it from a request
-        still on time). A job queued past hope, its budget out of reach from the start, waits last
-        to answer late, and so does one priced alone in the server: its own run, not other work,
-        made it late, and there was nobody to take a worker from."""
-        return strict or not (self.past_hope or self.idle)
+        a strict request's, and one that had to wait for a worker when it was queued (the queue
+        or the machine moved since: kept, it waited last for a worker and took it from a request
+        still on time). A job queued past hope, its budget out of reach from the start, waits
+        last to answer late, and so does one a worker could take at once: only its own run, not
+        other work, can make it late (a client asking in turn, beside an idle re-probe or another
+        client's job on the other worker)."""
+        return strict or not (self.past_hope or self.price.candidate.wait_seconds == 0)
 
 
 class Chooser:
