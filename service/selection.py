@@ -35,12 +35,10 @@ class Choice:
 
     def shed_when_missed(self, strict: bool) -> bool:
         """Whether its job is dropped (503) as soon as it is past hope rather than answered late:
-        a strict request's, and one that had to wait for a worker when it was queued (the queue
-        or the machine moved since: kept, it waited last for a worker and took it from a request
-        still on time). A job queued past hope, its budget out of reach from the start, waits
-        last to answer late, and so does one a worker could take at once: only its own run, not
-        other work, can make it late (a client asking in turn, beside an idle re-probe or another
-        client's job on the other worker)."""
+        a strict request's, and one queued to wait for a worker, which answered late would take
+        a worker from a request still on time. A job queued past hope, or one a worker could take
+        at once (only its own run can make it late), waits last to answer late."""
+        # ``wait_at_place`` is exactly 0 when a free worker takes the job as it joins.
         return strict or not (self.past_hope or self.price.candidate.wait_seconds == 0)
 
 

@@ -175,11 +175,9 @@ def test_selection_on_an_idle_server(server: Server, tabby: bytes, store_dir: Pa
 
 
 def test_a_client_asking_in_turn_is_never_shed(server: Server, tabby: bytes) -> None:
-    # Budgets swept across every variant's edge (from below the fastest one's typical run to past
-    # the slowest one's p95), one request at a time, while another client keeps one worker busy
-    # with the most accurate variant: where a variant only just fits, its job can turn past hope
-    # before a worker takes it, and with a worker free for it when it was queued it is answered
-    # (late, at worst), never refused.
+    # Budgets swept from the fastest variant's median to past the slowest one's p95, one request
+    # at a time, while another client keeps one worker busy: a job that only just fitted can turn
+    # past hope before the free worker takes it, and is then answered late, never refused.
     latencies = [v["latency_ms"] for v in httpx.get(f"{server.url}/models").json()["variants"]]
     low = min(lat["p50"] for lat in latencies)
     high = max(lat["p95"] for lat in latencies) + 8.0
