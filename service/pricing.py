@@ -16,9 +16,14 @@ they save.
 A candidate's queue wait is the queue played forward (``schedule.wait_at_place``), the dearest
 part of a price with a queue: under load, played for every variant of every request, it made the
 event loop the bottleneck, the more so the more variants a store serves. So it is played only for
-the candidates that could fit the budget at all (their bound, or the looser one a fallback goes
-by, fits without any wait) and for the fastest; the others, which no choice but the fastest
-fallback looks at, are given the fastest's wait.
+the candidates that could fit the budget at all (their bound, or a looser one at
+``LIKELY_QUANTILE``, fits without any wait) and for the fastest; the others, which a choice looks
+at only when nothing fits (and then at their chance of being on time, which the fastest's wait
+may overstate), are given the fastest's wait.
+
+A candidate's chance of being on time (``Calibration.on_time_share``, from the same answers as
+its bound) is what a fallback goes by: when no bound fits, the variant with the most correct
+answers on time expected answers (``selector.select``).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from service.runtime.profiler import decode_work
 TYPICAL = 0.5
 # What the strict refusal asks ("could an idle server meet this budget?") prices at.
 IDLE_QUANTILE = 0.95
-# What a fallback under load goes by (``selector.Candidate.likely_seconds``): on time nine
-# times in ten.
+# Which candidates have their own queue wait played although their bound does not fit: those on
+# time nine times in ten (a fallback may choose them; see the module's note on waits).
 LIKELY_QUANTILE = 0.9
 # How far below its big stage's top1 a plan's may be and still rank as it: the paired tolerance
 # a cascade is judged by, within the noise of a held-out half.
@@ -135,17 +140,24 @@ class Pricer:
         prices = {}
         for name, (decoding, point, job, margin) in parts.items():
             could_fit = budget_seconds is None or elapsed_seconds + point + margin - relief <= budget_seconds
+            wait = (
+                schedule.wait_at_place(job, place.queue, place.busy, now)
+                if could_fit and name != fastest
+                else shared_wait
+            )
             candidate = selector.Candidate(
                 name=name,
                 top1=self.variants[name].top1,
                 size_bytes=self.variants[name].size_bytes,
                 predicted_seconds=point + margin,
-                likely_seconds=point + margin - relief,
                 idle_seconds=decoding + self.latency.idle(name, IDLE_QUANTILE),
-                wait_seconds=schedule.wait_at_place(job, place.queue, place.busy, now)
-                if could_fit and name != fastest
-                else shared_wait,
+                wait_seconds=wait,
                 blocks=schedule.blocks(job, place.workers),
+                on_time=None
+                if budget_seconds is None
+                else self.calibration.on_time_share(
+                    name, point, budget_seconds - elapsed_seconds - wait, budget_seconds, now, idle=place.idle
+                ),
             )
             prices[name] = Price(candidate, point, job.run_seconds, wait_margin, decoding * decode_slowdown)
         return prices

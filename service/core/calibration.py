@@ -57,6 +57,7 @@ The quantiles use the finite-sample correction (the ceil((n + 1) q)-th smallest)
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 
 from service.core.latency import Recent, ranked
@@ -239,18 +240,44 @@ class Calibration:
         total scores of the answers priced idle (for a request priced ``idle``, once there are
         enough), else of the tier's (every tier's while it has too few); the service and wait
         margins stacked while none has enough."""
-        scores = self._idle_totals.fresh(now) if idle and budget_seconds is not None else []
-        if len(scores) < MIN_SPREAD:
-            totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
-            scores = [] if totals is None else totals.fresh(now)
-            if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
-                scores = self._all_totals.fresh(now)
+        scores = self._total_scores(budget_seconds, now, idle)
         centre = self._centre(variant, now)
         if centre is None or len(scores) < MIN_SPREAD:
             return self.service_margin(
                 variant, point, budget_seconds, now, level, idle=idle
             ) + self.wait_margin(budget_seconds, now, level)
         return centre + conformal_quantile(scores, self.level(budget_seconds) if level is None else level)
+
+    def on_time_share(
+        self,
+        variant: str,
+        point: float,
+        slack: float,
+        budget_seconds: float,
+        now: float,
+        *,
+        idle: bool = False,
+    ) -> float | None:
+        """The share of ``variant``'s answers predicted to take at most ``slack`` seconds beyond
+        the time spent and the predicted wait (the budget less those), ``point`` its point
+        prediction: of the total scores its bound is priced from, those within ``slack`` less the
+        point and its location, out of one more (a new score is as likely to fall in any of the
+        gaps). None while bounds are stacked (too few answers to say)."""
+        scores = self._total_scores(budget_seconds, now, idle)
+        centre = self._centre(variant, now)
+        if centre is None or len(scores) < MIN_SPREAD:
+            return None
+        return bisect_right(scores, slack - point - centre) / (len(scores) + 1)
+
+    def _total_scores(self, budget_seconds: float | None, now: float, idle: bool) -> Sequence[float]:
+        """The sorted total scores a budget's bounds are priced from (``promise_margin``)."""
+        scores = self._idle_totals.fresh(now) if idle and budget_seconds is not None else []
+        if len(scores) < MIN_SPREAD:
+            totals = None if budget_seconds is None else self._totals.get(tier_name(budget_seconds))
+            scores = [] if totals is None else totals.fresh(now)
+            if len(scores) < MIN_TIER_SCORES and budget_seconds is not None:
+                scores = self._all_totals.fresh(now)
+        return scores
 
     def wait_margin(self, budget_seconds: float | None, now: float, level: float | None = None) -> float:
         """What to add to a request's predicted queue wait at ``level`` (default: the budget's):

@@ -52,9 +52,9 @@ class Candidate:
     ``service.core.schedule.blocks``).
     ``mean_seconds``: set for a cascade plan, whose ``predicted_seconds`` is its worst case
     (both stages): the same at its recorded escalation rate. None for a variant.
-    ``likely_seconds``: decode + inference at a looser quantile than the promise's
-    (``service.pricing.LIKELY_QUANTILE``): what a fallback under load goes by. None: the same
-    as ``predicted_seconds``.
+    ``on_time``: the calibrated share of answers like this one that would meet the budget from
+    its place (``service.core.calibration.Calibration.on_time_share``): what a fallback goes by.
+    None: not known (too few answers yet, no budget, or a plan).
     ``ranked_top1``: the accuracy the choice ranks it at, where not its ``top1`` (a plan that
     matches its big stage within the figures' noise ranks as that stage: see
     ``service.pricing.MATCH_TOLERANCE``); ``min_accuracy`` still goes by ``top1``.
@@ -68,7 +68,7 @@ class Candidate:
     wait_seconds: float = 0.0
     blocks: bool = False
     mean_seconds: float | None = None
-    likely_seconds: float | None = None
+    on_time: float | None = None
     ranked_top1: float | None = None
 
     @property
@@ -173,7 +173,6 @@ def select(
     *,
     elapsed_seconds: float,
     backlog_seconds: float = 0.0,
-    contended: bool = False,
 ) -> Selection:
     """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``,
     ``Saturated``.
@@ -183,13 +182,12 @@ def select(
     without any, simply the most accurate), ties going to the faster; a variant that another
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
-    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits
-    and the server is ``contended`` (other requests queued or running: their load is in the
-    waits and in the margins), the most accurate variant whose ``likely_seconds`` fit answers;
-    when nothing fits even so, or on an idle server, the fastest allowed variant (never a plan)
-    answers late; ``strict`` refuses either way. Saturated (the price at its ceiling) with only
-    worse converters than the store's best fitting, the request is refused. A choice less
-    accurate than an idle server would make is reported as ``contention``.
+    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits,
+    the allowed variant (never a plan) expected to give the most correct answers on time
+    (accuracy x ``on_time``) answers, ties going to the faster: where no variant has a chance
+    (or none is known), the fastest; ``strict`` refuses instead. Saturated (the price at its
+    ceiling) with only worse converters than the store's best fitting, the request is refused.
+    A choice less accurate than an idle server would make is reported as ``contention``.
     """
     pool = allowed(candidates, constraints)
     if constraints.pinned is not None:
@@ -241,37 +239,20 @@ def select(
         alone = unhurried(pool, constraints, elapsed_seconds=elapsed_seconds)
         downgraded = alone is not None and _accuracy(best) < _accuracy(alone)
         return Selection(best.name, "contention" if downgraded else "best_fit", total(best))
-    if contended and not constraints.strict:
-        # Nothing fits with other requests in the server: the most accurate variant likely on
-        # time (answers at its bound's looser quantile fit), rather than the fastest, which in a
-        # store of subnets is its least accurate and was on time about as often.
-        likely = [
-            c
-            for c in pool
-            if c.mean_seconds is None
-            and elapsed_seconds + c.wait_seconds + (c.likely_seconds or c.predicted_seconds) <= budget
-        ]
-        if likely:
-            chosen = max(likely, key=_rank)
-            return Selection(chosen.name, "fallback", total(chosen))
-    fastest = _late(pool, constraints, budget, total)
-    return Selection(fastest.name, "fallback", total(fastest))
-
-
-def _late(
-    pool: Sequence[Candidate], constraints: Constraints, budget: float, total: Callable[[Candidate], float]
-) -> Candidate:
-    """Nothing fits: the fastest allowed variant, to answer late; ``strict`` refuses instead."""
     if constraints.strict:
         # "Could an idle server meet it?" ignores the time this request already spent here:
         # under load that time is the load's doing, not the budget's.
         if any(c.idle_seconds <= budget for c in pool):
             raise BudgetUnmeetableNow("the budget cannot be met under the current load")
         raise BudgetUnmeetable("no variant can meet this budget on this machine, even when idle")
-    # A plan answering late would be late twice over, or not as accurate as promised.
+    # Nothing fits at the promise's quantile. In a store of subnets the fastest is the least
+    # accurate, and often faster by less than the noise: a variant a little slower and far more
+    # accurate makes more correct answers on time. A plan answering late would be late twice
+    # over, or not as accurate as promised.
     variants = [c for c in pool if c.mean_seconds is None]
     if not variants:
         raise NoVariantAllowed(
             "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
         )
-    return min(variants, key=total)
+    chosen = max(variants, key=lambda c: (_accuracy(c) * (c.on_time or 0.0), -total(c)))
+    return Selection(chosen.name, "fallback", total(chosen))

@@ -236,3 +236,31 @@ def test_a_request_priced_idle_is_priced_from_the_answers_priced_idle() -> None:
     # A request priced under load is priced from every answer, the burst's included.
     assert calibration.service_margin("v", point, BUDGET, now) >= 0.008
     assert calibration.promise_margin("v", point, BUDGET, now) >= 0.028
+
+
+def test_the_on_time_share_is_how_often_answers_meet_that_slack() -> None:
+    # Answers of "v" run over their point by a lognormal amount, a stall now and then. The share
+    # predicted for a slack is how often new answers meet it where fallbacks look (the upper
+    # part: in the body, the location's own noise, a median of its recent answers, moves it by
+    # more), and the bound at a level is where the share reaches that level (the conformal
+    # quantile's other face).
+    rng = random.Random(5)  # noqa: S311 (noise, not secrets)
+    calibration = Calibration(window=1024, fresh_seconds=600.0)
+    point, now = 0.005, 0.0
+
+    def total() -> float:
+        return point * rng.lognormvariate(0.0, 0.2) + (0.004 if rng.random() < 0.05 else 0.0)
+
+    assert calibration.on_time_share("v", point, 0.020, BUDGET, now) is None  # nothing to say yet
+    for _ in range(1024):
+        calibration.observe("v", total() - point, BUDGET, 0.0, None, now)
+    new = [total() for _ in range(4000)]
+    for slack in (0.008, 0.010):
+        share = calibration.on_time_share("v", point, slack, BUDGET, now)
+        assert share == pytest.approx(sum(t <= slack for t in new) / len(new), abs=0.04)
+    assert calibration.on_time_share("v", point, point - 0.004, BUDGET, now) == 0.0
+    for level in (0.5, 0.9, PROMISE_QUANTILE):
+        bound = point + calibration.promise_margin("v", point, BUDGET, now, level)
+        # (1e-12: the bound's sum and the share's differences round apart.)
+        assert calibration.on_time_share("v", point, bound + 1e-12, BUDGET, now) >= level
+        assert calibration.on_time_share("v", point, bound - 1e-9, BUDGET, now) < level

@@ -26,6 +26,7 @@ candidate = st.builds(
     size_bytes=st.integers(1, 50_000_000),
     predicted_seconds=st.floats(0.001, 0.5),
     idle_seconds=st.floats(0.001, 0.5),
+    on_time=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
 tables = st.lists(candidate, min_size=1, max_size=12, unique_by=lambda c: c.name)
 seconds = st.floats(0.0, 0.2)
@@ -47,8 +48,18 @@ def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> 
         chosen = next(c for c in table if c.name == choice.name)
         assert (-1 if chosen.top1 is None else chosen.top1) == best
     else:
+        # Nothing fits: the most correct answers on time expected, ties to the faster (so the
+        # fastest where no variant has a known chance).
         assert choice.reason == "fallback"
-        assert choice.predicted_seconds == min(elapsed + wait + c.predicted_seconds for c in table)
+
+        def expected(c: Candidate) -> float:
+            return (-1 if c.top1 is None else c.top1) * (c.on_time or 0.0)
+
+        chosen = next(c for c in table if c.name == choice.name)
+        assert expected(chosen) == max(expected(c) for c in table)
+        assert choice.predicted_seconds == min(
+            elapsed + wait + c.predicted_seconds for c in table if expected(c) == expected(chosen)
+        )
 
 
 @given(tables, st.floats(0.001, 1.0), seconds, seconds)
@@ -394,29 +405,25 @@ def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> Non
         )
 
 
-def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> None:
-    # Behind the queue nothing fits at the promise's quantile; "good" is on time nine times in
-    # ten, and answers rather than "tiny", the fastest and least accurate.
-    def table(wait: float) -> list[Candidate]:
+def test_nothing_fits_the_variant_with_the_most_correct_answers_on_time_expected_answers() -> None:
+    # No bound fits. "good" is on time nine times in ten, "tiny" (the fastest and least
+    # accurate) a little more often, "big" rarely: 0.54 x 0.9 beats 0.24 x 0.95 and 0.77 x 0.3.
+    def table(wait: float, *chances: float | None) -> list[Candidate]:
         return [
-            Candidate("tiny", 0.24, 1, 0.008, 0.008, wait_seconds=wait, likely_seconds=0.005),
-            Candidate("good", 0.54, 1, 0.010, 0.010, wait_seconds=wait, likely_seconds=0.007),
-            Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, likely_seconds=0.016),
+            Candidate("tiny", 0.24, 1, 0.008, 0.008, wait_seconds=wait, on_time=chances[0]),
+            Candidate("good", 0.54, 1, 0.010, 0.010, wait_seconds=wait, on_time=chances[1]),
+            Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, on_time=chances[2]),
         ]
 
     budget = Constraints(budget_seconds=0.015)
-    loaded = select(table(0.008), budget, elapsed_seconds=0.0, contended=True)
+    loaded = select(table(0.008, 0.95, 0.9, 0.3), budget, elapsed_seconds=0.0)
     assert (loaded.name, loaded.reason) == ("good", "fallback")
-    # Others' load in the margins alone, no wait: the same.
-    busy = select(table(0.0), Constraints(budget_seconds=0.007), elapsed_seconds=0.0, contended=True)
-    assert (busy.name, busy.reason) == ("good", "fallback")
-    # Alone on the server, the device is why nothing fits: the fastest, as the contract says.
-    idle = select(table(0.0), Constraints(budget_seconds=0.007), elapsed_seconds=0.0)
-    assert (idle.name, idle.reason) == ("tiny", "fallback")
-    # Nothing likely on time either: the fastest.
-    hopeless = select(table(0.0), Constraints(budget_seconds=0.003), elapsed_seconds=0.0, contended=True)
-    assert hopeless.name == "tiny"
+    alone = select(table(0.0, 0.95, 0.9, 0.3), Constraints(budget_seconds=0.007), elapsed_seconds=0.0)
+    assert (alone.name, alone.reason) == ("good", "fallback")
+    # No chance known yet, or none at all: the fastest, as the contract says.
+    for chances in ((None, None, None), (0.0, 0.0, 0.0)):
+        assert select(table(0.008, *chances), budget, elapsed_seconds=0.0).name == "tiny"
     with pytest.raises(BudgetUnmeetableNow):  # strict: refused, the load is why
         select(
-            table(0.008), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0, contended=True
+            table(0.008, 0.95, 0.9, 0.3), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0
         )
