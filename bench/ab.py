@@ -10,8 +10,10 @@ budget is measured in the same minute. The first checkout is the baseline.
         .venv/bin/python bench/ab.py . ../other-checkout
 
 Each server imports ``service`` from its checkout (``PYTHONPATH``); the store is shared. Writes
-``bench/results/ab.json`` and prints a line per budget and each checkout's summary (the same
-figures as ``bench/regret.py``'s), with the paired difference against the baseline.
+``bench/results/ab.json`` and prints a line per budget (each checkout's delivered accuracy, budget
+met and the share of requests whose variant moved between its two runs) and each checkout's
+summary (the same figures as ``bench/regret.py``'s), with the paired difference against the
+baseline.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def main(checkouts: list[Path]) -> int:
             for name, port in zip(names, ports, strict=True):
                 row = regret.delivered(port, images, budget["ms"], best, sweep)
                 rows[name].append(row)
-                line.append(f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} %")
+                line.append(
+                    f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} % "
+                    f"moved {100 * row['moved']:.0f} %"
+                )
             print(" | ".join(line), flush=True)
     kinds = [b["kind"] for b in plan.budgets]
     summaries = {n: regret.summary(rows[n], kinds) for n in names}

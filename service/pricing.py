@@ -17,13 +17,12 @@ A candidate's queue wait is the queue played forward (``schedule.wait_at_place``
 part of a price with a queue: under load, played for every variant of every request, it made the
 event loop the bottleneck, the more so the more variants a store serves. So it is played only for
 the candidates that could fit the budget at all (their bound, or a looser one at
-``LIKELY_QUANTILE``, fits without any wait) and for the fastest; the others, which a choice looks
-at only when nothing fits (and then at their chance of being on time, which the fastest's wait
-may overstate), are given the fastest's wait.
+``selector.LIKELY_ON_TIME``, fits without any wait) and for the fastest; the others, which a
+choice looks at only when nothing fits (and then at their chance of being on time, which the
+fastest's wait may overstate), are given the fastest's wait.
 
 A candidate's chance of being on time (``Calibration.on_time_share``, from the same answers as
-its bound) is what a fallback goes by: when no bound fits, the variant with the most correct
-answers on time expected answers (``selector.select``).
+its bound) is what a fallback goes by (``selector.select``).
 """
 
 from __future__ import annotations
@@ -42,9 +41,6 @@ from service.runtime.profiler import decode_work
 TYPICAL = 0.5
 # What the strict refusal asks ("could an idle server meet this budget?") prices at.
 IDLE_QUANTILE = 0.95
-# Which candidates have their own queue wait played although their bound does not fit: those on
-# time nine times in ten (a fallback may choose them; see the module's note on waits).
-LIKELY_QUANTILE = 0.9
 # How far below its big stage's top1 a plan's may be and still rank as it: the paired tolerance
 # a cascade is judged by, within the noise of a held-out half.
 MATCH_TOLERANCE = 0.005
@@ -129,11 +125,11 @@ class Pricer:
                 place.job(service, point),
                 self.calibration.promise_margin(name, point, budget_seconds, now, idle=place.idle),
             )
-        # How much lower a bound at LIKELY_QUANTILE is: the same for every variant (their locations
+        # How much lower a bound at LIKELY_ON_TIME is: the same for every variant (their locations
         # cancel), so worked out once a request.
         name, (_, point, _, margin) = next(iter(parts.items()))
         relief = margin - self.calibration.promise_margin(
-            name, point, budget_seconds, now, LIKELY_QUANTILE, idle=place.idle
+            name, point, budget_seconds, now, selector.LIKELY_ON_TIME, idle=place.idle
         )
         fastest = min(parts, key=lambda n: parts[n][1] + parts[n][3])
         shared_wait = schedule.wait_at_place(parts[fastest][2], place.queue, place.busy, now)

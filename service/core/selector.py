@@ -39,6 +39,8 @@ Reason = Literal["best_fit", "pinned", "fallback", "no_budget", "contention"]
 # negligible while the queue holds a small part of the budget, decisive well before it holds all
 # of it (tests/unit/test_selector.py plays overload out with and without the price).
 LOAD_PRICE = 8.0
+# A fallback with other requests in the server goes by variants on time at least this often.
+LIKELY_ON_TIME = 0.9
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ def select(
     *,
     elapsed_seconds: float,
     backlog_seconds: float = 0.0,
+    contended: bool = False,
 ) -> Selection:
     """Choose a variant. Raises ``NoVariantAllowed``, ``BudgetUnmeetable``, ``BudgetUnmeetableNow``,
     ``Saturated``.
@@ -182,10 +185,12 @@ def select(
     without any, simply the most accurate), ties going to the faster; a variant that another
     fitting one beats on both accuracy and total is never chosen, nor one that would hold back
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
-    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits,
-    the allowed variant (never a plan) expected to give the most correct answers on time
-    (accuracy x ``on_time``) answers, ties going to the faster: where no variant has a chance
-    (or none is known), the fastest; ``strict`` refuses instead. Saturated (the price at its
+    but fits only at its worst case. Without a budget the most accurate wins. When nothing fits
+    (``strict`` refuses instead), an allowed variant (never a plan) answers: on an idle server,
+    the one expected to give the most correct answers on time (accuracy x ``on_time``), ties
+    going to the faster, so the fastest where no variant has a chance; when the server is
+    ``contended`` (other requests queued or running), the most accurate on time at least
+    ``LIKELY_ON_TIME`` of the time, else the fastest. Saturated (the price at its
     ceiling) with only worse converters than the store's best fitting, the request is refused.
     A choice less accurate than an idle server would make is reported as ``contention``.
     """
@@ -246,13 +251,19 @@ def select(
             raise BudgetUnmeetableNow("the budget cannot be met under the current load")
         raise BudgetUnmeetable("no variant can meet this budget on this machine, even when idle")
     # Nothing fits at the promise's quantile. In a store of subnets the fastest is the least
-    # accurate, and often faster by less than the noise: a variant a little slower and far more
-    # accurate makes more correct answers on time. A plan answering late would be late twice
-    # over, or not as accurate as promised.
+    # accurate, and often faster by less than the noise. A plan answering late would be late
+    # twice over, or not as accurate as promised.
     variants = [c for c in pool if c.mean_seconds is None]
     if not variants:
         raise NoVariantAllowed(
             "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
         )
-    chosen = max(variants, key=lambda c: (_accuracy(c) * (c.on_time or 0.0), -total(c)))
+    if not contended:
+        # Alone, a slower variant costs nobody else anything: the most correct answers on time.
+        chosen = max(variants, key=lambda c: (_accuracy(c) * (c.on_time or 0.0), -total(c)))
+        return Selection(chosen.name, "fallback", total(chosen))
+    # Others wait behind its worker time: weighed by its chance alone, the larger variants it
+    # favoured let the queue grow, and fewer answers were on time.
+    likely = [c for c in variants if (c.on_time or 0.0) >= LIKELY_ON_TIME]
+    chosen = max(likely, key=_rank) if likely else min(variants, key=total)
     return Selection(chosen.name, "fallback", total(chosen))

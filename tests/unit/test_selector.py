@@ -405,25 +405,48 @@ def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> Non
         )
 
 
-def test_nothing_fits_the_variant_with_the_most_correct_answers_on_time_expected_answers() -> None:
+def test_nothing_fits_alone_the_most_correct_answers_on_time_expected_answer() -> None:
     # No bound fits. "good" is on time nine times in ten, "tiny" (the fastest and least
     # accurate) a little more often, "big" rarely: 0.54 x 0.9 beats 0.24 x 0.95 and 0.77 x 0.3.
-    def table(wait: float, *chances: float | None) -> list[Candidate]:
+    def table(*chances: float | None) -> list[Candidate]:
         return [
-            Candidate("tiny", 0.24, 1, 0.008, 0.008, wait_seconds=wait, on_time=chances[0]),
-            Candidate("good", 0.54, 1, 0.010, 0.010, wait_seconds=wait, on_time=chances[1]),
-            Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, on_time=chances[2]),
+            Candidate("tiny", 0.24, 1, 0.008, 0.008, on_time=chances[0]),
+            Candidate("good", 0.54, 1, 0.010, 0.010, on_time=chances[1]),
+            Candidate("big", 0.77, 1, 0.020, 0.020, on_time=chances[2]),
+        ]
+
+    budget = Constraints(budget_seconds=0.007)
+    alone = select(table(0.95, 0.9, 0.3), budget, elapsed_seconds=0.0)
+    assert (alone.name, alone.reason) == ("good", "fallback")
+    # "big" on time seven times in ten: 0.77 x 0.7 beats 0.54 x 0.9.
+    assert select(table(0.95, 0.9, 0.7), budget, elapsed_seconds=0.0).name == "big"
+    # No chance known yet, or none at all: the fastest, as the contract says.
+    for chances in ((None, None, None), (0.0, 0.0, 0.0)):
+        assert select(table(*chances), budget, elapsed_seconds=0.0).name == "tiny"
+
+
+def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> None:
+    # Behind the queue nothing fits at the promise's quantile; others wait behind a fallback's
+    # worker time, so it goes by the variants on time nine times in ten: "good", not "big" (whose
+    # expected correct answers are more), nor "tiny", the fastest and least accurate.
+    def table(wait: float, big_on_time: float) -> list[Candidate]:
+        return [
+            Candidate("tiny", 0.24, 1, 0.008, 0.008, wait_seconds=wait, on_time=0.99),
+            Candidate("good", 0.54, 1, 0.010, 0.010, wait_seconds=wait, on_time=0.9),
+            Candidate("big", 0.77, 1, 0.020, 0.020, wait_seconds=wait, on_time=big_on_time),
         ]
 
     budget = Constraints(budget_seconds=0.015)
-    loaded = select(table(0.008, 0.95, 0.9, 0.3), budget, elapsed_seconds=0.0)
+    loaded = select(table(0.008, 0.8), budget, elapsed_seconds=0.0, contended=True)
     assert (loaded.name, loaded.reason) == ("good", "fallback")
-    alone = select(table(0.0, 0.95, 0.9, 0.3), Constraints(budget_seconds=0.007), elapsed_seconds=0.0)
-    assert (alone.name, alone.reason) == ("good", "fallback")
-    # No chance known yet, or none at all: the fastest, as the contract says.
-    for chances in ((None, None, None), (0.0, 0.0, 0.0)):
-        assert select(table(0.008, *chances), budget, elapsed_seconds=0.0).name == "tiny"
+    assert select(table(0.008, 0.8), budget, elapsed_seconds=0.0).name == "big"  # alone
+    # Nothing likely on time: the fastest.
+    hopeless = [replace(c, on_time=0.5) for c in table(0.008, 0.5)]
+    assert select(hopeless, budget, elapsed_seconds=0.0, contended=True).name == "tiny"
     with pytest.raises(BudgetUnmeetableNow):  # strict: refused, the load is why
         select(
-            table(0.008, 0.95, 0.9, 0.3), Constraints(budget_seconds=0.015, strict=True), elapsed_seconds=0.0
+            table(0.008, 0.8),
+            Constraints(budget_seconds=0.015, strict=True),
+            elapsed_seconds=0.0,
+            contended=True,
         )
