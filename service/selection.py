@@ -119,7 +119,7 @@ class Chooser:
                 constraints,
                 elapsed_seconds=elapsed,
                 backlog_seconds=schedule.backlog(queue, workers, now, place.key),
-                contended=not self.executor.idle,
+                contended=not place.idle,
             )
         except selector.NoVariantAllowed as exc:
             raise errors.NoVariantAllowed(str(exc)) from None
