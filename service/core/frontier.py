@@ -5,8 +5,13 @@ which failed their on-device checks. The store is a pool; what is on the frontie
 CPU (int8 is fast with dot-product instructions and slow without them), so every device chooses
 its own, as Once-for-All specialises a subnet per target.
 
-A candidate is **dominated** when another is at least as accurate and at least as fast here, and
-better in one of the two; a request's ``max_size=`` then chooses among the frontier. A variant of
+A candidate is **dominated** when a more accurate one served is not more than ``SPEED_STEP``
+slower here (or an equally accurate one is faster): a variant is served for being faster than
+everything more accurate, and a smaller lead than that is within this device's noise (profiles of
+one variant differ by several percent between starts). Such a pair gives the selector a choice it
+cannot make reliably: the faster one fits alone only in a sliver of budgets that moves with the
+noise, and under load it answers for a lead that does not hold, a subnet far less accurate than
+its neighbour. A request's ``max_size=`` then chooses among the frontier. A variant of
 unknown accuracy is never dominated (nothing is known to beat it) and never dominates. When more
 than ``size`` candidates are left, the frontier is thinned to ``size`` by dropping, one at a time,
 the candidate whose accuracy step over the next faster one kept is the smallest: the fastest and
@@ -42,28 +47,29 @@ class Left:
     detail: str
 
 
-def _beats(a: Point, b: Point) -> bool:
-    """``a`` dominates ``b``: at least as accurate and as fast, better in one."""
-    if a.top1 is None or b.top1 is None:
-        return False
-    return a.top1 >= b.top1 and a.seconds <= b.seconds and (a.top1 > b.top1 or a.seconds < b.seconds)
+# A variant is served only when it is faster than every more accurate one served by more than this
+# share of their time.
+SPEED_STEP = 0.1
 
 
 def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str, Left]]:
     """The candidates to serve (fastest first) and why each other one is not; ``size`` >= 1."""
     left: dict[str, Left] = {}
-    for name, point in points.items():
-        by = min(
-            (other for other in points if other != name and _beats(points[other], point)),
-            key=lambda other: (points[other].seconds, other),
-            default=None,
+    fastest: str | None = None  # the fastest of the more accurate ones served so far
+    for name in sorted(
+        (n for n in points if points[n].top1 is not None),
+        key=lambda n: (-_top1(points[n]), points[n].seconds, n),
+    ):
+        point = points[name]
+        if fastest is None or point.seconds * (1 + SPEED_STEP) < points[fastest].seconds:
+            fastest = name
+            continue
+        by = points[fastest]
+        left[name] = Left(
+            "dominated",
+            f"{fastest} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
+            f"and not {SPEED_STEP:.0%} slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
         )
-        if by is not None:
-            left[name] = Left(
-                "dominated",
-                f"{by} is at least as accurate ({_percent(points[by].top1)} vs {_percent(point.top1)}) "
-                f"and as fast here ({_ms(points[by].seconds)} vs {_ms(point.seconds)})",
-            )
     kept = sorted((n for n in points if n not in left), key=lambda n: (points[n].seconds, n))
     ranked = [n for n in kept if points[n].top1 is not None]
     while len(kept) > size and len(ranked) > 2:
