@@ -5,7 +5,7 @@ which failed their on-device checks. The store is a pool; what is on the frontie
 CPU (int8 is fast with dot-product instructions and slow without them), so every device chooses
 its own, as Once-for-All specialises a subnet per target.
 
-A candidate is **dominated** when a more accurate one served is not more than ``SPEED_STEP``
+A candidate is **dominated** when a more accurate one kept is not more than ``SPEED_STEP``
 slower here (or an equally accurate one is faster): a variant is served for being faster than
 everything more accurate, and a smaller lead than that is within this device's noise (profiles of
 one variant differ by several percent between starts). Such a pair gives the selector a choice it
@@ -47,7 +47,7 @@ class Left:
     detail: str
 
 
-# A variant is served only when it is faster than every more accurate one served by more than this
+# A variant is kept only when it is faster than every more accurate one kept by more than this
 # share of their time.
 SPEED_STEP = 0.1
 
@@ -55,7 +55,7 @@ SPEED_STEP = 0.1
 def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str, Left]]:
     """The candidates to serve (fastest first) and why each other one is not; ``size`` >= 1."""
     left: dict[str, Left] = {}
-    fastest: str | None = None  # the fastest of the more accurate ones served so far
+    fastest: str | None = None  # the fastest of the more accurate ones kept so far
     for name in sorted(
         (n for n in points if points[n].top1 is not None),
         key=lambda n: (-_top1(points[n]), points[n].seconds, n),
