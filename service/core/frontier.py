@@ -68,7 +68,7 @@ def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str,
         left[name] = Left(
             "dominated",
             f"{fastest} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
-            f"and not {SPEED_STEP:.0%} slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
+            f"and not {SPEED_STEP * 100:.0f} % slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
         )
     kept = sorted((n for n in points if n not in left), key=lambda n: (points[n].seconds, n))
     ranked = [n for n in kept if points[n].top1 is not None]
