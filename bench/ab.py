@@ -3,8 +3,9 @@
 A machine's speed moves between runs, so two ``bench/regret.py`` runs of two
 versions compare two machines as much as two versions. Here one pin sweep (on the first
 checkout's server) places the device-relative budgets and oracles, then every budget runs on
-each checkout's server in turn, sequentially, as ``bench/regret.py`` runs it: a difference at a
-budget is measured in the same minute. The first checkout is the baseline.
+each checkout's server in turn (``regret.side_by_side``, as ``bench/regret.py`` runs the whole
+store and the ladder): a difference at a budget is measured in the same minute. The first
+checkout is the baseline.
 
     EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
         .venv/bin/python bench/ab.py . ../other-checkout
@@ -45,19 +46,18 @@ def main(checkouts: list[Path]) -> int:
         variants = regret.served(ports[0])
         sweep = regret.pin_sweep(ports[0], [v["name"] for v in variants], images, say)
         plan = regret.Plan.make(sweep, variants, env.workers)
-        rows: dict[str, list[dict]] = {n: [] for n in names}
-        for i, budget in enumerate(plan.budgets):
-            best = plan.oracles["whole"][i]
-            say(f"{budget['ms']:g} ms ({budget['kind']}), budget {i + 1} of {len(plan.budgets)}")
-            line = [f"{budget['ms']:g} ms", f"oracle {best}"]
-            for name, port in zip(names, ports, strict=True):
-                row = regret.delivered(port, images, budget["ms"], best, sweep)
-                rows[name].append(row)
-                line.append(
-                    f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} % "
-                    f"moved {100 * row['moved']:.0f} %"
-                )
-            print(" | ".join(line), flush=True)
+        # Every checkout against the whole store's oracles.
+        oracles = {n: plan.oracles["whole"] for n in names}
+        rows = regret.side_by_side(dict(zip(names, ports, strict=True)), images, plan, oracles, say)
+    for i, budget in enumerate(plan.budgets):
+        line = [f"{budget['ms']:g} ms", f"oracle {plan.oracles['whole'][i]}"]
+        for name in names:
+            row = rows[name][i]
+            line.append(
+                f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} % "
+                f"moved {100 * row['moved']:.0f} %"
+            )
+        print(" | ".join(line), flush=True)
     kinds = [b["kind"] for b in plan.budgets]
     summaries = {n: regret.summary(rows[n], kinds) for n in names}
     paired = {

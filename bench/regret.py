@@ -1,10 +1,12 @@
 """Regret: how far ``?budget=B`` falls behind the best hand-pinned variant, at budgets placed on
 this device's frontier (BENCH.md, "Device-relative budgets" and after).
 
-Servers on the same store, one at a time: the whole store as served (this device's frontier of
-it, chosen at its first start), then the ladder alone (``EDGEFIT_VARIANTS`` = the full-depth
-variants). Images: every second image of the sample's
-held-out half, sent sequentially unless said otherwise; budget met is the server's ``budget_met``.
+Servers on the same store: one serving every variant (the pin sweep's), the whole store as
+served (this device's frontier of it, chosen at its start) and the ladder alone
+(``EDGEFIT_VARIANTS`` = the full-depth variants), all up at once and measured in turn, so that
+what compares them is measured in the same minutes (this machine's speed moves by a fifth or more
+over the run). Images: every second image of the sample's held-out half, sent sequentially
+unless said otherwise; budget met is the server's ``budget_met``.
 
 1. Pin sweep (whole store, every variant served: ``EDGEFIT_FRONTIER=false``): every variant
    pinned (``?model=``), all in turn, twice; per
@@ -14,7 +16,8 @@ held-out half, sent sequentially unless said otherwise; budget met is the server
    consecutive ones.
 3. Oracle at B, per system over its own variants: the most accurate variant whose pinned totals
    met B on at least 99 % of its requests; oracle accuracy = its pinned accuracy.
-4. Delivered at B: a few uncounted warm-up requests with ``?budget=B``, then the images twice in
+4. Delivered at B, on the whole store's server and the ladder's in turn (which goes first
+   alternates between budgets): a few uncounted warm-up requests with ``?budget=B``, then the images twice in
    a row. Delivered = answers correct and on time over all images; also budget met over answers,
    the variant mix and the share of requests whose variant moved between the two runs (total
    variation distance). Regret = oracle accuracy - the two runs' mean delivered, in points; none
@@ -22,16 +25,18 @@ held-out half, sent sequentially unless said otherwise; budget met is the server
 5. Under load, at the mid budget (where lite0-224-int8 is the whole store's oracle: the middle
    of those budgets, or its own p99 budget if it never is): open loop at twice the pace of one
    sequential client on that oracle (1000 / its pinned p50 client round trip), correct answers
-   on time per second, for both systems and for the most accurate variants that met B pinned.
+   on time per second, for both systems and then, on the pin sweep's server, for the most
+   accurate variants that met B pinned.
 6. Overload: open loop at 20 ms, offered twice the ladder's sequential rate there times the
    workers (the ladder's oracle at 20 ms, by its pinned p50 client round trip), both systems:
    correct answers on time per offered request.
-7. Mixed budgets (bench/mixed.py) on both systems, each on a fresh server: right after the
-   overload, a server's tiers still carried its waits and misses.
-8. Drift: the ladder's variants pinned again at the end, on the first ``DRIFT_IMAGES`` images,
-   their p50 against the pin sweep's on the same images. The budgets and oracles come from the
-   sweep: on a machine that changed speed since, they sit in the wrong places, and the report
-   says so (``DRIFT_WARN``).
+7. Mixed budgets (bench/mixed.py) on both systems, on fresh servers (started together, then
+   measured in turn): right after the overload, a server's tiers still carried its waits and
+   misses.
+8. Drift: the ladder's variants pinned again after the overload (on the pin sweep's server), on
+   the first ``DRIFT_IMAGES`` images, their p50 against the pin sweep's on the same images. The
+   budgets and oracles come from the sweep: on a machine that changed speed since, they sit in
+   the wrong places, and the report says so (``DRIFT_WARN``).
 
 ``bench/run.py`` runs it as part of ``make bench``. Alone (``python bench/regret.py``) it writes
 ``bench/results/regret.{json,md,png}`` and prints the tables; progress goes to stderr.
@@ -41,6 +46,7 @@ BENCH_WORKERS, BENCH_THREADS).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -309,57 +315,92 @@ class Plan:
         )
 
 
-def measure_system(port: int, system: str, images: Images, plan: Plan, progress: Progress) -> dict[str, Any]:
-    """Delivered at every budget, under load at the mid budget, overload."""
-    rows = []
+def side_by_side(
+    ports: dict[str, int],
+    images: Images,
+    plan: Plan,
+    oracles: dict[str, list[str | None]],
+    progress: Progress,
+) -> dict[str, list[dict[str, Any]]]:
+    """Delivered at every budget on each server (``ports``: a name each), in turn, budget by budget:
+    a difference between them is measured in the same minutes, whatever the machine's speed does
+    over the whole run. Which server goes first alternates between budgets."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
     for i, b in enumerate(plan.budgets):
-        progress(f"{system}: {b['ms']:g} ms ({b['kind']}), budget {i + 1} of {len(plan.budgets)}")
-        rows.append(delivered(port, images, b["ms"], plan.oracles[system][i], plan.sweep))
-    progress(f"{system}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
-    load = under_load(port, images, f"budget={plan.mid_ms:g}ms", plan.rate)
-    progress(f"{system}: overload, {OVERLOAD_BUDGET_MS:g} ms at {plan.overload_rate:.1f}/s")
-    overload = under_load(port, images, f"budget={OVERLOAD_BUDGET_MS:g}ms", plan.overload_rate, OVERLOAD_S)
-    return {"rows": rows, "under_load": load, "overload": overload}
+        progress(f"{b['ms']:g} ms ({b['kind']}), budget {i + 1} of {len(plan.budgets)}")
+        turn = list(ports) if i % 2 == 0 else list(reversed(ports))
+        for name in turn:
+            rows[name].append(delivered(ports[name], images, b["ms"], oracles[name][i], plan.sweep))
+    return rows
+
+
+def start(
+    stack: contextlib.ExitStack,
+    store_dir: Path,
+    workers: int,
+    threads: int,
+    out_dir: Path,
+    envs: dict[str, dict[str, str]],
+) -> dict[str, int]:
+    """A server per system (``envs``: each one's environment), up until ``stack`` closes: their ports."""
+    return {
+        s: stack.enter_context(servers.edgefit(store_dir, workers, threads, out_dir, extra_env=env)).port
+        for s, env in envs.items()
+    }
 
 
 def measure(
     store_dir: Path, sample_dir: Path, workers: int, threads: int, out_dir: Path, progress: Progress
 ) -> dict[str, Any]:
-    """The whole store (pin sweep first: it sets the plan), then the ladder alone."""
+    """The pin sweep (it sets the plan), then the whole store and the ladder alone side by side,
+    the pinned variants under load beside them, then each system's mixed budgets."""
     images = servers.Setup(store_dir, sample_dir, workers, threads, out_dir).held_out(STRIDE)
-    measured: dict[str, dict[str, Any]] = {}
-    pinned: dict[str, Any] = {}
-    # Every variant of the store pinned, as an operator benchmarking them all would: the oracle
-    # may be any of them, on this device's frontier or not.
-    every = {"EDGEFIT_FRONTIER": "false"}
-    with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=every) as server:
-        variants = served(server.port)
-        sweep = pin_sweep(server.port, [v["name"] for v in variants], images, progress)
+    with contextlib.ExitStack() as stack:
+        # Every variant of the store pinned, as an operator benchmarking them all would: the
+        # oracle may be any of them, on this device's frontier or not.
+        every = stack.enter_context(
+            servers.edgefit(store_dir, workers, threads, out_dir, extra_env={"EDGEFIT_FRONTIER": "false"})
+        ).port
+        variants = served(every)
+        sweep = pin_sweep(every, [v["name"] for v in variants], images, progress)
         plan = Plan.make(sweep, variants, workers)
+        # The whole store as a server serves it (this device's frontier of it), and the ladder.
+        envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
+        ports = start(stack, store_dir, workers, threads, out_dir, envs)
+        frontier = [v["name"] for v in served(ports["whole"])]
+        rows = side_by_side(ports, images, plan, plan.oracles, progress)
+        load: dict[str, Any] = {}
+        for s in SYSTEMS:
+            progress(f"{s}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
+            load[s] = under_load(ports[s], images, f"budget={plan.mid_ms:g}ms", plan.rate)
         fits = [n for n in plan.pools["whole"] if meets(sweep, n, plan.mid_ms)]
         for name in sorted(fits, key=lambda n: -sweep[n]["accuracy"])[:MAX_PINNED_UNDER_LOAD]:
-            progress(f"whole: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s, pinned {name}")
-            pinned[name] = under_load(
-                server.port, images, f"model={name}&budget={plan.mid_ms:g}ms", plan.rate
+            progress(f"under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s, pinned {name}")
+            load[f"pinned {name}"] = under_load(
+                every, images, f"model={name}&budget={plan.mid_ms:g}ms", plan.rate
             )
-    # The whole store as a server serves it: this device's frontier of it.
-    envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
-    with servers.edgefit(store_dir, workers, threads, out_dir) as server:
-        frontier = [v["name"] for v in served(server.port)]
-        measured["whole"] = measure_system(server.port, "whole", images, plan, progress)
-    with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=envs["ladder"]) as server:
-        measured["ladder"] = measure_system(server.port, "ladder", images, plan, progress)
-        drifted = drift(server.port, plan.pools["ladder"], images, sweep, progress)
-    mixed_runs = {}
-    for system in SYSTEMS:
-        with servers.edgefit(store_dir, workers, threads, out_dir, extra_env=envs[system]) as server:
-            progress(f"{system}: mixed budgets, on a fresh server")
-            mixed_runs[system] = mixed.measure(server.port, images, MIXED_S, 1)
+        overload = {}
+        for s in SYSTEMS:
+            progress(f"{s}: overload, {OVERLOAD_BUDGET_MS:g} ms at {plan.overload_rate:.1f}/s")
+            overload[s] = under_load(
+                ports[s], images, f"budget={OVERLOAD_BUDGET_MS:g}ms", plan.overload_rate, OVERLOAD_S
+            )
+        drifted = drift(every, plan.pools["ladder"], images, sweep, progress)
+    # On fresh servers: right after the overload, a server's tiers still carry its waits and misses.
+    with contextlib.ExitStack() as stack:
+        ports = start(stack, store_dir, workers, threads, out_dir, envs)
+        mixed_runs = {}
+        for s in SYSTEMS:
+            progress(f"{s}: mixed budgets, on a fresh server")
+            mixed_runs[s] = mixed.measure(ports[s], images, MIXED_S, 1)
 
     kinds = [b["kind"] for b in plan.budgets]
     ms = [b["ms"] for b in plan.budgets]
-    load = {s: measured[s]["under_load"] for s in SYSTEMS}
-    best = max(pinned.values(), key=lambda r: r["correct_on_time_per_s"], default=None)
+    best = max(
+        (r for name, r in load.items() if name.startswith("pinned ")),
+        key=lambda r: r["correct_on_time_per_s"],
+        default=None,
+    )
     return {
         "images": len(images),
         "workers": workers,
@@ -367,17 +408,15 @@ def measure(
         "sweep": sweep,
         "frontier": frontier,
         "ladder": plan.pools["ladder"],
-        "budgets": [
-            {**b, **{s: measured[s]["rows"][i] for s in SYSTEMS}} for i, b in enumerate(plan.budgets)
-        ],
-        "summary": {s: summary(measured[s]["rows"], kinds) for s in SYSTEMS},
-        "paired": paired(measured["whole"]["rows"], measured["ladder"]["rows"], ms),
+        "budgets": [{**b, **{s: rows[s][i] for s in SYSTEMS}} for i, b in enumerate(plan.budgets)],
+        "summary": {s: summary(rows[s], kinds) for s in SYSTEMS},
+        "paired": paired(rows["whole"], rows["ladder"], ms),
         "under_load": {
             "budget_ms": plan.mid_ms,
             "oracle": plan.mid_oracle,
             "rate_per_s": plan.rate,
             "seconds": LOAD_S,
-            "systems": {**load, **{f"pinned {n}": r for n, r in pinned.items()}},
+            "systems": load,
             "whole_over_ladder": ratio(load["whole"], load["ladder"]),
             "ladder_over_best_pinned": ratio(load["ladder"], best),
         },
@@ -386,7 +425,7 @@ def measure(
             "rate_per_s": plan.overload_rate,
             "rate_from": plan.overload_from,
             "seconds": OVERLOAD_S,
-            "systems": {s: measured[s]["overload"] for s in SYSTEMS},
+            "systems": overload,
         },
         "mixed": mixed_runs,
         "drift": drifted,
