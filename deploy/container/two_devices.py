@@ -9,9 +9,10 @@ accurate than the cheapest subnet's fp32 twin and, wherever int8 runs faster tha
 too: that twin is left out as dominated on at least one device.
 
 ``check NAME=POOL.json ...``: each device's ``GET /models?pool=true`` side by side, and a check
-that what each serves is on the frontier it measured: no candidate it serves is dominated by
-another it measured (at least as accurate and as fast by ``frontier_ms``), each candidate left
-out as dominated is, and some device left one out as dominated (else the check proved nothing).
+that what each serves is on the frontier it measured (by ``frontier_ms``): of two it serves,
+neither beats the other (``service.core.frontier.beats``); each candidate left out as dominated
+names one it serves that beats it; and some device left one out as dominated (else the check
+proved nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from model_store.reference import reference_images, write_images
 from model_store.store import open_store
+from service.core.frontier import Point, beats
 
 REFERENCE_IMAGES = 8
 
@@ -75,22 +77,24 @@ def check(pools: dict[str, list[dict]]) -> int:
     for device, listed in by_device.items():
         # A variant of unknown accuracy is always served and never dominates.
         measured = {
-            n: (v["top1"], v["frontier_ms"])
+            n: Point(v["top1"], v["frontier_ms"] / 1000)
             for n, v in listed.items()
             if v["frontier_ms"] is not None and v["top1"] is not None
         }
-
-        def dominated(name: str, measured: dict = measured) -> bool:
-            top1, ms = measured[name]
-            return any(
-                t >= top1 and m <= ms and (t, m) != (top1, ms) for o, (t, m) in measured.items() if o != name
+        kept = [n for n in measured if listed[n]["served"] or listed[n]["reason"] == "frontier_size"]
+        for a in kept:
+            failures.extend(
+                f"{device}: serves {b} beside {a}, which beats it"
+                for b in kept
+                if a != b and beats(measured[a], measured[b])
             )
-
         for name, v in listed.items():
-            if v["served"] and v["top1"] is not None and (name not in measured or dominated(name)):
-                failures.append(f"{device}: serves {name}, which is not on its measured frontier")
-            if v.get("reason") == "dominated" and not dominated(name):
-                failures.append(f"{device}: left out {name} as dominated, which it is not")
+            if v["served"] and v["top1"] is not None and name not in measured:
+                failures.append(f"{device}: serves {name}, which it did not measure")
+            if v.get("reason") == "dominated":
+                by = str(v["detail"]).split(" is ")[0]
+                if by not in kept or not beats(measured[by], measured[name]):
+                    failures.append(f"{device}: left out {name} as dominated by {by}, which does not beat it")
         print(f"{device} serves: {', '.join(n for n, v in listed.items() if v['served'])}")
     if not any(v.get("reason") == "dominated" for listed in pools.values() for v in listed):
         failures.append("no device left a candidate out as dominated: the pool tests nothing")

@@ -11,7 +11,14 @@ everything more accurate, and a smaller lead than that is within this device's n
 one variant differ by several percent between starts). Such a pair gives the selector a choice it
 cannot make reliably: the faster one fits alone only in a sliver of budgets that moves with the
 noise, and under load it answers for a lead that does not hold, a subnet far less accurate than
-its neighbour. A request's ``max_size=`` then chooses among the frontier. A variant of
+its neighbour. It is dominated too when a more accurate one kept gives at least as many correct
+answers per second of a worker (top-1 over seconds): under load, when the queue outgrows what any
+choice keeps on time, it is what the selector's fallback answers with, the fastest, and it answers
+the most requests with the fewest correct answers for the worker time; at idle it alone fits only
+the budgets just below the more accurate one's, where that one is on time most of the time still.
+On a CPU where decoding is most of a small variant's time, a subnet that cuts blocks saves little
+time and costs much accuracy: the subnets that stay are the ones that are really faster here.
+A request's ``max_size=`` then chooses among the frontier. A variant of
 unknown accuracy is never dominated (nothing is known to beat it) and never dominates. When more
 than ``size`` candidates are left, the frontier is thinned to ``size`` by dropping, one at a time,
 the candidate whose accuracy step over the next faster one kept is the smallest: the fastest and
@@ -48,28 +55,41 @@ class Left:
 
 
 # A variant is kept only when it is faster than every more accurate one kept by more than this
-# share of their time.
+# share of their time (and gives more correct answers per second than each).
 SPEED_STEP = 0.1
+# The rule in words: a choice cached under another rule is made again.
+RULE = f"more than {SPEED_STEP:.0%} faster and more correct answers per second than the more accurate"
 
 
 def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str, Left]]:
     """The candidates to serve (fastest first) and why each other one is not; ``size`` >= 1."""
     left: dict[str, Left] = {}
-    fastest: str | None = None  # the fastest of the more accurate ones kept so far
+    # Going down from the most accurate, the last one kept: the fastest of those kept so far and,
+    # as each one kept gives more correct answers per second than those before it, the best of
+    # them at that too.
+    last: str | None = None
     for name in sorted(
         (n for n in points if points[n].top1 is not None),
         key=lambda n: (-_top1(points[n]), points[n].seconds, n),
     ):
         point = points[name]
-        if fastest is None or point.seconds * (1 + SPEED_STEP) < points[fastest].seconds:
-            fastest = name
+        if last is None or not beats(points[last], point):
+            last = name
             continue
-        by = points[fastest]
-        left[name] = Left(
-            "dominated",
-            f"{fastest} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
-            f"and not {SPEED_STEP * 100:.0f} % slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
-        )
+        by = points[last]
+        if by.seconds <= point.seconds * (1 + SPEED_STEP):
+            left[name] = Left(
+                "dominated",
+                f"{last} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
+                f"and not {SPEED_STEP * 100:.0f} % slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
+            )
+        else:
+            left[name] = Left(
+                "dominated",
+                f"{last} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
+                "and gives at least as many correct answers per second of a worker here "
+                f"({_per_second(by):.0f} vs {_per_second(point):.0f})",
+            )
     kept = sorted((n for n in points if n not in left), key=lambda n: (points[n].seconds, n))
     ranked = [n for n in kept if points[n].top1 is not None]
     while len(kept) > size and len(ranked) > 2:
@@ -89,8 +109,22 @@ def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str,
     return kept, left
 
 
+def beats(a: Point, b: Point) -> bool:
+    """Whether ``a`` leaves ``b`` out: both of known accuracy, ``a`` at least as accurate, and
+    either not more than ``SPEED_STEP`` slower or giving at least as many correct answers per
+    second of a worker."""
+    if a.top1 is None or b.top1 is None or a.top1 < b.top1:
+        return False
+    return a.seconds <= b.seconds * (1 + SPEED_STEP) or _per_second(a) >= _per_second(b)
+
+
 def _top1(point: Point) -> float:
     return -1.0 if point.top1 is None else point.top1
+
+
+def _per_second(point: Point) -> float:
+    """Correct answers per second of a worker, at its top-1 and seconds."""
+    return _top1(point) / point.seconds
 
 
 def _percent(top1: float | None) -> str:

@@ -95,7 +95,7 @@ def cache_key(
     fingerprint: Mapping[str, str | int], store: Store, pool: Mapping[str, Variant], size: int
 ) -> dict[str, object]:
     """What a choice depends on: the device, every candidate (its files and figures), the
-    reference set its int8 variants are checked on, ``size`` and the speed step the rule keeps."""
+    reference set its int8 variants are checked on, ``size`` and the rule (``frontier.RULE``)."""
     candidates = sorted(
         [v.name, v.sha256, v.weights.sha256 if v.weights else None, v.resolution, v.top1, v.size_bytes]
         for v in pool.values()
@@ -106,7 +106,7 @@ def cache_key(
         "candidates": candidates,
         "reference": reference.sha256 if reference else None,
         "size": size,
-        "speed_step": frontier.SPEED_STEP,
+        "rule": frontier.RULE,
     }
 
 

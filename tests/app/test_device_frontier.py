@@ -21,7 +21,7 @@ from model_store.reference import answers, reference_images, write_reference
 from model_store.runner import VariantRunner
 from model_store.store import Store
 from service.cli import main
-from service.core.frontier import SPEED_STEP
+from service.core.frontier import Point, beats
 from tests.app.conftest import assert_problem, image_bytes, serve, settings_for, tiny_model, tiny_variant
 
 SLOW_PRODUCTS = 12
@@ -83,26 +83,24 @@ POOL = {
 
 
 def assert_served_is_the_measured_frontier(pool: dict[str, dict[str, object]]) -> None:
-    """By ``frontier_ms``: of two candidates served, the less accurate is faster by more than
-    ``SPEED_STEP``; each dominated one names one served (or cut by the frontier's size) that is at
-    least as accurate and not that much slower; and every one not served says why."""
+    """By ``frontier_ms``: of two candidates served (or cut by the frontier's size), neither beats
+    the other (``frontier.beats``); each dominated one names one of them that beats it; and every
+    one not served says why."""
     measured = {
-        n: (float(v["top1"]), float(v["frontier_ms"]))
+        n: Point(float(v["top1"]), float(v["frontier_ms"]) / 1000)
         for n, v in pool.items()
         if v["frontier_ms"] is not None
     }
     kept = [n for n, v in pool.items() if v["served"] or v.get("reason") == "frontier_size"]
     for a in kept:
         for b in kept:
-            if a != b and measured[a][0] >= measured[b][0]:
-                assert measured[b][1] * (1 + SPEED_STEP) < measured[a][1], (a, b)
+            assert a == b or not beats(measured[a], measured[b]), (a, b)
     for name, v in pool.items():
         if not v["served"]:
             assert (v["reason"] and v["detail"]) or v["reason"] == "excluded", name
         if v.get("reason") == "dominated":
             by = str(v["detail"]).split(" is ")[0]
-            assert by in kept and measured[by][0] >= measured[name][0], name
-            assert measured[by][1] <= measured[name][1] * (1 + SPEED_STEP), name
+            assert by in kept and beats(measured[by], measured[name]), name
 
 
 def served_and_pool(client) -> tuple[list[str], dict[str, dict[str, object]]]:
