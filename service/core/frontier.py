@@ -13,11 +13,11 @@ cannot make reliably: the faster one fits alone only in a sliver of budgets that
 noise, and under load it answers for a lead that does not hold, a subnet far less accurate than
 its neighbour. It is dominated too when a more accurate one kept gives at least as many correct
 answers per second of a worker (top-1 over seconds): under load, when the queue outgrows what any
-choice keeps on time, it is what the selector's fallback answers with, the fastest, and it answers
-the most requests with the fewest correct answers for the worker time; at idle it alone fits only
-the budgets just below the more accurate one's, where that one is on time most of the time still.
-On a CPU where decoding is most of a small variant's time, a subnet that cuts blocks saves little
-time and costs much accuracy: the subnets that stay are the ones that are really faster here.
+choice keeps on time, the selector answers with the fastest variants, and such a one would answer
+the most requests with the fewest correct answers for the worker time; at idle, what is lost is
+the budgets between the two, where the fallback answers with the more accurate one, on time less
+often. On a CPU where decoding is most of a small variant's time, a subnet that cuts blocks saves
+little time and costs much accuracy: the subnets that stay are the ones really faster here.
 A request's ``max_size=`` then chooses among the frontier. A variant of
 unknown accuracy is never dominated (nothing is known to beat it) and never dominates. When more
 than ``size`` candidates are left, the frontier is thinned to ``size`` by dropping, one at a time,
