@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.frontier import SPEED_STEP, Left, Point, choose
+from service.core.frontier import SPEED_STEP, Left, Point, beats, choose
 
 point = st.builds(Point, top1=st.one_of(st.none(), st.floats(0.2, 0.9)), seconds=st.floats(0.001, 0.05))
 pools = st.dictionaries(st.text(alphabet="abcdefgh", min_size=1, max_size=5), point, min_size=1, max_size=16)
@@ -12,13 +12,6 @@ pools = st.dictionaries(st.text(alphabet="abcdefgh", min_size=1, max_size=5), po
 def per_second(p: Point) -> float:
     assert p.top1 is not None
     return p.top1 / p.seconds
-
-
-def beats(a: Point, b: Point) -> bool:
-    """``a`` is at least as accurate as ``b``, and either not more than the speed step slower or
-    giving at least as many correct answers per second."""
-    assert a.top1 is not None and b.top1 is not None
-    return a.top1 >= b.top1 and (a.seconds <= b.seconds * (1 + SPEED_STEP) or per_second(a) >= per_second(b))
 
 
 def dominated(left: dict[str, Left]) -> set[str]:
