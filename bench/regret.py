@@ -4,9 +4,9 @@ this device's frontier (BENCH.md, "Device-relative budgets" and after).
 Servers on the same store: one serving every variant (the pin sweep's), the whole store as
 served (this device's frontier of it, chosen at its start) and the ladder alone
 (``EDGEFIT_VARIANTS`` = the full-depth variants), all up at once and measured in turn, so that
-what compares them is measured in the same minutes (this machine's speed moves by a fifth or more
-over the run). Images: every second image of the sample's held-out half, sent sequentially
-unless said otherwise; budget met is the server's ``budget_met``.
+what compares them is measured in the same minutes (a machine's speed moves over a run).
+Images: every second image of the sample's held-out half, sent sequentially unless said
+otherwise; budget met is the server's ``budget_met``.
 
 1. Pin sweep (whole store, every variant served: ``EDGEFIT_FRONTIER=false``): every variant
    pinned (``?model=``), all in turn, twice; per
@@ -17,11 +17,11 @@ unless said otherwise; budget met is the server's ``budget_met``.
 3. Oracle at B, per system over its own variants: the most accurate variant whose pinned totals
    met B on at least 99 % of its requests; oracle accuracy = its pinned accuracy.
 4. Delivered at B, on the whole store's server and the ladder's in turn (which goes first
-   alternates between budgets): a few uncounted warm-up requests with ``?budget=B``, then the images twice in
-   a row. Delivered = answers correct and on time over all images; also budget met over answers,
-   the variant mix and the share of requests whose variant moved between the two runs (total
-   variation distance). Regret = oracle accuracy - the two runs' mean delivered, in points; none
-   where no variant of the system meets B.
+   alternates between budgets): a few uncounted warm-up requests with ``?budget=B``, then the
+   images twice in a row. Delivered = answers correct and on time over all images; also budget
+   met over answers, the variant mix and the share of requests whose variant moved between the
+   two runs (total variation distance). Regret = oracle accuracy - the two runs' mean
+   delivered, in points; none where no variant of the system meets B.
 5. Under load, at the mid budget (where lite0-224-int8 is the whole store's oracle: the middle
    of those budgets, or its own p99 budget if it never is): open loop at twice the pace of one
    sequential client on that oracle (1000 / its pinned p50 client round trip), correct answers
