@@ -33,22 +33,17 @@ def main(checkouts: list[Path]) -> int:
     env = servers.setup()
     say = servers.progress("ab")
     images = env.held_out(regret.STRIDE)
-    names = [str(c) for c in checkouts]
+    # Numbered, as ``ab_load.py`` names them: the same checkout twice is an A/A run.
+    names = [f"#{i + 1} {c}" for i, c in enumerate(checkouts)]
     with contextlib.ExitStack() as stack:
-        ports = [
-            stack.enter_context(
-                servers.edgefit(
-                    env.store, env.workers, env.threads, env.results, extra_env={"PYTHONPATH": str(c)}
-                )
-            ).port
-            for c in checkouts
-        ]
-        variants = regret.served(ports[0])
-        sweep = regret.pin_sweep(ports[0], [v["name"] for v in variants], images, say)
+        envs = {n: {"PYTHONPATH": str(c)} for n, c in zip(names, checkouts, strict=True)}
+        ports = regret.start(stack, env.store, env.workers, env.threads, env.results, envs)
+        variants = regret.served(ports[names[0]])
+        sweep = regret.pin_sweep(ports[names[0]], [v["name"] for v in variants], images, say)
         plan = regret.Plan.make(sweep, variants, env.workers)
         # Every checkout against the whole store's oracles.
         oracles = {n: plan.oracles["whole"] for n in names}
-        rows = regret.side_by_side(dict(zip(names, ports, strict=True)), images, plan, oracles, say)
+        rows = regret.side_by_side(ports, images, plan, oracles, say)
     for i, budget in enumerate(plan.budgets):
         line = [f"{budget['ms']:g} ms", f"oracle {plan.oracles['whole'][i]}"]
         for name in names:

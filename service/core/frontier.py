@@ -17,12 +17,12 @@ choice keeps on time, the selector answers with the fastest variants, and such a
 the most requests with the fewest correct answers for the worker time; at idle, what is lost is
 the budgets between the two, where the fallback answers with the more accurate one, on time less
 often. On a CPU where decoding is most of a small variant's time, a subnet that cuts blocks saves
-little time and costs much accuracy: the subnets that stay are the ones really faster here.
-A request's ``max_size=`` then chooses among the frontier. A variant of
-unknown accuracy is never dominated (nothing is known to beat it) and never dominates. When more
-than ``size`` candidates are left, the frontier is thinned to ``size`` by dropping, one at a time,
-the candidate whose accuracy step over the next faster one kept is the smallest: the fastest and
-the most accurate always stay, and so do variants of unknown accuracy.
+little time and costs much accuracy: the subnets that stay are the ones really faster here. A
+request's ``max_size=`` then chooses among the frontier. A variant of unknown accuracy is never
+dominated (nothing is known to beat it) and never dominates. When more than ``size`` candidates
+are left, the frontier is thinned to ``size`` by dropping, one at a time, the candidate whose
+accuracy step over the next faster one kept is the smallest: the fastest and the most accurate
+always stay, and so do variants of unknown accuracy.
 """
 
 from __future__ import annotations
@@ -77,19 +77,16 @@ def choose(points: Mapping[str, Point], size: int) -> tuple[list[str], dict[str,
             last = name
             continue
         by = points[last]
-        if by.seconds <= point.seconds * (1 + SPEED_STEP):
-            left[name] = Left(
-                "dominated",
-                f"{last} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
-                f"and not {SPEED_STEP * 100:.0f} % slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})",
-            )
-        else:
-            left[name] = Left(
-                "dominated",
-                f"{last} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) "
-                "and gives at least as many correct answers per second of a worker here "
-                f"({_per_second(by):.0f} vs {_per_second(point):.0f})",
-            )
+        how = (
+            f"not {SPEED_STEP * 100:.0f} % slower here ({_ms(by.seconds)} vs {_ms(point.seconds)})"
+            if by.seconds <= point.seconds * (1 + SPEED_STEP)
+            else "gives at least as many correct answers per second of a worker here "
+            f"({_per_second(by):.0f} vs {_per_second(point):.0f})"
+        )
+        left[name] = Left(
+            "dominated",
+            f"{last} is at least as accurate ({_percent(by.top1)} vs {_percent(point.top1)}) and {how}",
+        )
     kept = sorted((n for n in points if n not in left), key=lambda n: (points[n].seconds, n))
     ranked = [n for n in kept if points[n].top1 is not None]
     while len(kept) > size and len(ranked) > 2:
