@@ -24,9 +24,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 # A pool of candidates, not this machine's frontier: the server chooses the frontier of the device
 # it runs on. The ladder (lite0, lite1, lite2) in fp32 and int8, whatever their speed or int8
 # agreement here; then lite0's subnets, 8 picks from the search at 192, 160 and 128 px, each in
-# fp32 and int8 (`edgefit store specialize --family lite2` cuts lite2's on demand). Last, the
-# confidence cascades over the whole pool, from the answers the first two steps kept (any later
-# `store add` keeps them; rerun `edgefit store cascades` to plan with the new variants too).
+# fp32 and int8 (`edgefit store specialize --family lite2` cuts lite2's on demand). Last, every
+# variant's answers on the sample (the first two steps kept most), from which each server plans
+# confidence cascades among the variants it serves (after a `store add`, rerun `edgefit store
+# cascades` for the new variants' answers).
 $(STORE_DIR)/manifest.json: | $(INSTALLED)
 	$(BIN)/edgefit store build --store $(STORE_DIR) --images $(SAMPLE)
 	$(BIN)/edgefit store specialize --store $(STORE_DIR) --images $(SAMPLE) --search-images 100 \

@@ -36,7 +36,7 @@ WARMUP = 60  # sequential requests at the budget before each open-loop run
 
 
 def open_loop(port: int, images: regret.Images, args: argparse.Namespace) -> tuple[dict[str, float], int]:
-    """The open loop's figures, and how many requests it offered."""
+    """The open loop's figures, and how many requests it offered; prints which variants answered."""
     query = f"budget={args.budget_ms:g}ms"
     row = regret.tally(
         client.open_loop(regret.HOST, port, regret.payloads(images, query), args.rate, args.seconds)
@@ -46,6 +46,7 @@ def open_loop(port: int, images: regret.Images, args: argparse.Namespace) -> tup
         "budget met %": 100 * row["met"] / row["judged"] if row["judged"] else 0.0,
         "503": row["shed_503"],
     }
+    print(f"  variants: {regret.mix(row['variants'])}", flush=True)
     return figures, row["requests"]
 
 

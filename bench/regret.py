@@ -438,7 +438,7 @@ def _oracle(row: dict[str, Any]) -> str:
     return "–" if row["oracle"] is None else f"{row['oracle']} {row['oracle_accuracy']:.1%}"
 
 
-def _mix(variants: dict[str, int]) -> str:
+def mix(variants: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(variants.items(), key=lambda kv: -kv[1]))
 
 
@@ -451,7 +451,7 @@ def _load_table(systems: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {s['requests']} | {s['answered']} | {s['shed_503']} | {_pct(s['budget_met'])} "
             f"| {s['correct_on_time_per_s']:.1f} | {_pct(s['correct_on_time_per_offered'])} "
-            f"| {_mix(s['variants'])} |"
+            f"| {mix(s['variants'])} |"
         )
     return lines
 

@@ -58,6 +58,9 @@ class Scored:
 
 @dataclass(frozen=True)
 class Plan:
+    """``small`` answers when its top softmax score is at least ``threshold``; otherwise ``big``
+    runs on the same decoded image and answers."""
+
     small: str
     big: str
     threshold: float
@@ -66,6 +69,11 @@ class Plan:
     held_out_accuracy: float
     escalation_rate: float  # held-out
     top1: float  # big's top1 + (plan - big) on the held-out half
+
+    @property
+    def name(self) -> str:
+        """Never a variant's: ``>`` is not allowed in one."""
+        return f"{self.small}>{self.big}"
 
 
 def simulate(small: Answers, big: Answers, threshold: float) -> tuple[float, float]:

@@ -26,9 +26,10 @@ from model_store.store import StoreError, open_store
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-# How store commands name the model, shared weights and reference files they write:
-# ``{name}.{sha256[:12]}.onnx``, ``{name}.{sha256[:12]}.weights``, ``reference.{sha256[:12]}.zip``.
-STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.(onnx|weights|zip)")
+# How store commands name the model, shared weights, reference and answers files they write:
+# ``{name}.{sha256[:12]}.onnx``, ``{name}.{sha256[:12]}.weights``, ``reference.{sha256[:12]}.zip``,
+# ``answers.{sha256[:12]}.json``.
+STORED_MODEL = re.compile(r".+\.[0-9a-f]{12}\.(onnx|weights|zip|json)")
 
 
 @contextlib.contextmanager

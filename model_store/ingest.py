@@ -169,10 +169,12 @@ def _commit(
             (staging / variant.file).chmod(0o644)
             (staging / variant.file).replace(store.root / variant.file)
             moved.append(store.root / variant.file)
-        # The store's plans stay: the added variants change none of their answers.
+        # The recorded answers stay: the added variants change none of them.
         return store.write(
             Manifest(
-                variants=(*store.manifest.variants, *manifest.variants), cascades=store.manifest.cascades
+                variants=(*store.manifest.variants, *manifest.variants),
+                reference=store.manifest.reference,
+                answers=store.manifest.answers,
             )
         )
     except BaseException:

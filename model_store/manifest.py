@@ -2,25 +2,28 @@
 
 A store is a directory holding ONNX files and one ``manifest.json``. Every variant entry is
 complete on its own, so a server can serve any subset of the store without reading anything else.
-Schema 3 added the confidence-cascade plans (``cascades``); a schema 2 manifest reads as one
-without plans. Schema 4 added shared weights files (``Variant.weights``); a schema 2 or 3 manifest
-reads as one whose variants each hold their own weights. Schema 5 added the reference set
-(``Manifest.reference``) and each int8 variant's record against it (``Variant.int8_check``); a
-schema 2-4 manifest reads as one without them (its int8 variants are not re-checked on a device).
+Schema 3 added the confidence-cascade plans (``cascades``). Schema 4 added shared weights files
+(``Variant.weights``); a schema 2 or 3 manifest reads as one whose variants each hold their own
+weights. Schema 5 added the reference set (``Manifest.reference``) and each int8 variant's record
+against it (``Variant.int8_check``); a schema 2-4 manifest reads as one without them (its int8
+variants are not re-checked on a device). Schema 6 replaced the plans with the variants' recorded
+answers (``Manifest.answers``), from which each server plans cascades among the variants it
+serves, at its own latencies; a schema 3-5 manifest's plans, made for the building machine's
+variants and latencies, are dropped on reading (no cascades until ``edgefit store cascades``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION: Literal[5] = 5
+SCHEMA_VERSION: Literal[6] = 6
 # Versions this edgefit reads: 2 is 3 without ``cascades``, 3 is 4 without ``weights``, 4 is 5
-# without ``reference`` and ``int8_check``.
-READABLE_VERSIONS = (2, 3, 4, 5)
+# without ``reference`` and ``int8_check``, 5 is 6 with ``cascades`` instead of ``answers``.
+READABLE_VERSIONS = (2, 3, 4, 5, 6)
 MANIFEST_NAME = "manifest.json"
 
 # Names become file names, URL parameters and metric label values: keep them boring.
@@ -122,6 +125,16 @@ class Reference(StoredFile):
     images: int = Field(gt=0)
 
 
+class Answers(StoredFile):
+    """Each variant's answers on a labelled sample (``dataset``, ``images`` in its sorted order):
+    its top softmax score and whether its top-1 was right, image by image, in one JSON file
+    (``model_store.planning``). A server plans its confidence cascades from them among the
+    variants it serves; an entry counts only for the variant file it was recorded with."""
+
+    dataset: str
+    images: int = Field(gt=0)
+
+
 class Int8Check(BaseModel):
     """What an int8 variant is re-checked against on a device: its fp32 ``twin``'s top-1 answer on
     each reference image, and its own (``answers``) where it was built."""
@@ -213,47 +226,24 @@ class Variant(BaseModel):
         return self
 
 
-class Cascade(BaseModel):
-    """A confidence cascade plan: ``small`` answers when its top softmax score is at least
-    ``threshold``; otherwise ``big`` runs on the same decoded image and answers.
-
-    The threshold was chosen on the search half of ``top1_dataset``'s sample; the figures here are
-    from the held-out half, never searched on (``model_store.cascades``). ``top1`` is on the
-    variants' scale: ``big``'s top1 plus (this plan − ``big``) on the held-out half.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    small: str
-    big: str
-    threshold: float = Field(ge=0.0, le=1.0)
-    top1: float = Field(ge=0.0, le=1.0)
-    top1_dataset: str
-    held_out_accuracy: float = Field(ge=0.0, le=1.0)
-    escalation_rate: float = Field(ge=0.0, le=1.0)
-    # small's inference + escalation rate x big's, on the machine that planned it.
-    planned_cost_ms: float = Field(gt=0.0)
-
-    @property
-    def name(self) -> str:
-        return cascade_name(self.small, self.big)
-
-
-def cascade_name(small: str, big: str) -> str:
-    """A plan's name: never a variant's (``>`` is not allowed in one)."""
-    return f"{small}>{big}"
-
-
 class Manifest(BaseModel):
-    """The whole store: schema version, the variants in no particular order, and the cascade
-    plans over them (``model_store.cascades``)."""
+    """The whole store: schema version, the variants in no particular order, the reference set
+    and the variants' recorded answers."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[2, 3, 4, 5] = SCHEMA_VERSION
+    schema_version: Literal[2, 3, 4, 5, 6] = SCHEMA_VERSION
     variants: tuple[Variant, ...] = ()
-    cascades: tuple[Cascade, ...] = ()
     reference: Reference | None = None
+    answers: Answers | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_plans(cls, data: Any) -> Any:
+        """A schema 3-5 manifest's plans are dropped (see the module's note)."""
+        if isinstance(data, dict) and data.get("schema_version") in (3, 4, 5):
+            return {k: v for k, v in data.items() if k != "cascades"}
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:
@@ -261,8 +251,6 @@ class Manifest(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
-        # A plan naming a variant the store lacks (a hand-trimmed manifest) is not refused: it is
-        # not served, as a plan over a variant a server leaves out is not.
         checked = [v for v in self.variants if v.int8_check is not None]
         if checked and self.reference is None:
             raise ValueError("int8 checks need the reference set they were recorded on")
@@ -281,11 +269,7 @@ class Manifest(BaseModel):
 
     def replace(self, *updated: Variant) -> Manifest:
         """Return a manifest with ``updated`` variants replacing (or added after) same-named ones.
-
-        Cascade plans over a replaced variant are dropped: its answers, on which the plan was
-        calibrated, may have changed (``edgefit store cascades`` plans again)."""
+        (A replaced variant's recorded answers no longer count: they name the file they came from.)"""
         by_name = {v.name: v for v in self.variants}
         by_name.update({v.name: v for v in updated})
-        changed = {v.name for v in updated}
-        kept = tuple(c for c in self.cascades if not {c.small, c.big} & changed)
-        return Manifest(variants=tuple(by_name.values()), cascades=kept, reference=self.reference)
+        return Manifest(variants=tuple(by_name.values()), reference=self.reference, answers=self.answers)

@@ -1,110 +1,132 @@
-"""``edgefit store cascades``: the store's confidence cascade plans, measured and written.
+"""The variants' answers that cascades are planned from: recorded into the store by ``edgefit
+store cascades``, planned from by each server among the variants it serves.
 
 Every variant classifies the labelled sample once (``model_store.evaluate``, the serving path;
 answers that ``store build`` and ``store specialize`` kept are taken as they are,
-``model_store.answers``) and its inference is timed on this machine as the server profiles it;
-``model_store.cascades`` chooses the plans from those answers (thresholds from the search half,
-figures from the held-out half), and they replace the manifest's plans. Plans are measured here,
-not assumed: a badly chosen pair is worse than a single variant.
+``model_store.answers``), and its top score and correctness per image go into one file of the
+store. Which plans pay off depends on the device: the variants it serves (its frontier) and their
+latencies there. A server therefore plans at start (``plans``): ``model_store.cascades`` chooses
+from the answers (thresholds from the search half, figures from the held-out half) at the
+server's own profiled latencies. Plans are measured, not assumed: a badly chosen pair is worse
+than a single variant.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from model_store.answers import AnswerCache, evaluate_remembered
 from model_store.cascades import Answers, Plan, Scored, plan_cascades
 from model_store.evaluate import (
-    Evaluation,
-    LabelledImage,
     Progress,
     evaluate,
-    held_out_dataset,
     held_out_half,
     labelled_images,
     search_half,
     stage_progress,
 )
-from model_store.manifest import Cascade, Manifest, Variant
-from model_store.runner import VariantRunner, time_inference
-from model_store.store import Store, open_store
+from model_store.manifest import Answers as AnswersFile
+from model_store.manifest import Manifest
+from model_store.store import Store, StoreError, open_store
 
-# Timed runs per variant: its cost is a median, as the server's profile is.
-COST_RUNS = 20
-COST_WARMUP = 3
-
-
-def _answers(result: Evaluation, images: Sequence[LabelledImage]) -> Answers:
-    correct = tuple(p == image.class_id for p, image in zip(result.predictions, images, strict=True))
-    return Answers(result.top_scores, correct)
+# Scores are kept to this many decimals: thresholds are a 0.05 grid.
+SCORE_DECIMALS = 4
 
 
-def inference_cost(store: Store, variant: Variant) -> float:
-    """The variant's median inference seconds on this machine, one thread, as served."""
-    runner = VariantRunner.from_store(store, variant)
-    return statistics.median(time_inference(runner, COST_RUNS, COST_WARMUP))
-
-
-def score(
-    store: Store,
-    images: Sequence[LabelledImage],
-    report: Progress | None = None,
-    answers: AnswerCache | None = None,
-) -> list[Scored]:
-    """Every variant's answers on both halves of ``images`` (those ``answers`` keeps taken from
-    it) and its cost on this machine; ``report`` follows both."""
+def record_answers(
+    root: Path, images_dir: Path, report: Progress | None = None, answers: AnswerCache | None = None
+) -> tuple[Store, AnswersFile]:
+    """Every variant's answers on the labelled images in ``images_dir``, written into the store at
+    ``root`` (``write_answers``); ``report`` follows them, ``answers`` holds those already known.
+    Raises ``StoreError``."""
+    store = open_store(root)
+    images = labelled_images(images_dir)
     variants = list(store.manifest.variants)
     answering = None if report is None else stage_progress(report, "answers", len(images) * len(variants))
     if answers is None:
         results = evaluate(store, variants, images, progress=answering)
     else:
         results = evaluate_remembered(answers, store, variants, images, answering)
-    timing = None if report is None else stage_progress(report, "latency", len(variants))
+    truth = [image.class_id for image in images]
+    return write_answers(
+        store,
+        {
+            r.variant: (r.top_scores, [p == t for p, t in zip(r.predictions, truth, strict=True)])
+            for r in results
+        },
+        images_dir.name,
+    )
+
+
+def write_answers(
+    store: Store, answers: Mapping[str, tuple[Sequence[float], Sequence[bool]]], dataset: str
+) -> tuple[Store, AnswersFile]:
+    """``answers`` (by variant: its top score and whether it was right, image by image, the
+    same images in the same order for all) into ``store`` as ``answers.{sha12}.json``, named in
+    its manifest in place of any before: the store as it now is, and the file's record."""
+    book = {
+        name: {
+            "sha256": store.manifest.variant(name).sha256,
+            "top_scores": [round(s, SCORE_DECIMALS) for s in scores],
+            "correct": "".join("1" if c else "0" for c in correct),
+        }
+        for name, (scores, correct) in answers.items()
+    }
+    counts = {len(scores) for scores, correct in answers.values()} | {len(c) for _, c in answers.values()}
+    if len(counts) != 1:
+        raise StoreError("answers to record need one answer per image for every variant, and a variant")
+    (images,) = counts
+    data = json.dumps({"variants": book}, sort_keys=True).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"answers.{digest[:12]}.json"
+    (store.root / name).write_bytes(data)
+    recorded = AnswersFile(file=name, sha256=digest, size_bytes=len(data), dataset=dataset, images=images)
+    previous = store.manifest.answers
+    written = store.write(
+        Manifest(variants=store.manifest.variants, reference=store.manifest.reference, answers=recorded)
+    )
+    if previous is not None and previous.file != name:
+        (store.root / previous.file).unlink(missing_ok=True)
+    return written, recorded
+
+
+def plans(store: Store, costs: Mapping[str, float]) -> list[Plan]:
+    """The cascade plans over the variants named in ``costs`` (their inference seconds on this
+    device) whose answers the store recorded from the very file it serves now; none when it
+    recorded none. Raises ``StoreError`` when the recorded answers cannot be read."""
+    recorded = store.manifest.answers
+    if recorded is None:
+        return []
+    data = store.verified("the recorded answers", recorded.file, recorded.sha256)
+    try:
+        book: dict[str, Any] = json.loads(data)["variants"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{recorded.file} holds no answers: {exc}") from None
     scored = []
-    for variant, result in zip(variants, results, strict=True):
-        both = _answers(result, images)
-        cost = inference_cost(store, variant)
-        if timing is not None:
-            timing(1)
+    for name, cost in costs.items():
+        variant, entry = store.manifest.variant(name), book.get(name)
+        if not isinstance(entry, dict) or entry.get("sha256") != variant.sha256:
+            continue
+        scores, correct = entry.get("top_scores"), entry.get("correct")
+        if not (
+            isinstance(scores, list)
+            and isinstance(correct, str)
+            and len(scores) == len(correct) == recorded.images
+        ):
+            raise StoreError(f"{recorded.file}: the answers of {name} do not cover the sample")
+        right = [c == "1" for c in correct]
         scored.append(
             Scored(
-                name=variant.name,
+                name=name,
                 labels=variant.labels,
                 cost_seconds=cost,
                 top1=variant.top1,
-                search=Answers(tuple(search_half(both.top_scores)), tuple(search_half(both.correct))),
-                held_out=Answers(tuple(held_out_half(both.top_scores)), tuple(held_out_half(both.correct))),
+                search=Answers(tuple(search_half(scores)), tuple(search_half(right))),
+                held_out=Answers(tuple(held_out_half(scores)), tuple(held_out_half(right))),
             )
         )
-    return scored
-
-
-def as_cascade(plan: Plan, dataset: str) -> Cascade:
-    return Cascade(
-        small=plan.small,
-        big=plan.big,
-        threshold=plan.threshold,
-        top1=plan.top1,
-        top1_dataset=held_out_dataset(dataset),
-        held_out_accuracy=round(plan.held_out_accuracy, 4),
-        escalation_rate=round(plan.escalation_rate, 4),
-        planned_cost_ms=round(1000 * plan.cost_seconds, 3),
-    )
-
-
-def plan_store(
-    root: Path, images_dir: Path, report: Progress | None = None, answers: AnswerCache | None = None
-) -> tuple[Store, list[Plan]]:
-    """Plan the store at ``root`` on the labelled images in ``images_dir`` and write the plans
-    (none, when no pair beats the single variants); ``report`` follows the variants' answers,
-    ``answers`` holds those already known. Raises ``StoreError``."""
-    store = open_store(root)
-    images = labelled_images(images_dir)
-    plans = plan_cascades(score(store, images, report, answers))
-    cascades = tuple(as_cascade(p, images_dir.name) for p in plans)
-    written = Manifest(
-        variants=store.manifest.variants, cascades=cascades, reference=store.manifest.reference
-    )
-    return store.write(written), plans
+    return plan_cascades(scored)

@@ -112,8 +112,9 @@ class Store:
         return data
 
     def files(self) -> set[str]:
-        """Every file the manifest names: models, shared weights files, label files, the reference set."""
-        named = {self.manifest.reference.file} if self.manifest.reference else set()
+        """Every file the manifest names: models, shared weights files, label files, the reference
+        set, the recorded answers."""
+        named = {f.file for f in (self.manifest.reference, self.manifest.answers) if f is not None}
         for v in self.manifest.variants:
             named |= {v.file} | ({v.weights.file} if v.weights else set())
             named |= {v.labels} if v.labels != IMAGENET else set()

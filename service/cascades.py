@@ -14,7 +14,7 @@ import contextlib
 
 import onnxruntime as ort
 
-from model_store.manifest import Cascade
+from model_store.cascades import Plan
 from service import errors
 from service.core import selector
 from service.execution import Execution, classify_job, next_stage_job
@@ -34,7 +34,7 @@ class Cascades:
     async def run(
         self,
         served: Served,
-        plan: Cascade,
+        plan: Plan,
         choice: Choice,
         image: bytes,
         header: ImageHeader,

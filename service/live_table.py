@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_store.manifest import Cascade, Variant
+from model_store.cascades import Plan
+from model_store.manifest import Variant
 from service.core import schedule
 from service.core.calibration import lesson
 from service.core.frontier import Reason
@@ -63,7 +64,7 @@ class Candidate:
 class PlanState:
     """A served cascade plan with what it did since it was loaded."""
 
-    plan: Cascade
+    plan: Plan
     runs: int
     unsure: int  # runs whose first stage was below the threshold
     escalated: int  # runs whose second stage ran (unsure, and it still fit)
@@ -130,7 +131,7 @@ class LiveTable:
         saved = result.point_seconds - result.fastest_point_seconds
         return lesson(total_seconds, result.budget_seconds, result.predicted_seconds, saved)
 
-    def _count_cascade(self, result: Classification, plan: Cascade) -> None:
+    def _count_cascade(self, result: Classification, plan: Plan) -> None:
         """The plan's live counts (``/models``) and ``edgefit_cascade_total``."""
         counts = result.served.plan_counts[plan.name]
         counts.runs += 1

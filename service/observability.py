@@ -17,7 +17,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
-from model_store.manifest import Cascade, Variant
+from model_store.cascades import Plan
+from model_store.manifest import Variant
 from service.core.schedule import TIER_NAMES
 
 # Seconds; edges at the budget tiers people use on the edge (the client's defaults lack 15/20 ms).
@@ -201,7 +202,7 @@ class Metrics:
         return self._outcomes[(variant, outcome)]
 
     def serve(
-        self, variants: Iterable[Variant], unavailable: Iterable[str] = (), plans: Iterable[Cascade] = ()
+        self, variants: Iterable[Variant], unavailable: Iterable[str] = (), plans: Iterable[Plan] = ()
     ) -> None:
         """Pre-initialise every label set of these variants and cascade ``plans``, and describe
         the variants; mark the store's ``unavailable`` variants."""

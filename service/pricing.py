@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from model_store import imaging
-from model_store.manifest import Cascade, Preprocessing, Variant
+from model_store.cascades import Plan
+from model_store.manifest import Preprocessing, Variant
 from service.core import schedule, selector
 from service.core.calibration import Calibration
 from service.core.latency import DecodeModel, DecodeWork, LatencyModel
@@ -160,7 +161,7 @@ class Pricer:
 
     def price_plan(
         self,
-        plan: Cascade,
+        plan: Plan,
         prices: Mapping[str, Price],
         budget_seconds: float | None,
         place: Place,

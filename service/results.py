@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from model_store.manifest import Cascade, Preprocessing, Variant
+from model_store.cascades import Plan
+from model_store.manifest import Preprocessing, Variant
 from service.core import selector
 from service.core.latency import DecodeWork
 from service.execution import Classified
@@ -76,7 +77,7 @@ class Classification:
     served: Served
     image_format: str
     decode_work: DecodeWork
-    plan: Cascade | None = None  # the cascade plan that ran, if one did
+    plan: Plan | None = None  # the cascade plan that ran, if one did
     escalation: Escalation | None = None
 
     @property
@@ -113,7 +114,7 @@ def classification(
     best: Sequence[tuple[int, float]],
     stages: Sequence[Stage],
     decoded_for: Preprocessing,
-    plan: Cascade | None = None,
+    plan: Plan | None = None,
     escalation: Escalation | None = None,
 ) -> Classification:
     """The facts of an answer: ``best`` (class id, score) from the last of ``stages``, the image

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.manifest import Cascade, Variant
+from model_store import planning
+from model_store.cascades import Plan
+from model_store.manifest import Variant
 from model_store.runner import VariantRunner
 from model_store.store import StoreError
 from service import errors
@@ -80,7 +82,7 @@ class Served:
     models: ServedModels
     pricer: Pricer
     entries: dict[str, Entry]
-    plans: dict[str, Cascade]
+    plans: dict[str, Plan]
     selections: Counter[str] = field(default_factory=Counter)
     plan_counts: dict[str, PlanCounts] = field(default_factory=dict)
 
@@ -156,7 +158,7 @@ class ServedSet:
             previous = self.served_models()
             log.info("loading the store at %s", self.settings.store_dir)
             models = await asyncio.to_thread(load_models, self.settings, previous)
-            plans = self._plans(models)
+            plans = await asyncio.to_thread(self._plans, models)
             self.metrics.serve(models.variants.values(), models.unavailable, plans.values())
             self._served = self._serve(models, plans)
             self.failure = None
@@ -172,15 +174,24 @@ class ServedSet:
             # The load's own garbage (file bytes, parsed graphs) is free now: give it back.
             await asyncio.to_thread(release_free_memory)
 
-    def _plans(self, models: ServedModels) -> dict[str, Cascade]:
-        """The store's cascade plans whose stages are both served, unless turned off."""
-        return {
-            plan.name: plan
-            for plan in models.store.manifest.cascades
-            if self.settings.cascade and {plan.small, plan.big} <= models.variants.keys()
-        }
+    def _plans(self, models: ServedModels) -> dict[str, Plan]:
+        """The cascade plans among the served variants, at their inference latencies profiled
+        here, from the answers the store recorded (``model_store.planning``); none when turned
+        off. Plans are the device's: made where the store was built, their stages were that
+        machine's frontier, and most were not served on another. Recorded answers that cannot
+        be read cost the plans, not the store: it is served without them."""
+        if not self.settings.cascade:
+            return {}
+        costs = {name: profile.p50 for name, profile in models.profiles.items()}
+        try:
+            planned = planning.plans(models.store, costs)
+        except StoreError as exc:
+            log.error("no cascade plans: %s", exc)
+            return {}
+        log.info("cascade plans: %s", ", ".join(p.name for p in planned) or "none beats the single variants")
+        return {plan.name: plan for plan in planned}
 
-    def _serve(self, models: ServedModels, plans: dict[str, Cascade]) -> Served:
+    def _serve(self, models: ServedModels, plans: dict[str, Plan]) -> Served:
         window, fresh = self.settings.latency_window, self.settings.fresh_seconds
         pricer = Pricer(
             models.variants,

@@ -248,17 +248,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_cascades(args: argparse.Namespace) -> None:
     from model_store.answers import AnswerCache
-    from model_store.planning import plan_store
+    from model_store.planning import record_answers
 
-    store, plans = plan_store(_store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default())
-    if not plans:
-        print(f"no cascade beats the single variants of {store.root}: none written")
-    for p in plans:
-        print(
-            f"{p.small} > {p.big} at {p.threshold:.2f}: held-out {100 * p.held_out_accuracy:.1f}% "
-            f"(top1 {100 * p.top1:.1f}%), escalates {100 * p.escalation_rate:.0f}%, "
-            f"mean {1000 * p.cost_seconds:.1f} ms, +{100 * p.search_gain:.1f} points on the search half"
-        )
+    store, recorded = record_answers(
+        _store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default()
+    )
+    print(
+        f"recorded the answers of {len(store.manifest.variants)} variants on {recorded.dataset} "
+        f"({recorded.images} images) in {recorded.file}: a server plans its cascades from them "
+        "among the variants it serves (thresholds on the even images, figures on the odd)"
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -411,7 +410,7 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
     cascades = store_command(
         "cascades",
-        "plan confidence cascades: thresholds on the even images, figures on the odd",
+        "record every variant's answers, from which servers plan confidence cascades",
         cmd_cascades,
     )
     cascades.add_argument("--images", required=True, help="labelled images: even positions plan, odd score")

@@ -278,7 +278,7 @@ def commit(
     entries and the entries named in ``replacing`` go. Then files nothing names any more go.
 
     A variant already in the store (its file not in ``staging``) may be passed to update its entry.
-    A cascade plan stays while both its stages stay with the same file (its answers unchanged).
+    The recorded answers stay; a variant's count only for the file they were recorded from.
     ``reference``, staged, replaces the store's reference set; kept variants checked on another
     set lose their ``int8_check`` (their twins' answers were on other images).
     """
@@ -295,14 +295,9 @@ def commit(
         for v in previous.manifest.variants
         if v.name not in gone
     ]
-    before = {v.name: v.sha256 for v in previous.manifest.variants}
-    after = {v.name: v.sha256 for v in (*kept, *variants)}
-    plans = tuple(
-        c
-        for c in previous.manifest.cascades
-        if all(before.get(s) is not None and before.get(s) == after.get(s) for s in (c.small, c.big))
+    store = previous.write(
+        Manifest(variants=(*kept, *variants), reference=reference, answers=previous.manifest.answers)
     )
-    store = previous.write(Manifest(variants=(*kept, *variants), cascades=plans, reference=reference))
     _remove_unreferenced(store)
     return store
 
@@ -333,6 +328,7 @@ def _remove_unreferenced(store: Store) -> None:
         *store.root.glob("*.onnx"),
         *store.root.glob("*.weights"),
         *store.root.glob("reference.*.zip"),
+        *store.root.glob("answers.*.json"),
     ]:
         if path.name not in named:
             path.unlink()

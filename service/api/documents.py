@@ -98,12 +98,18 @@ def models_document(states: list[VariantState]) -> list[dict[str, Any]]:
 
 
 def plans_document(states: list[PlanState]) -> list[dict[str, Any]]:
-    """``GET /models``' cascade plans: the manifest's record (threshold, held-out accuracy and
-    escalation rate) and what each did since it was loaded."""
+    """``GET /models``' cascade plans: as planned at load (threshold, held-out accuracy and
+    escalation rate, mean inference on this device) and what each did since."""
     return [
         {
             "name": s.plan.name,
-            **s.plan.model_dump(mode="json"),
+            "small": s.plan.small,
+            "big": s.plan.big,
+            "threshold": s.plan.threshold,
+            "top1": s.plan.top1,
+            "held_out_accuracy": round(s.plan.held_out_accuracy, 4),
+            "escalation_rate": round(s.plan.escalation_rate, 4),
+            "planned_cost_ms": round(1000 * s.plan.cost_seconds, 3),
             "live": {
                 "runs": s.runs,
                 "escalation_rate": None if s.runs == 0 else round(s.unsure / s.runs, 4),

@@ -1,9 +1,12 @@
-"""Confidence cascades in-process, over real tiny ONNX models and a store with a plan.
+"""Confidence cascades in-process, over real tiny ONNX models and a store whose recorded answers
+the server plans one cascade from.
 
 The plan's first stage is a model whose inference is slow only on bright images (a loop whose
 trip count comes from the pixels): profiled on noise it looks fast, so the plan is chosen, and on
-a white image it runs far past the budget, so its escalation no longer fits when it ends. Both
-stages' logits are small: no class is ever sure, and a threshold of 0.5 always wants to escalate.
+a white image it runs far past the budget, so its escalation no longer fits when it ends. The
+second stage always loops a little: profiled, it is the dearer of the two, as a plan's second
+stage must be. Both stages' logits are small: no class is ever sure, and the planned threshold of
+0.5 always wants to escalate.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_store.manifest import Manifest
-from tests.app.conftest import image_bytes, serve, settings_for, tiny_model, write_store
-from tests.unit.test_manifest import cascade
+from model_store import planning
+from model_store.planning import write_answers
+from model_store.store import Store, open_store
+from tests.app.conftest import image_bytes, serve, settings_for, write_store
 
 SMALL, BIG = "tiny-16-fp32", "tiny-32-fp32"
 PLAN = f"{SMALL}>{BIG}"
@@ -54,15 +58,17 @@ def _loop_body(side: int) -> onnx.GraphProto:
     )
 
 
-def slow_when_bright(resolution: int, side: int = 512) -> bytes:
-    """Like ``tiny_model`` with small weights, plus ``BRIGHT_TRIPS`` matrix products when the
-    image's mean pixel is above 200 (none on noise, which profiling feeds it)."""
+def slow_when_bright(
+    resolution: int, side: int = 512, bright_above: float = 200.0, trips: int = BRIGHT_TRIPS
+) -> bytes:
+    """Like ``tiny_model`` with small weights, plus ``trips`` matrix products when the image's
+    mean pixel is above ``bright_above`` (by default none on noise, which profiling feeds it)."""
     rng = np.random.default_rng(3)
     constants = {
         "weights": (1e-3 * rng.normal(size=(3, 1000))).astype(np.float32),
         "loop_weights": (rng.normal(size=(side, side)) / side**0.5).astype(np.float32),
-        "bright_above": np.array(200.0, dtype=np.float32),
-        "trips": np.array(BRIGHT_TRIPS, dtype=np.int64),
+        "bright_above": np.array(bright_above, dtype=np.float32),
+        "trips": np.array(trips, dtype=np.int64),
         "true": np.array(True),
         "state0": np.ones((side, side), dtype=np.float32),
         "zero": np.array(0.0, dtype=np.float32),
@@ -94,10 +100,25 @@ def slow_when_bright(resolution: int, side: int = 512) -> bytes:
 
 
 def cascade_store(root: Path) -> Path:
-    """``SMALL`` (slow on bright images) and ``BIG``, and a plan more accurate than either."""
-    store = write_store(root, {SMALL: (16, slow_when_bright(16)), BIG: (32, tiny_model(32, 2, scale=1e-3))})
-    plan = cascade(small=SMALL, big=BIG, threshold=0.5, top1=0.65, escalation_rate=0.3)
-    store.write(Manifest(variants=store.manifest.variants, cascades=(plan,)))
+    """``SMALL`` (slow on bright images), ``BIG`` (always a few milliseconds) and their recorded
+    answers, from which (SMALL, BIG) at 0.5 is the one plan: on each half of the sample, SMALL
+    is sure (0.5) and right on 7 images in 10 and unsure (0.3) and wrong on the rest, which BIG
+    gets right, and BIG is wrong on 2 of the 7."""
+    store = write_store(
+        root,
+        {
+            SMALL: (16, slow_when_bright(16)),
+            BIG: (32, slow_when_bright(32, 128, bright_above=-1.0, trips=20)),
+        },
+    )
+    half_small = ([0.5] * 7 + [0.3] * 3, [True] * 7 + [False] * 3)
+    half_big = ([0.01] * 10, [False] * 2 + [True] * 8)
+
+    # Interleaved: even positions are the search half, odd the held-out half.
+    def both(half: tuple[list[float], list[bool]]) -> tuple[list[float], list[bool]]:
+        return [x for x in half[0] for _ in range(2)], [x for x in half[1] for _ in range(2)]
+
+    write_answers(store, {SMALL: both(half_small), BIG: both(half_big)}, "sample")
     return root
 
 
@@ -195,3 +216,27 @@ def test_a_plan_whose_stage_is_not_served_is_not_offered(tmp_path: Path) -> None
         assert client.get("/models").json()["cascades"] == []
         response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
         assert response.status_code == 200 and "stages" not in response.json()
+
+
+def test_plans_come_only_from_answers_recorded_from_the_files_served(tmp_path: Path) -> None:
+    store = open_store(cascade_store(tmp_path / "store"))
+    costs = {SMALL: 0.001, BIG: 0.005}
+    assert [p.name for p in planning.plans(store, costs)] == [PLAN]
+    assert planning.plans(store, {BIG: 0.005}) == []
+    other_file = store.manifest.variant(SMALL).model_copy(update={"sha256": "f" * 64})
+    assert planning.plans(Store(store.root, store.manifest.replace(other_file)), costs) == []
+
+
+def test_tampered_answers_cost_the_plans_not_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = cascade_store(tmp_path / "store")
+    recorded = open_store(root).manifest.answers
+    assert recorded is not None
+    (root / recorded.file).write_text('{"variants": {}}')
+    with caplog.at_level(logging.ERROR), serve(settings_for(root, tmp_path / "cache")) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/models").json()["cascades"] == []
+        response = client.post("/classify", params={"budget": "1s"}, content=image_bytes("JPEG"))
+        assert response.status_code == 200 and "stages" not in response.json()
+    assert any("no cascade plans" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records)

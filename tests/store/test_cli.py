@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from model_store import planning
 from model_store.evaluate import labelled_images
 from model_store.manifest import SCHEMA_VERSION, Manifest
 from model_store.plot import Point, frontier
@@ -124,22 +125,27 @@ def test_specialize_refuses_an_unknown_family(small_store: Path, sample_dir: Pat
     assert result.returncode == 1 and "no family 'b7'" in result.stderr
 
 
-def test_cascades_are_planned_on_the_even_images_and_recorded_on_the_odd(
+def test_cascades_records_every_variants_answers_for_servers_to_plan_from(
     small_store: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
     images = tmp_path / "sample"
     images.mkdir()
     for image in labelled_images(sample_dir)[:80]:
         shutil.copy(image.path, images)
-    result = edgefit("store", "cascades", "--store", str(small_store), "--images", str(images))
-    assert result.returncode == 0, result.stderr
-    assert "answers" in result.stderr  # progress
-    manifest = json.loads((small_store / "manifest.json").read_text())
-    assert manifest["schema_version"] == SCHEMA_VERSION
-    for plan in manifest["cascades"]:
-        assert (plan["small"], plan["big"]) == (DERIVED, BASE)
-        assert plan["top1_dataset"] == "sample/odd-positions" and 0 < plan["threshold"] < 1
-        assert f"{DERIVED} > {BASE} at {plan['threshold']:.2f}" in result.stdout
-    if not manifest["cascades"]:
-        assert "no cascade beats the single variants" in result.stdout
+    for _ in range(2):  # the same answers again: the same file, and only it
+        result = edgefit("store", "cascades", "--store", str(small_store), "--images", str(images))
+        assert result.returncode == 0, result.stderr
+        assert "answers" in result.stderr  # progress
+    store = open_store(small_store)
+    recorded = store.manifest.answers
+    assert store.manifest.schema_version == SCHEMA_VERSION and recorded is not None
+    assert (recorded.dataset, recorded.images) == ("sample", 80) and recorded.file in result.stdout
+    assert sorted(p.name for p in small_store.glob("answers.*")) == [recorded.file]
+    book = json.loads(store.verified("answers", recorded.file, recorded.sha256))["variants"]
+    assert {name: entry["sha256"] for name, entry in book.items()} == {
+        v.name: v.sha256 for v in store.manifest.variants
+    }
+    assert all(len(e["top_scores"]) == len(e["correct"]) == 80 for e in book.values())
+    assert book[BASE]["correct"].count("1") > 40  # lite0 at 224 px is right on most of them
+    planning.plans(store, {v.name: 0.001 * v.resolution for v in store.manifest.variants})
     assert edgefit("store", "list", "--store", str(small_store)).returncode == 0

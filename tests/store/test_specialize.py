@@ -12,7 +12,8 @@ from model_store.build.builder import commit
 from model_store.build.recipes import LADDER
 from model_store.build.specialize import Specialized, held_out_dataset, specialize
 from model_store.evaluate import evaluate, held_out_half, labelled_images
-from model_store.manifest import Cascade, Manifest
+from model_store.manifest import Manifest
+from model_store.planning import write_answers
 from model_store.store import Store, open_store
 from tests.conftest import start_server
 
@@ -92,9 +93,9 @@ def test_a_store_mixing_subnets_and_full_variants_serves(
         server.stop()
 
 
-def test_committing_subnets_keeps_the_plans_whose_stages_stay(store_dir: Path, tmp_path: Path) -> None:
-    """``store specialize`` replaces a family's subnets: the cascade plans over them go (their
-    answers may change), the plans over variants it leaves as they were stay."""
+def test_committing_subnets_keeps_the_recorded_answers(store_dir: Path, tmp_path: Path) -> None:
+    """``store specialize`` replaces a family's subnets: the recorded answers stay, and a server
+    plans from those of the variants it left as they were."""
     source = open_store(store_dir)
     subnet = next(v for v in source.manifest.variants if v.subnet is not None)
     small, big = source.manifest.variant("lite0-128-fp32"), source.manifest.variant("lite0-224-fp32")
@@ -102,17 +103,11 @@ def test_committing_subnets_keeps_the_plans_whose_stages_stay(store_dir: Path, t
     reference = source.manifest.reference
     for file in Store(tmp_path, Manifest(variants=variants, reference=reference)).files():
         os.link(store_dir / file, tmp_path / file)
-    figures = {"threshold": 0.5, "top1": 0.7, "top1_dataset": "d", "held_out_accuracy": 0.7}
-    plans = tuple(
-        Cascade(small=s.name, big=big.name, escalation_rate=0.3, planned_cost_ms=5.0, **figures)
-        for s in (small, subnet)
-    )
-    store = Store(tmp_path, Manifest()).write(
-        Manifest(variants=variants, cascades=plans, reference=reference)
-    )
+    store = Store(tmp_path, Manifest()).write(Manifest(variants=variants, reference=reference))
+    store, recorded = write_answers(store, {v.name: ([0.9, 0.4], [True, False]) for v in variants}, "d")
     staging = tmp_path / ".staging-test"
     staging.mkdir()
     after = commit(store, staging, [big], replacing=[subnet.name])
-    assert [c.name for c in after.manifest.cascades] == [plans[0].name]
+    assert after.manifest.answers == recorded and (tmp_path / recorded.file).is_file()
     assert {v.name for v in after.manifest.variants} == {small.name, big.name}
     assert not (tmp_path / subnet.file).exists()

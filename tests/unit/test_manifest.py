@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from model_store.manifest import (
-    Cascade,
+    Answers,
     Int8Check,
     Manifest,
     ModelInput,
@@ -37,7 +37,7 @@ def variant(**overrides: object) -> Variant:
 def test_round_trip() -> None:
     manifest = Manifest(variants=(variant(top1=0.751, top1_source="published"),))
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.schema_version == 5
+    assert manifest.schema_version == 6
     subnet = variant(name="lite0-224-d3-fp32", subnet={"kept_blocks": [0, 1, 3], "total_blocks": 4})
     assert Manifest.model_validate_json(Manifest(variants=(subnet,)).model_dump_json()).variants == (subnet,)
 
@@ -91,41 +91,23 @@ def test_replace_keeps_order_and_adds() -> None:
     assert manifest.variant("lite0-224-fp32").size_bytes == 11
 
 
-def cascade(**overrides: object) -> Cascade:
-    fields: dict[str, object] = dict(
-        small="lite0-160-fp32",
-        big="lite0-224-fp32",
-        threshold=0.5,
-        top1=0.74,
-        top1_dataset="sample/odd-positions",
-        held_out_accuracy=0.86,
-        escalation_rate=0.3,
-        planned_cost_ms=6.0,
-    )
-    return Cascade.model_validate({**fields, **overrides})
+ANSWERS = Answers(
+    file="answers.0123456789ab.json", sha256="1" * 64, size_bytes=9, dataset="sample", images=20
+)
 
 
-def test_cascades_round_trip_and_a_schema_2_manifest_has_none() -> None:
-    small, big = (
-        variant(name="lite0-160-fp32", resolution=160, preprocessing=PRE.model_copy(update={"crop": 160})),
-        variant(),
-    )
-    manifest = Manifest(variants=(small, big), cascades=(cascade(),))
+def test_recorded_answers_round_trip_and_an_older_stores_plans_are_dropped() -> None:
+    manifest = Manifest(variants=(variant(),), answers=ANSWERS)
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
-    assert manifest.cascades[0].name == "lite0-160-fp32>lite0-224-fp32"
-    old = Manifest.model_validate({"schema_version": 2, "variants": [big.model_dump(mode="json")]})
-    assert old.cascades == ()
-
-
-def test_replacing_a_variant_drops_the_plans_over_it() -> None:
-    small, big = (
-        variant(name="lite0-160-fp32", resolution=160, preprocessing=PRE.model_copy(update={"crop": 160})),
-        variant(),
+    # Replacing a variant keeps them: an entry counts only for the file it was recorded from.
+    assert manifest.replace(variant(sha256="2" * 64)).answers == ANSWERS
+    plan = {"small": "a", "big": "b", "threshold": 0.5}
+    old = Manifest.model_validate(
+        {"schema_version": 5, "variants": [variant().model_dump(mode="json")], "cascades": [plan]}
     )
-    other = variant(name="lite0-192-fp32", resolution=192, preprocessing=PRE.model_copy(update={"crop": 192}))
-    manifest = Manifest(variants=(small, big), cascades=(cascade(),))
-    assert manifest.replace(other).cascades == manifest.cascades
-    assert manifest.replace(big.model_copy(update={"top1": None})).cascades == ()
+    assert old.answers is None and [v.name for v in old.variants] == ["lite0-224-fp32"]
+    with pytest.raises(ValidationError, match="cascades"):
+        Manifest.model_validate({"variants": [], "cascades": [plan]})
 
 
 def test_an_int8_check_needs_the_reference_set_it_was_recorded_on() -> None:

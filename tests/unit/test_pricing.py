@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from model_store.cascades import Plan
 from model_store.imaging import ImageHeader
 from model_store.manifest import Preprocessing
 from service.core import schedule
 from service.core.calibration import Calibration
 from service.core.latency import DecodeModel, LatencyModel, Profile
 from service.pricing import Place, Pricer
-from tests.unit.test_manifest import PRE, cascade, variant
+from tests.unit.test_manifest import PRE, variant
 
 SMALL, BIG = "lite0-160-fp32", "lite0-224-fp32"
+
+
+def cascade(**overrides: float) -> Plan:
+    """``SMALL`` > ``BIG`` with figures a store might give it."""
+    figures = {"threshold": 0.5, "search_gain": 0.01, "cost_seconds": 0.006, "held_out_accuracy": 0.86}
+    return Plan(SMALL, BIG, **{**figures, "escalation_rate": 0.3, "top1": 0.74, **overrides})
 
 
 def pricer() -> Pricer:
@@ -36,7 +43,7 @@ def test_a_plan_fits_at_both_stages_and_is_weighed_at_its_escalation_rate() -> N
     header = ImageHeader("JPEG", 500, 375, 100_000)
     place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True, True)
     prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
-    plan = p.price_plan(cascade(small=SMALL, big=BIG, escalation_rate=0.25), prices, 0.05, place, 0.0)
+    plan = p.price_plan(cascade(escalation_rate=0.25), prices, 0.05, place, 0.0)
     small, big = prices[SMALL], prices[BIG]
     # Decoded once, for the big stage's input; the first stage is the small inference within its bound.
     assert plan.decode_seconds == big.decode_seconds > small.decode_seconds
@@ -64,7 +71,7 @@ def test_a_plan_within_the_tolerance_below_its_big_stage_ranks_as_it(plan_top1, 
     place = Place(schedule.dispatch_key(0.0, 0.05), (), [], [0.0, 0.0], 2, True, True)
     prices = p.price([SMALL, BIG], header, 0.05, place, 0.0)
     assert prices[BIG].candidate.top1 == 0.742
-    plan = p.price_plan(cascade(small=SMALL, big=BIG, top1=plan_top1), prices, 0.05, place, 0.0)
+    plan = p.price_plan(cascade(top1=plan_top1), prices, 0.05, place, 0.0)
     assert plan.candidate.top1 == plan_top1
     assert plan.candidate.ranked_top1 == ranked
 
