@@ -1,4 +1,5 @@
-"""The default store is a pool: a real server on it serves this device's frontier, measured here.
+"""The default store is a pool: a real server on it serves this device's frontier, measured here,
+and plans confidence cascades among it.
 
 The first start chooses (every candidate profiled, int8 variants re-checked on the store's
 reference set); a restart with the cache opens only what it serves.
@@ -24,6 +25,7 @@ def test_the_default_store_serves_this_devices_measured_frontier(store_dir: Path
         pool = {
             v["name"]: v for v in httpx.get(f"{first.url}/models", params={"pool": "true"}).json()["variants"]
         }
+        plans = httpx.get(f"{first.url}/models").json()["cascades"]
     finally:
         first.stop()
     served = sorted(n for n, v in pool.items() if v["served"])
@@ -37,6 +39,10 @@ def test_the_default_store_serves_this_devices_measured_frontier(store_dir: Path
     )
     # The store's int8 variants were re-checked here on its reference set.
     assert "int8 check: " in first.log.read_text()
+    # Cascades planned here, among what is served here, from the store's recorded answers.
+    print("cascade plans:", ", ".join(p["name"] for p in plans))
+    assert plans and all({p["small"], p["big"]} <= set(served) for p in plans)
+    assert all(0 < p["escalation_rate"] < 1 and p["planned_cost_ms"] > 0 for p in plans)
 
     started = time.monotonic()
     again = start_server(store_dir, tmp_path, frontier="true", cache_dir=str(cache))

@@ -27,9 +27,11 @@ def small_store(store_dir: Path, tmp_path: Path) -> Path:
     store = open_store(store_dir)
     copy = tmp_path / "store"
     copy.mkdir()
-    # Their graph, the weights file they share and the reference set their int8 twins' checks need.
+    # Their graph, the weights file they share, the reference set their int8 twins' checks need
+    # and the recorded answers.
     variants = tuple(store.manifest.variant(n) for n in NAMES)
-    for file in Store(store_dir, Manifest(variants=variants, reference=store.manifest.reference)).files():
+    kept = Manifest(variants=variants, reference=store.manifest.reference, answers=store.manifest.answers)
+    for file in Store(store_dir, kept).files():
         shutil.copy(store_dir / file, copy)
     manifest = json.loads((store_dir / "manifest.json").read_text())
     manifest["variants"] = [v for v in manifest["variants"] if v["name"] in NAMES]
