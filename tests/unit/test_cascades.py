@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from model_store.cascades import (
     MIN_SAVING,
@@ -102,7 +103,7 @@ def test_only_one_class_space_and_a_handful() -> None:
 
 def test_a_plan_matching_the_most_accurate_variant_for_less_is_offered() -> None:
     """Beside the plans that gain the most, one that is as accurate as its big stage alone (search
-    half) for at least a quarter less mean compute: the lowest such threshold."""
+    half) for at least a quarter less mean compute, there and at every more cautious threshold."""
     variants = ladder(1, 2)
     small, big = variants[0], variants[1]
     plans = plan_cascades(variants, max_plans=0)
@@ -110,8 +111,26 @@ def test_a_plan_matching_the_most_accurate_variant_for_less_is_offered() -> None
     plan = plans[0]
     accuracy, _ = simulate(small.search, big.search, plan.threshold)
     assert accuracy >= big.search.accuracy and plan.cost_seconds <= (1 - MIN_SAVING) * big.cost_seconds
+    higher = [t for t in THRESHOLDS if t > plan.threshold]
+    assert all(simulate(small.search, big.search, t)[0] >= big.search.accuracy for t in higher)
     lower = [t for t in THRESHOLDS if t < plan.threshold]
-    assert all(simulate(small.search, big.search, t)[0] < big.search.accuracy for t in lower)
+    assert not lower or simulate(small.search, big.search, lower[-1])[0] < big.search.accuracy
+
+
+def test_a_match_holds_at_every_more_cautious_threshold() -> None:
+    """As accurate as big at 0.10-0.30 and again from 0.55 up, but not between: 0.55."""
+    # (top score, small right, big right): sure and right where big is not; unsure at 0.5 and
+    # wrong where big is right (the dip); 0.3 and right where big is not; five both get right.
+    images = [(0.95, True, False), (0.5, False, True), (0.5, False, True)]
+    images += [(0.3, True, False)] * 2 + [(0.95, True, True)] * 5
+    small = answers([s for s, _, _ in images], [r for _, r, _ in images])
+    big = answers([0.9] * len(images), [r for _, _, r in images])
+    assert simulate(small, big, 0.1)[0] >= big.accuracy > simulate(small, big, 0.4)[0]
+    plan = match(
+        Scored("small", "imagenet-1k", 0.002, 0.6, small, small),
+        Scored("big", "imagenet-1k", 0.01, 0.77, big, big),
+    )
+    assert plan == (0.55, pytest.approx(0.002 + 0.4 * 0.01))
 
 
 def test_no_matching_plan_without_the_saving() -> None:
