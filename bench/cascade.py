@@ -6,8 +6,11 @@ Images: every second image of the sample's held-out half, as ``bench/regret.py``
 1. Pin sweep (``regret.pin_sweep``) and the device-relative budgets from it (``regret.budgets``:
    each variant's pinned p99 and the midpoints).
 2. Idle, sequential, at every budget: the images once with ``cascade=false`` and once with the
-   server's default, one right after the other (paired). Delivered = correct and on time over
-   all images; the server's process CPU seconds per answer (``/proc/<pid>/stat``).
+   server's default, one right after the other (paired; which goes first alternates between
+   budgets). Delivered = correct and on time over all images; the server's process CPU seconds
+   per answer (``/proc/<pid>/stat``). Then the same above the frontier, at each plan's budget:
+   its stages' pinned p99s together (a plan must fit at its worst case, so one ending in the
+   slowest variant never fits a device-relative budget).
 3. 2x overload: open loop at the top budget, offered twice the sequential rate of the most
    accurate variant that met it pinned (1000 / its pinned p50 client round trip), for
    ``OVERLOAD_S``, with and without cascades, each on a fresh server: correct answers on time
@@ -23,6 +26,7 @@ Images: every second image of the sample's held-out half, as ``bench/regret.py``
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -47,10 +51,11 @@ def plans(port: int) -> list[dict[str, Any]]:
         return list(json.load(r)["cascades"])
 
 
-def idle_row(server: servers.Edgefit, images: regret.Images, ms: float) -> dict[str, Any]:
-    """Both modes at ``ms``, sequential and paired: delivered, budget met, CPU per answer."""
+def idle_row(server: servers.Edgefit, images: regret.Images, ms: float, first: str) -> dict[str, Any]:
+    """Both modes at ``ms``, sequential and paired, ``first`` first: delivered, budget met, CPU
+    per answer."""
     row: dict[str, Any] = {"ms": ms}
-    for mode, query in MODES.items():
+    for mode, query in sorted(MODES.items(), key=lambda m: m[0] != first):
         cpu = servers.cpu_seconds(server.pid)
         run = regret.sequential(server.port, images, f"budget={ms:g}ms&{query}", regret.WARMUP)
         cpu = servers.cpu_seconds(server.pid) - cpu
@@ -63,6 +68,12 @@ def idle_row(server: servers.Edgefit, images: regret.Images, ms: float) -> dict[
             "escalations": escalations(run.samples),
         }
     return row
+
+
+def plan_budget(sweep: dict[str, Any], plan: dict[str, Any]) -> float:
+    """Where ``plan`` fits at its worst case with room: its stages' pinned p99 totals together,
+    rounded up to half a millisecond."""
+    return math.ceil(2 * (sweep[plan["small"]]["p99_ms"] + sweep[plan["big"]]["p99_ms"])) / 2
 
 
 def escalations(samples: Sequence[client.Sample]) -> dict[str, dict[str, int]]:
@@ -123,11 +134,15 @@ def measure(
         recorded = {p["name"]: p for p in plans(server.port)}
         names = [v["name"] for v in regret.served(server.port)]
         sweep = regret.pin_sweep(server.port, names, images, progress)
+        budgets = regret.budgets(sweep)
+        top = max(b["ms"] for b in budgets)
+        beyond = {plan_budget(sweep, p) for p in recorded.values()} - {b["ms"] for b in budgets}
+        budgets += [{"ms": ms, "kind": "plan"} for ms in sorted(ms for ms in beyond if ms > top)]
         rows = []
-        for i, b in enumerate(regret.budgets(sweep)):
-            progress(f"cascade: {b['ms']:g} ms ({b['kind']}), budget {i + 1}, both modes")
-            rows.append({**idle_row(server, images, b["ms"]), "kind": b["kind"]})
-    loaded = overload(setup, images, sweep, max(r["ms"] for r in rows), progress)
+        for i, b in enumerate(budgets):
+            progress(f"cascade: {b['ms']:g} ms ({b['kind']}), budget {i + 1} of {len(budgets)}, both modes")
+            rows.append({**idle_row(server, images, b["ms"], list(MODES)[i % 2]), "kind": b["kind"]})
+    loaded = overload(setup, images, sweep, top, progress)
     counts = merged([r["cascade"]["escalations"] for r in rows] + [loaded["cascade"]["escalations"]])
     return {
         "images": len(images),
@@ -172,7 +187,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "### Idle, sequential, every device-relative budget",
+        "### Idle, sequential, every device-relative budget, then each plan's above them",
         "",
         "| budget | kind | delivered, cascade=false | delivered, cascades | Δ pt | met (false / on) "
         "| CPU ms per answer (false / on) | cascade runs |",
@@ -187,12 +202,20 @@ def markdown(r: dict[str, Any]) -> list[str]:
             f"| {_pct(s['budget_met'])} / {_pct(c['budget_met'])} "
             f"| {s['cpu_ms_per_answer']:.2f} / {c['cpu_ms_per_answer']:.2f} | {runs} |"
         )
-    diffs = [100 * (row["cascade"]["delivered"] - row["single"]["delivered"]) for row in r["rows"]]
+    relative = [row for row in r["rows"] if row["kind"] != "plan"]
+    diffs = [100 * (row["cascade"]["delivered"] - row["single"]["delivered"]) for row in relative]
     lines += [
         "",
-        f"Cascades − cascade=false: worst {min(diffs):+.1f} pt, ≥ 1 pt ahead at {sum(d >= 1 for d in diffs)} "
-        f"of {len(diffs)} budgets.",
+        f"Cascades − cascade=false at the device-relative budgets: worst {min(diffs):+.1f} pt, ≥ 1 pt "
+        f"ahead at {sum(d >= 1 for d in diffs)} of {len(diffs)}.",
     ]
+    for row in r["rows"]:
+        if row["kind"] == "plan":
+            s, c = row["single"], row["cascade"]
+            lines.append(
+                f"At {row['ms']:g} ms (a plan's): {100 * (c['delivered'] - s['delivered']):+.1f} pt, CPU per "
+                f"answer {c['cpu_ms_per_answer'] / s['cpu_ms_per_answer'] - 1:+.0%}."
+            )
     return lines + _loaded(r)
 
 
