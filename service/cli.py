@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cascade",
         action=argparse.BooleanOptionalAction,
-        help="offer the store's confidence cascade plans (EDGEFIT_CASCADE, default on)",
+        help="plan and offer confidence cascades among the served variants (EDGEFIT_CASCADE, default on)",
     )
     serve.set_defaults(run=cmd_serve)
 

@@ -76,8 +76,8 @@ class PlanCounts:
 
 @dataclass
 class Served:
-    """Everything that is swapped as one on reload. ``plans``: the store's cascade plans whose
-    stages are both served (none when ``EDGEFIT_CASCADE`` is off), by name."""
+    """Everything that is swapped as one on reload. ``plans``: the cascade plans made at load
+    among the served variants (none when ``EDGEFIT_CASCADE`` is off), by name."""
 
     models: ServedModels
     pricer: Pricer

@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     )
     cascade: bool = Field(
         True,
-        description="Offer the store's confidence cascade plans (a fast variant answers when it is "
-        "sure, a more accurate one runs when it is not); a request opts out with ?cascade=false.",
+        description="Plan confidence cascades among the served variants and offer them (a fast variant "
+        "answers when it is sure, a more accurate one runs when it is not); a request opts out with "
+        "?cascade=false.",
     )
     api_key: SecretStr | None = Field(None, description="Bearer token for /admin endpoints.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
