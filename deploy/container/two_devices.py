@@ -3,10 +3,10 @@
 ``pool SRC DST``: a pool small enough to profile under emulation (where one inference takes
 seconds): from the store at SRC, the int8 variant with the least compute, its fp32 twin, the
 full-depth int8 and fp32 variants with the least compute and the subnet with the least, with the
-reference set cut to its first ``REFERENCE_IMAGES`` images (each int8 check cut alike). A valid
-store, so both devices load it as they would the default one. The full-depth int8 variant is more
-accurate than the cheapest subnet's fp32 twin and, wherever int8 runs faster than fp32, faster
-too: that twin is left out as dominated on at least one device.
+reference set cut to its first ``REFERENCE_IMAGES`` images (each int8 check cut alike) and the
+store's recorded answers. A valid store, so both devices load it as they would the default one.
+The full-depth int8 variant is more accurate than the cheapest subnet's fp32 twin and, wherever
+int8 runs faster than fp32, faster too: that twin is left out as dominated on at least one device.
 
 ``check NAME=POOL.json ...``: each device's ``GET /models?pool=true`` side by side, and a check
 that what each serves is on the frontier it measured (by ``frontier_ms``): of two it serves,
@@ -55,7 +55,8 @@ def pool(src: Path, dst: Path) -> None:
             for answers in ("twin_answers", "answers"):
                 v["int8_check"][answers] = v["int8_check"][answers][: len(images)]
     manifest["variants"] = list(chosen.values())
-    manifest["cascades"] = []
+    if manifest.get("answers"):  # each server plans its cascades from them
+        shutil.copyfile(src / manifest["answers"]["file"], dst / manifest["answers"]["file"])
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
     for path in (dst, *dst.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
