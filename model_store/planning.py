@@ -23,7 +23,6 @@ from model_store.answers import AnswerCache, evaluate_remembered
 from model_store.cascades import Answers, Plan, Scored, plan_cascades
 from model_store.evaluate import (
     Progress,
-    evaluate,
     held_out_half,
     labelled_images,
     search_half,
@@ -33,24 +32,21 @@ from model_store.manifest import Answers as AnswersFile
 from model_store.manifest import Manifest
 from model_store.store import Store, StoreError, open_store
 
-# Scores are kept to this many decimals: thresholds are a 0.05 grid.
+# Scores are kept to this many decimals: far finer than the thresholds' grid.
 SCORE_DECIMALS = 4
 
 
 def record_answers(
-    root: Path, images_dir: Path, report: Progress | None = None, answers: AnswerCache | None = None
+    root: Path, images_dir: Path, answers: AnswerCache, report: Progress | None = None
 ) -> tuple[Store, AnswersFile]:
     """Every variant's answers on the labelled images in ``images_dir``, written into the store at
-    ``root`` (``write_answers``); ``report`` follows them, ``answers`` holds those already known.
-    Raises ``StoreError``."""
+    ``root`` (``write_answers``); ``answers`` holds those earlier store commands kept (only the
+    rest are classified), ``report`` follows them. Raises ``StoreError``."""
     store = open_store(root)
     images = labelled_images(images_dir)
     variants = list(store.manifest.variants)
     answering = None if report is None else stage_progress(report, "answers", len(images) * len(variants))
-    if answers is None:
-        results = evaluate(store, variants, images, progress=answering)
-    else:
-        results = evaluate_remembered(answers, store, variants, images, answering)
+    results = evaluate_remembered(answers, store, variants, images, answering)
     truth = [image.class_id for image in images]
     return write_answers(
         store,
@@ -76,7 +72,7 @@ def write_answers(
         }
         for name, (scores, correct) in answers.items()
     }
-    counts = {len(scores) for scores, correct in answers.values()} | {len(c) for _, c in answers.values()}
+    counts = {len(column) for pair in answers.values() for column in pair}
     if len(counts) != 1:
         raise StoreError("answers to record need one answer per image for every variant, and a variant")
     (images,) = counts

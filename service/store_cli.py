@@ -251,7 +251,7 @@ def cmd_cascades(args: argparse.Namespace) -> None:
     from model_store.planning import record_answers
 
     store, recorded = record_answers(
-        _store_dir(args), Path(args.images), _progress_bars(), AnswerCache.default()
+        _store_dir(args), Path(args.images), AnswerCache.default(), _progress_bars()
     )
     print(
         f"recorded the answers of {len(store.manifest.variants)} variants on {recorded.dataset} "
