@@ -55,7 +55,8 @@ class Candidate:
     ``mean_seconds``: set for a cascade plan, whose ``predicted_seconds`` is its worst case
     (both stages): the same at its recorded escalation rate. None for a variant.
     ``on_time``: the calibrated share of answers like this one that would meet the budget from
-    its place (``service.core.calibration.Calibration.on_time_share``): what a fallback goes by.
+    its place (``service.core.calibration.Calibration.on_time_share``): what a fallback under
+    contention goes by.
     None: not known (too few answers yet, no budget, or a plan).
     ``ranked_top1``: the accuracy the choice ranks it at, where not its ``top1`` (a plan that
     matches its big stage within the figures' noise ranks as that stage: see
@@ -187,10 +188,9 @@ def select(
     tighter deadlines while another fits. A plan is weighed at its mean (``weighed_seconds``)
     but fits only at its worst case. Without a budget the most accurate wins. When nothing fits
     (``strict`` refuses instead), an allowed variant (never a plan) answers: on an idle server,
-    the one expected to give the most correct answers on time (accuracy x ``on_time``), ties
-    going to the faster, so the fastest where no variant has a chance; when the server is
-    ``contended`` (other requests queued or running), the most accurate on time at least
-    ``LIKELY_ON_TIME`` of the time, else the fastest. Saturated (the price at its
+    the fastest, as the contract says; when the server is ``contended`` (other requests queued
+    or running), the most accurate on time at least ``LIKELY_ON_TIME`` of the time, else the
+    fastest. Saturated (the price at its
     ceiling) with only worse converters than the store's best fitting, the request is refused.
     A choice less accurate than an idle server would make is reported as ``contention``.
     """
@@ -259,9 +259,12 @@ def select(
             "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
         )
     if not contended:
-        # Alone, a slower variant costs nobody else anything: the most correct answers on time.
-        chosen = max(variants, key=lambda c: (_accuracy(c) * (c.on_time or 0.0), -total(c)))
-        return Selection(chosen.name, "fallback", total(chosen))
+        # Alone, the fastest: the most likely on time (its bound is the lowest). Weighing
+        # accuracy by the chance of being on time took larger variants on a bet at the lowest
+        # budgets, and the tier's misses raised its level and so every bound priced after them
+        # (paired: fewer correct answers on time, and fewer budgets met).
+        fastest = min(variants, key=total)
+        return Selection(fastest.name, "fallback", total(fastest))
     # Others wait behind its worker time: weighed by its chance alone, the larger variants it
     # favoured let the queue grow, and fewer answers were on time.
     likely = [c for c in variants if (c.on_time or 0.0) >= LIKELY_ON_TIME]

@@ -48,18 +48,9 @@ def test_never_over_budget_when_something_fits(table, budget, elapsed, wait) -> 
         chosen = next(c for c in table if c.name == choice.name)
         assert (-1 if chosen.top1 is None else chosen.top1) == best
     else:
-        # Nothing fits: the most correct answers on time expected, ties to the faster (so the
-        # fastest where no variant has a known chance).
+        # Nothing fits, on an idle server: the fastest.
         assert choice.reason == "fallback"
-
-        def expected(c: Candidate) -> float:
-            return (-1 if c.top1 is None else c.top1) * (c.on_time or 0.0)
-
-        chosen = next(c for c in table if c.name == choice.name)
-        assert expected(chosen) == max(expected(c) for c in table)
-        assert choice.predicted_seconds == min(
-            elapsed + wait + c.predicted_seconds for c in table if expected(c) == expected(chosen)
-        )
+        assert choice.predicted_seconds == min(elapsed + wait + c.predicted_seconds for c in table)
 
 
 @given(tables, st.floats(0.001, 1.0), seconds, seconds)
@@ -405,9 +396,10 @@ def test_saturated_a_request_that_only_a_poor_converter_fits_is_refused() -> Non
         )
 
 
-def test_nothing_fits_alone_the_most_correct_answers_on_time_expected_answer() -> None:
-    # No bound fits. "good" is on time nine times in ten, "tiny" (the fastest and least
-    # accurate) a little more often, "big" rarely: 0.54 x 0.9 beats 0.24 x 0.95 and 0.77 x 0.3.
+def test_nothing_fits_alone_the_fastest_answers() -> None:
+    # No bound fits, and no other request waits: the fastest, as the contract says, however good
+    # the larger ones' chances ("good" would give more correct answers on time on average, but
+    # its misses are the tier's: they raise the level every later bound is priced at).
     def table(*chances: float | None) -> list[Candidate]:
         return [
             Candidate("tiny", 0.24, 1, 0.008, 0.008, on_time=chances[0]),
@@ -416,13 +408,9 @@ def test_nothing_fits_alone_the_most_correct_answers_on_time_expected_answer() -
         ]
 
     budget = Constraints(budget_seconds=0.007)
-    alone = select(table(0.95, 0.9, 0.3), budget, elapsed_seconds=0.0)
-    assert (alone.name, alone.reason) == ("good", "fallback")
-    # "big" on time seven times in ten: 0.77 x 0.7 beats 0.54 x 0.9.
-    assert select(table(0.95, 0.9, 0.7), budget, elapsed_seconds=0.0).name == "big"
-    # No chance known yet, or none at all: the fastest, as the contract says.
-    for chances in ((None, None, None), (0.0, 0.0, 0.0)):
-        assert select(table(*chances), budget, elapsed_seconds=0.0).name == "tiny"
+    for chances in ((0.95, 0.9, 0.3), (0.95, 0.9, 0.7), (None, None, None), (0.0, 0.0, 0.0)):
+        alone = select(table(*chances), budget, elapsed_seconds=0.0)
+        assert (alone.name, alone.reason) == ("tiny", "fallback")
 
 
 def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> None:
@@ -439,7 +427,7 @@ def test_nothing_fits_under_load_the_most_accurate_likely_on_time_answers() -> N
     budget = Constraints(budget_seconds=0.015)
     loaded = select(table(0.008, 0.8), budget, elapsed_seconds=0.0, contended=True)
     assert (loaded.name, loaded.reason) == ("good", "fallback")
-    assert select(table(0.008, 0.8), budget, elapsed_seconds=0.0).name == "big"  # alone
+    assert select(table(0.008, 0.8), budget, elapsed_seconds=0.0).name == "tiny"  # alone
     # Nothing likely on time: the fastest.
     hopeless = [replace(c, on_time=0.5) for c in table(0.008, 0.5)]
     assert select(hopeless, budget, elapsed_seconds=0.0, contended=True).name == "tiny"
