@@ -11,10 +11,10 @@ checkout is the baseline.
         .venv/bin/python bench/ab.py . ../other-checkout
 
 Each server imports ``service`` from its checkout (``PYTHONPATH``); the store is shared. Writes
-``bench/results/ab.json`` and prints a line per budget (each checkout's delivered accuracy, budget
-met and the share of requests whose variant moved between its two runs) and each checkout's
-summary (the same figures as ``bench/regret.py``'s), with the paired difference against the
-baseline.
+``bench/results/ab.json`` (every budget's row per checkout, without the raw runs) and prints a
+line per budget (the oracle, each checkout's delivered accuracy, regret, budget met and the share
+of requests whose variant moved between its two runs) and each checkout's summary (the same
+figures as ``bench/regret.py``'s), with the paired difference against the baseline.
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ def main(checkouts: list[Path]) -> int:
         oracles = {n: plan.oracles["whole"] for n in names}
         rows = regret.side_by_side(ports, images, plan, oracles, say)
     for i, budget in enumerate(plan.budgets):
-        line = [f"{budget['ms']:g} ms", f"oracle {plan.oracles['whole'][i]}"]
+        best = rows[names[0]][i]  # every checkout has the whole store's oracle
+        oracle = best["oracle"] and f"{best['oracle']} {100 * best['oracle_accuracy']:.1f} %"
+        line = [f"{budget['ms']:g} ms ({budget['kind']})", f"oracle {oracle}"]
         for name in names:
             row = rows[name][i]
+            regret_pt = "" if row["regret_pt"] is None else f" regret {row['regret_pt']:+.1f} pt"
             line.append(
-                f"{name}: {100 * row['delivered']:.1f} % met {100 * row['budget_met']:.1f} % "
+                f"{name}: {100 * row['delivered']:.1f} %{regret_pt} met {100 * row['budget_met']:.1f} % "
                 f"moved {100 * row['moved']:.0f} %"
             )
         print(" | ".join(line), flush=True)
@@ -64,7 +67,8 @@ def main(checkouts: list[Path]) -> int:
     for n in names:
         print(n, json.dumps(summaries[n]), "" if n not in paired else f"paired {paired[n]:+.2f} pt")
     out = env.results / "ab.json"
-    result = {"budgets": plan.budgets, "summaries": summaries, "paired_pt": paired}
+    per_budget = {n: [{k: v for k, v in r.items() if k != "runs"} for r in rows[n]] for n in names}
+    result = {"budgets": plan.budgets, "rows": per_budget, "summaries": summaries, "paired_pt": paired}
     out.write_text(json.dumps(result, indent=1))
     say(f"wrote {out}")
     return 0
