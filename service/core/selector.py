@@ -190,8 +190,8 @@ def select(
     (``strict`` refuses instead), an allowed variant (never a plan) answers: on an idle server,
     the fastest, as the contract says; when the server is ``contended`` (other requests queued
     or running), the most accurate on time at least ``LIKELY_ON_TIME`` of the time, else the
-    fastest. Saturated (the price at its
-    ceiling) with only worse converters than the store's best fitting, the request is refused.
+    fastest. Saturated (the price at its ceiling) with only worse converters than the store's
+    best fitting, the request is refused.
     A choice less accurate than an idle server would make is reported as ``contention``.
     """
     pool = allowed(candidates, constraints)
