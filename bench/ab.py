@@ -10,7 +10,8 @@ checkout is the baseline.
     EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
         .venv/bin/python bench/ab.py . ../other-checkout
 
-Each server imports ``service`` from its checkout (``PYTHONPATH``); the store is shared. Writes
+Each server imports ``service`` from its checkout (``PYTHONPATH``); the store is shared, and so
+is the cache (latency tables, the device's frontier: each serves what the first one chose). Writes
 ``bench/results/ab.json`` (every budget's row per checkout, without the raw runs) and prints a
 line per budget (the oracle, each checkout's delivered accuracy, regret, budget met and the share
 of requests whose variant moved between its two runs) and each checkout's summary (the same
@@ -23,6 +24,7 @@ import contextlib
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import regret
@@ -37,7 +39,9 @@ def main(checkouts: list[Path]) -> int:
     names = [f"#{i + 1} {c}" for i, c in enumerate(checkouts)]
     with contextlib.ExitStack() as stack:
         envs = {n: {"PYTHONPATH": str(c)} for n, c in zip(names, checkouts, strict=True)}
-        ports = regret.start(stack, env.store, env.workers, env.threads, env.results, envs)
+        # One cache: every checkout serves the frontier the first chose (unless its rule differs).
+        cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefit-ab-cache-")))
+        ports = regret.start(stack, env.store, env.workers, env.threads, env.results, envs, cache)
         variants = regret.served(ports[names[0]])
         sweep = regret.pin_sweep(ports[names[0]], [v["name"] for v in variants], images, say)
         plan = regret.Plan.make(sweep, variants, env.workers)

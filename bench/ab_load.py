@@ -1,15 +1,16 @@
 """Paired load: two (or more) checkouts of the server under the same load, in turn.
 
-Under load a 10 s run on this kind of machine moves by several points from one run to the next,
-so a change is judged by pairs: each round starts a fresh server per checkout, in turn, and
-offers it the same load on the held-out images. The load is either an open loop (``--rate``
-requests per second at ``--budget-ms`` for ``--seconds``, after sequential warm-ups at that
-budget) or, with ``--mixed``, the mixed-budget closed loops of ``bench/mixed.py`` (3 and 6
+Under load a 10 s run on this kind of machine moves by several points from one run to the next, so
+a change is judged by pairs: each round starts a fresh server per checkout, in turn, and offers it
+the same load on the held-out images. All of them share one cache: they serve the frontier the
+first one chose (a frontier rule that differs keys its own choice). The load is either an open loop
+(``--rate`` requests per second at ``--budget-ms`` for ``--seconds``, after sequential warm-ups at
+that budget) or, with ``--mixed``, the mixed-budget closed loops of ``bench/mixed.py`` (3 and 6
 clients, ``--seconds`` each). Per run, open loop: correct answers on time per offered request
-(answers with the image's class and ``budget_met``), budget met over answers and 503s; mixed:
-each client count's and tier's delivered accuracy and budget met. Both: the server's CPU per
-request, all of it and its event loop's (the main thread's, from ``/proc``: Linux only). The
-first checkout is the baseline; every figure gets its mean paired difference.
+(answers with the image's class and ``budget_met``), budget met over answers and 503s; mixed: each
+client count's and tier's delivered accuracy and budget met. Both: the server's CPU per request,
+all of it and its event loop's (the main thread's, from ``/proc``: Linux only). The first checkout
+is the baseline; every figure gets its mean paired difference.
 
     EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
         .venv/bin/python bench/ab_load.py . ../other-checkout --budget-ms 20 --rate 325 --pairs 4
@@ -25,6 +26,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import client
@@ -65,11 +67,13 @@ def mixed_budgets(port: int, images: regret.Images, args: argparse.Namespace) ->
 
 
 def run_once(
-    checkout: Path, images: regret.Images, args: argparse.Namespace, env: servers.Setup
+    checkout: Path, images: regret.Images, args: argparse.Namespace, env: servers.Setup, cache: Path
 ) -> dict[str, float]:
     load = mixed_budgets if args.mixed else open_loop
     extra = {"PYTHONPATH": str(checkout)}
-    with servers.edgefit(env.store, env.workers, env.threads, env.results, extra_env=extra) as server:
+    with servers.edgefit(
+        env.store, env.workers, env.threads, env.results, extra_env=extra, cache_dir=cache
+    ) as server:
         if not args.mixed:  # (mixed budgets warm up inside, for a second, counted in the CPU)
             regret.sequential(server.port, images[:WARMUP], f"budget={args.budget_ms:g}ms")
         all_before, main_before = servers.cpu_seconds(server.pid), servers.cpu_seconds(server.pid, server.pid)
@@ -100,13 +104,14 @@ def main() -> int:
     images = env.held_out(regret.STRIDE)
     names = [str(c.resolve()) for c in args.checkouts]  # the same one twice: an A/A run
     runs: list[list[dict[str, float]]] = [[] for _ in names]
-    for p in range(args.pairs):
-        for i, name in enumerate(names):
-            say(f"round {p + 1} of {args.pairs}: #{i + 1} {name}")
-            runs[i].append(run_once(Path(name), images, args, env))
-            print(
-                f"#{i + 1} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[i][-1].items()), flush=True
-            )
+    # One cache for every server of the run: all serve the frontier the first one chose.
+    with tempfile.TemporaryDirectory(prefix="edgefit-ab-cache-") as cache:
+        for p in range(args.pairs):
+            for i, name in enumerate(names):
+                say(f"round {p + 1} of {args.pairs}: #{i + 1} {name}")
+                runs[i].append(run_once(Path(name), images, args, env, Path(cache)))
+                figures = ", ".join(f"{k} {v:.2f}" for k, v in runs[i][-1].items())
+                print(f"#{i + 1} {name}: {figures}", flush=True)
     base = runs[0]
     paired = [
         {

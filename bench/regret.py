@@ -341,10 +341,14 @@ def start(
     threads: int,
     out_dir: Path,
     envs: dict[str, dict[str, str]],
+    cache_dir: Path | None = None,
 ) -> dict[str, int]:
-    """A server per system (``envs``: each one's environment), up until ``stack`` closes: their ports."""
+    """A server per system (``envs``: each one's environment), started in turn, up until
+    ``stack`` closes: their ports. ``cache_dir``: shared by them (``servers.edgefit``)."""
     return {
-        s: stack.enter_context(servers.edgefit(store_dir, workers, threads, out_dir, extra_env=env)).port
+        s: stack.enter_context(
+            servers.edgefit(store_dir, workers, threads, out_dir, extra_env=env, cache_dir=cache_dir)
+        ).port
         for s, env in envs.items()
     }
 

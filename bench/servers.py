@@ -178,15 +178,24 @@ class Edgefit(Server):
 
 @contextlib.contextmanager
 def edgefit(
-    store: Path, workers: int, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None
+    store: Path,
+    workers: int,
+    threads: int,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
 ) -> Iterator[Edgefit]:
-    """An ``edgefit serve`` on a free loopback port, ready (every variant profiled)."""
+    """An ``edgefit serve`` on a free loopback port, ready (every variant profiled). Its cache
+    (latency tables, this device's frontier) is its own unless ``cache_dir`` is given: servers
+    compared in pairs share one, so that they serve what the first of them chose, not what each
+    start's profiling noise chose (two uncached starts a minute apart served different frontiers)."""
     port = free_port()
     log = log_dir / "edgefit.log"
-    with tempfile.TemporaryDirectory(prefix="edgefit-bench-cache-") as cache:
+    with contextlib.ExitStack() as stack:
+        cache = cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefit-bench-cache-"))
         env = {
             **os.environ,
-            "EDGEFIT_CACHE_DIR": cache,
+            "EDGEFIT_CACHE_DIR": str(cache),
             "EDGEFIT_WORKERS": str(workers),
             "EDGEFIT_THREADS": str(threads),
             "EDGEFIT_LOG_LEVEL": "WARNING",  # a log line per request would cost the server CPU
