@@ -50,7 +50,9 @@ def main(checkouts: list[Path]) -> int:
         rows = regret.side_by_side(ports, images, plan, oracles, say)
     for i, budget in enumerate(plan.budgets):
         best = rows[names[0]][i]  # every checkout has the whole store's oracle
-        oracle = best["oracle"] and f"{best['oracle']} {100 * best['oracle_accuracy']:.1f} %"
+        oracle = "none"
+        if best["oracle"] is not None:
+            oracle = f"{best['oracle']} {100 * best['oracle_accuracy']:.1f} %"
         line = [f"{budget['ms']:g} ms ({budget['kind']})", f"oracle {oracle}"]
         for name in names:
             row = rows[name][i]

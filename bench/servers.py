@@ -188,7 +188,7 @@ def edgefit(
     """An ``edgefit serve`` on a free loopback port, ready (every variant profiled). Its cache
     (latency tables, this device's frontier) is its own unless ``cache_dir`` is given: servers
     compared in pairs share one, so that they serve what the first of them chose, not what each
-    start's profiling noise chose (two uncached starts a minute apart served different frontiers)."""
+    start's profiling noise chose."""
     port = free_port()
     log = log_dir / "edgefit.log"
     with contextlib.ExitStack() as stack:

@@ -258,15 +258,12 @@ def select(
         raise NoVariantAllowed(
             "only a cascade satisfies max_size and min_accuracy, and it does not fit the budget"
         )
-    if not contended:
-        # Alone, the fastest: the most likely on time (its bound is the lowest). Weighing
-        # accuracy by the chance of being on time took larger variants on a bet at the lowest
-        # budgets, and the tier's misses raised its level and so every bound priced after them
-        # (paired: fewer correct answers on time, and fewer budgets met).
-        fastest = min(variants, key=total)
-        return Selection(fastest.name, "fallback", total(fastest))
-    # Others wait behind its worker time: weighed by its chance alone, the larger variants it
-    # favoured let the queue grow, and fewer answers were on time.
-    likely = [c for c in variants if (c.on_time or 0.0) >= LIKELY_ON_TIME]
-    chosen = max(likely, key=_rank) if likely else min(variants, key=total)
+    # Alone, the fastest: the most likely on time. A larger one taken for its expected accuracy
+    # missed more often, and each miss raised the tier's level, so every bound after it.
+    chosen = min(variants, key=total)
+    if contended:
+        # Others wait behind its worker time: weighed by its chance alone, the larger variants it
+        # favoured let the queue grow, and fewer answers were on time.
+        likely = [c for c in variants if (c.on_time or 0.0) >= LIKELY_ON_TIME]
+        chosen = max(likely, key=_rank, default=chosen)
     return Selection(chosen.name, "fallback", total(chosen))
