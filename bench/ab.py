@@ -4,8 +4,8 @@ A machine's speed moves between runs, so two ``bench/regret.py`` runs of two
 versions compare two machines as much as two versions. Here one pin sweep (on the first
 checkout's server) places the device-relative budgets and oracles, then every budget runs on
 each checkout's server in turn (``regret.side_by_side``, as ``bench/regret.py`` runs the whole
-store and the ladder): a difference at a budget is measured in the same minute. The first
-checkout is the baseline.
+store and the ladder), with the budget's oracle replayed pinned on the first checkout's server:
+a difference at a budget is measured in the same minute. The first checkout is the baseline.
 
     EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
         .venv/bin/python bench/ab.py . ../other-checkout
@@ -47,16 +47,20 @@ def main(checkouts: list[Path]) -> int:
         plan = regret.Plan.make(sweep, variants, env.workers)
         # Every checkout against the whole store's oracles.
         oracles = {n: plan.oracles["whole"] for n in names}
-        rows = regret.side_by_side(ports, images, plan, oracles, say)
+        rows = regret.side_by_side(ports, images, plan, oracles, say, ports[names[0]])
     for i, budget in enumerate(plan.budgets):
         best = rows[names[0]][i]  # every checkout has the whole store's oracle
         oracle = "none"
         if best["oracle"] is not None:
             oracle = f"{best['oracle']} {100 * best['oracle_accuracy']:.1f} %"
+        if best["replayed"] is not None:
+            oracle += f", replayed {100 * best['replayed']:.1f} % met {100 * best['replayed_met']:.1f} %"
         line = [f"{budget['ms']:g} ms ({budget['kind']})", f"oracle {oracle}"]
         for name in names:
             row = rows[name][i]
             regret_pt = "" if row["regret_pt"] is None else f" regret {row['regret_pt']:+.1f} pt"
+            if row["regret_replayed_pt"] is not None:
+                regret_pt += f" ({row['regret_replayed_pt']:+.1f} against the replay)"
             line.append(
                 f"{name}: {100 * row['delivered']:.1f} %{regret_pt} met {100 * row['budget_met']:.1f} % "
                 f"moved {100 * row['moved']:.0f} %"

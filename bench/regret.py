@@ -21,7 +21,12 @@ otherwise; budget met is the server's ``budget_met``.
    images twice in a row. Delivered = answers correct and on time over all images; also budget
    met over answers, the variant mix and the share of requests whose variant moved between the
    two runs (total variation distance). Regret = oracle accuracy - the two runs' mean
-   delivered, in points; none where no variant of the system meets B.
+   delivered, in points; none where no variant of the system meets B. In the same turn each
+   oracle is replayed on the pin sweep's server, pinned with ``?budget=B``, the same way:
+   regret against the replay = what hand-pinning the oracle delivered in those minutes - what
+   the system delivered. The oracle's accuracy assumes it meets B every time; a machine slower
+   than during the sweep, or a budget at the oracle's own p99, makes the replay fall short of
+   it, and the replay says by how much.
 5. Under load, at the mid budget (where lite0-224-int8 is the whole store's oracle: the middle
    of those budgets, or its own p99 budget if it never is): open loop at twice the pace of one
    sequential client on that oracle (1000 / its pinned p50 client round trip), correct answers
@@ -189,10 +194,11 @@ def oracle(sweep: dict[str, Any], names: Sequence[str], ms: float) -> str | None
 
 
 def delivered(
-    port: int, images: Images, ms: float, best: str | None, sweep: dict[str, Any]
+    port: int, images: Images, ms: float, best: str | None, sweep: dict[str, Any], pinned: str | None = None
 ) -> dict[str, Any]:
-    """Two sequential runs at ``ms`` after a warm-up, against the oracle ``best``."""
-    query = f"budget={ms:g}ms"
+    """Two sequential runs at ``ms`` after a warm-up, against the oracle ``best``; ``pinned``: every
+    request pinned to that variant (``?model=``) with the same budget."""
+    query = f"budget={ms:g}ms" + ("" if pinned is None else f"&model={pinned}")
     runs = [tally(sequential(port, images, query, WARMUP if i == 0 else 0)) for i in range(2)]
     a, b = (Counter(r["variants"]) for r in runs)
     accuracy = statistics.fmean(r["correct_on_time"] / len(images) for r in runs)
@@ -208,11 +214,26 @@ def delivered(
     }
 
 
+def replayed(row: dict[str, Any], replay: dict[str, Any] | None) -> dict[str, Any]:
+    """``row`` with its oracle's replay, pinned in the same minutes: what it delivered, its budget
+    met, and the regret against it (None where the system has no oracle)."""
+    if replay is None:
+        return {**row, "replayed": None, "replayed_met": None, "regret_replayed_pt": None}
+    return {
+        **row,
+        "replayed": replay["delivered"],
+        "replayed_met": replay["budget_met"],
+        "regret_replayed_pt": 100 * (replay["delivered"] - row["delivered"]),
+    }
+
+
 def summary(rows: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[str, Any]:
-    """One system over all budgets: regret (mean, worst at midpoints, worst), budget met, moves."""
+    """One system over all budgets: regret (mean, worst at midpoints, worst), budget met, moves; the
+    same regret against the oracle replayed, and how well the replayed oracle met the budgets."""
     regrets = [r["regret_pt"] for r in rows if r["regret_pt"] is not None]
     midpoints = [r["regret_pt"] for r, k in zip(rows, kinds, strict=True) if k == "midpoint"]
     runs = [run for r in rows for run in r["runs"]]
+    replays = [(r, k) for r, k in zip(rows, kinds, strict=True) if r.get("replayed") is not None]
     return {
         "mean_regret_pt": statistics.fmean(regrets) if regrets else None,
         "max_regret_midpoint_pt": max((x for x in midpoints if x is not None), default=None),
@@ -220,6 +241,14 @@ def summary(rows: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
         "budget_met": sum(r["met"] for r in runs) / max(1, sum(r["judged"] for r in runs)),
         "lowest_budget_met": min(r["budget_met"] for r in rows),
         "max_moved": max(r["moved"] for r in rows),
+        "mean_regret_replayed_pt": statistics.fmean(r["regret_replayed_pt"] for r, _ in replays)
+        if replays
+        else None,
+        "max_regret_replayed_midpoint_pt": max(
+            (r["regret_replayed_pt"] for r, k in replays if k == "midpoint"), default=None
+        ),
+        "replayed_met": statistics.fmean(r["replayed_met"] for r, _ in replays) if replays else None,
+        "replayed_lowest_met": min((r["replayed_met"] for r, _ in replays), default=None),
     }
 
 
@@ -321,16 +350,27 @@ def side_by_side(
     plan: Plan,
     oracles: dict[str, list[str | None]],
     progress: Progress,
+    pin_port: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """Delivered at every budget on each server (``ports``: a name each), in turn, budget by budget:
     a difference between them is measured in the same minutes, whatever the machine's speed does
-    over the whole run. Which server goes first alternates between budgets."""
+    over the whole run. In the same turn, each oracle of the budget is replayed on ``pin_port``,
+    pinned with the budget: what hand-pinning it delivers in those minutes, the budget placed by
+    the sweep's hindsight included. Which goes first alternates between budgets."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
     for i, b in enumerate(plan.budgets):
         progress(f"{b['ms']:g} ms ({b['kind']}), budget {i + 1} of {len(plan.budgets)}")
-        turn = list(ports) if i % 2 == 0 else list(reversed(ports))
-        for name in turn:
-            rows[name].append(delivered(ports[name], images, b["ms"], oracles[name][i], plan.sweep))
+        best = {name: oracles[name][i] for name in ports}
+        pins = [o for o in dict.fromkeys(best.values()) if o is not None]
+        turn = [*((name, None) for name in ports), *((None, o) for o in pins)]
+        done, replays = {}, {}
+        for name, pin in turn if i % 2 == 0 else reversed(turn):
+            if name is not None:
+                done[name] = delivered(ports[name], images, b["ms"], best[name], plan.sweep)
+            else:
+                replays[pin] = delivered(pin_port, images, b["ms"], pin, plan.sweep, pinned=pin)
+        for name in ports:
+            rows[name].append(replayed(done[name], replays.get(best[name])))
     return rows
 
 
@@ -372,7 +412,7 @@ def measure(
         envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
         ports = start(stack, store_dir, workers, threads, out_dir, envs)
         frontier = [v["name"] for v in served(ports["whole"])]
-        rows = side_by_side(ports, images, plan, plan.oracles, progress)
+        rows = side_by_side(ports, images, plan, plan.oracles, progress, every)
         load, pinned = {}, {}
         for s in SYSTEMS:
             progress(f"{s}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
@@ -478,6 +518,22 @@ def headlines(r: dict[str, Any]) -> list[str]:
             f"| {_pt(m['max_regret_pt'])} "
             f"| {_pct(m['budget_met'])} | {_pct(m['lowest_budget_met'])} | {m['max_moved']:.0%} |"
         )
+    lines += [
+        "",
+        "Against the oracle replayed: each budget's oracle pinned again, with the budget, in the same "
+        "minutes (what hand-pinning it delivers there; at a budget equal to its own sweep p99, "
+        "meeting it again is about even odds):",
+        "",
+        "| system | mean regret pt | max regret at midpoints pt | replayed oracle met (mean of budgets) "
+        "| replayed oracle lowest met |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for s in SYSTEMS:
+        m = r["summary"][s]
+        lines.append(
+            f"| {s} | {_pt(m['mean_regret_replayed_pt'])} | {_pt(m['max_regret_replayed_midpoint_pt'])} "
+            f"| {_pct(m['replayed_met'])} | {_pct(m['replayed_lowest_met'])} |"
+        )
     p, load, over, machine = r["paired"], r["under_load"], r["overload"], r["drift"]
     w, d = over["systems"]["whole"], over["systems"]["ladder"]
     moved = machine["variants"][machine["worst"]]
@@ -527,20 +583,23 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         "Oracle: the most accurate variant whose pinned totals met the budget on ≥ 99 % of requests. "
         "Delivered: correct and on time over all images, two runs in a row (regret against their "
-        "mean); moved: share of requests whose variant differs between the two runs. No oracle (–): "
+        "mean); moved: share of requests whose variant differs between the two runs; replayed: the "
+        "oracle pinned with the budget in the same minutes, delivered (budget met). No oracle (–): "
         "no variant of that system met the budget pinned; its regret is left out of the summary.",
         "",
-        "| budget | kind | whole oracle | whole delivered | regret pt | met | moved | ladder oracle "
-        "| ladder delivered | regret pt | met | moved | whole − ladder pt |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| budget | kind | whole oracle | replayed | whole delivered | regret pt | met | moved "
+        "| ladder oracle | replayed | ladder delivered | regret pt | met | moved | whole − ladder pt |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for b in r["budgets"]:
         cells = []
         for s in SYSTEMS:
             row = b[s]
             runs = " / ".join(f"{x['correct_on_time'] / r['images']:.1%}" for x in row["runs"])
+            replay = "–" if row["replayed"] is None else f"{row['replayed']:.1%} ({row['replayed_met']:.1%})"
             cells.append(
-                f"{_oracle(row)} | {runs} | {_pt(row['regret_pt'])} | {_pct(row['budget_met'])} "
+                f"{_oracle(row)} | {replay} | {runs} | {_pt(row['regret_pt'])} | {_pct(row['budget_met'])} "
                 f"| {row['moved']:.0%}"
             )
         diff = 100 * (b["whole"]["delivered"] - b["ladder"]["delivered"])
@@ -601,9 +660,13 @@ def plot(r: dict[str, Any], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     ms = [b["ms"] for b in r["budgets"]]
     for s, color in zip(SYSTEMS, ("tab:blue", "tab:orange"), strict=True):
-        for key, style in (("delivered", "-"), ("oracle_accuracy", "--")):
+        for key, style, what in (
+            ("delivered", "-", "delivered"),
+            ("oracle_accuracy", "--", "oracle (best pinned)"),
+            ("replayed", ":", "oracle replayed"),
+        ):
             ys = [b[s][key] for b in r["budgets"]]
-            label = f"{s}: {'delivered' if key == 'delivered' else 'oracle (best pinned)'}"
+            label = f"{s}: {what}"
             ax.plot(ms, [np.nan if y is None else 100 * y for y in ys], style, color=color, label=label)
             for kind, marker in (("p99", "o"), ("midpoint", "x")):
                 pts = [
