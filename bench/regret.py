@@ -37,7 +37,8 @@ otherwise; budget met is the server's ``budget_met``.
    correct answers on time per offered request.
 7. Mixed budgets (bench/mixed.py) on both systems, on fresh servers (started together, then
    measured in turn): right after the overload, a server's tiers still carried its waits and
-   misses.
+   misses. Every server of the run shares one cache, so the fresh whole-store server serves the
+   frontier the first one chose (two uncached starts may choose differently).
 8. Drift: the ladder's variants pinned again after the overload (on the pin sweep's server), on
    the first ``DRIFT_IMAGES`` images, their p50 against the pin sweep's on the same images. The
    budgets and oracles come from the sweep: on a machine that changed speed since, they sit in
@@ -57,6 +58,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -399,43 +401,53 @@ def measure(
     """The pin sweep (it sets the plan), then the whole store and the ladder alone side by side,
     the pinned variants under load beside them, then each system's mixed budgets."""
     images = servers.Setup(store_dir, sample_dir, workers, threads, out_dir).held_out(STRIDE)
-    with contextlib.ExitStack() as stack:
-        # Every variant of the store pinned, as an operator benchmarking them all would: the
-        # oracle may be any of them, on this device's frontier or not.
-        every = stack.enter_context(
-            servers.edgefit(store_dir, workers, threads, out_dir, extra_env={"EDGEFIT_FRONTIER": "false"})
-        ).port
-        variants = served(every)
-        sweep = pin_sweep(every, [v["name"] for v in variants], images, progress)
-        plan = Plan.make(sweep, variants, workers)
-        # The whole store as a server serves it (this device's frontier of it), and the ladder.
-        envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
-        ports = start(stack, store_dir, workers, threads, out_dir, envs)
-        frontier = [v["name"] for v in served(ports["whole"])]
-        rows = side_by_side(ports, images, plan, plan.oracles, progress, every)
-        load, pinned = {}, {}
-        for s in SYSTEMS:
-            progress(f"{s}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
-            load[s] = under_load(ports[s], images, f"budget={plan.mid_ms:g}ms", plan.rate)
-        fits = [n for n in plan.pools["whole"] if meets(sweep, n, plan.mid_ms)]
-        for name in sorted(fits, key=lambda n: -sweep[n]["accuracy"])[:MAX_PINNED_UNDER_LOAD]:
-            progress(f"under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s, pinned {name}")
-            pinned[name] = under_load(every, images, f"model={name}&budget={plan.mid_ms:g}ms", plan.rate)
-        overload = {}
-        for s in SYSTEMS:
-            progress(f"{s}: overload, {OVERLOAD_BUDGET_MS:g} ms at {plan.overload_rate:.1f}/s")
-            overload[s] = under_load(
-                ports[s], images, f"budget={OVERLOAD_BUDGET_MS:g}ms", plan.overload_rate, OVERLOAD_S
-            )
-        drifted = drift(every, plan.pools["ladder"], images, sweep, progress)
-    # On fresh servers: right after the overload, a server's tiers still carry its waits and misses.
-    with contextlib.ExitStack() as stack:
-        ports = start(stack, store_dir, workers, threads, out_dir, envs)
-        mixed_runs = {}
-        for s in SYSTEMS:
-            progress(f"{s}: mixed budgets, on a fresh server")
-            mixed_runs[s] = mixed.measure(ports[s], images, MIXED_S, 1)
-
+    # One cache for every server of the run (latency tables, this device's frontier): the whole
+    # store's fresh server for the mixed budgets serves the frontier its first server chose.
+    with tempfile.TemporaryDirectory(prefix="edgefit-regret-cache-") as tmp:
+        cache = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            # Every variant of the store pinned, as an operator benchmarking them all would: the
+            # oracle may be any of them, on this device's frontier or not.
+            every = stack.enter_context(
+                servers.edgefit(
+                    store_dir,
+                    workers,
+                    threads,
+                    out_dir,
+                    extra_env={"EDGEFIT_FRONTIER": "false"},
+                    cache_dir=cache,
+                )
+            ).port
+            variants = served(every)
+            sweep = pin_sweep(every, [v["name"] for v in variants], images, progress)
+            plan = Plan.make(sweep, variants, workers)
+            # The whole store as a server serves it (this device's frontier of it), and the ladder.
+            envs = {"whole": {}, "ladder": {"EDGEFIT_VARIANTS": ",".join(plan.pools["ladder"])}}
+            ports = start(stack, store_dir, workers, threads, out_dir, envs, cache)
+            frontier = [v["name"] for v in served(ports["whole"])]
+            rows = side_by_side(ports, images, plan, plan.oracles, progress, every)
+            load, pinned = {}, {}
+            for s in SYSTEMS:
+                progress(f"{s}: under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s")
+                load[s] = under_load(ports[s], images, f"budget={plan.mid_ms:g}ms", plan.rate)
+            fits = [n for n in plan.pools["whole"] if meets(sweep, n, plan.mid_ms)]
+            for name in sorted(fits, key=lambda n: -sweep[n]["accuracy"])[:MAX_PINNED_UNDER_LOAD]:
+                progress(f"under load, {plan.mid_ms:g} ms at {plan.rate:.1f}/s, pinned {name}")
+                pinned[name] = under_load(every, images, f"model={name}&budget={plan.mid_ms:g}ms", plan.rate)
+            overload = {}
+            for s in SYSTEMS:
+                progress(f"{s}: overload, {OVERLOAD_BUDGET_MS:g} ms at {plan.overload_rate:.1f}/s")
+                overload[s] = under_load(
+                    ports[s], images, f"budget={OVERLOAD_BUDGET_MS:g}ms", plan.overload_rate, OVERLOAD_S
+                )
+            drifted = drift(every, plan.pools["ladder"], images, sweep, progress)
+        # On fresh servers: right after the overload, a server's tiers still carry its waits and misses.
+        with contextlib.ExitStack() as stack:
+            ports = start(stack, store_dir, workers, threads, out_dir, envs, cache)
+            mixed_runs = {}
+            for s in SYSTEMS:
+                progress(f"{s}: mixed budgets, on a fresh server")
+                mixed_runs[s] = mixed.measure(ports[s], images, MIXED_S, 1)
     kinds = [b["kind"] for b in plan.budgets]
     ms = [b["ms"] for b in plan.budgets]
     best = max(pinned.values(), key=lambda r: r["correct_on_time_per_s"], default=None)
