@@ -235,7 +235,7 @@ def summary(rows: Sequence[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
     regrets = [r["regret_pt"] for r in rows if r["regret_pt"] is not None]
     midpoints = [r["regret_pt"] for r, k in zip(rows, kinds, strict=True) if k == "midpoint"]
     runs = [run for r in rows for run in r["runs"]]
-    replays = [(r, k) for r, k in zip(rows, kinds, strict=True) if r.get("replayed") is not None]
+    replays = [(r, k) for r, k in zip(rows, kinds, strict=True) if r["replayed"] is not None]
     return {
         "mean_regret_pt": statistics.fmean(regrets) if regrets else None,
         "max_regret_midpoint_pt": max((x for x in midpoints if x is not None), default=None),
