@@ -1,11 +1,13 @@
 """Paired regret: two (or more) checkouts of the server on the same budgets, in turn.
 
 A machine's speed moves between runs, so two ``bench/regret.py`` runs of two
-versions compare two machines as much as two versions. Here one pin sweep (on the first
-checkout's server) places the device-relative budgets and oracles, then every budget runs on
-each checkout's server in turn (``regret.side_by_side``, as ``bench/regret.py`` runs the whole
-store and the ladder), with the budget's oracle replayed pinned on the first checkout's server:
-a difference at a budget is measured in the same minute. The first checkout is the baseline.
+versions compare two machines as much as two versions. Here one pin sweep places the
+device-relative budgets and oracles, then every budget runs on each checkout's server in turn
+(``regret.side_by_side``, as ``bench/regret.py`` runs the whole store and the ladder), with the
+budget's oracle replayed pinned: a difference at a budget is measured in the same minute. The
+sweep and the replays run on a server of their own (the first checkout's code), so that no
+checkout's tables learn from pinned traffic the others do not see. The first checkout is the
+baseline.
 
     EDGEFIT_STORE_DIR=model_store/artifacts EDGEFIT_SAMPLE_DIR=../shared/imagenet-sample \\
         .venv/bin/python bench/ab.py . ../other-checkout
@@ -39,15 +41,18 @@ def main(checkouts: list[Path]) -> int:
     names = [f"#{i + 1} {c}" for i, c in enumerate(checkouts)]
     with contextlib.ExitStack() as stack:
         envs = {n: {"PYTHONPATH": str(c)} for n, c in zip(names, checkouts, strict=True)}
-        # One cache: every checkout serves the frontier the first chose (unless its rule differs).
+        # One cache: every server serves the frontier the first (the pins') chose, unless its rule
+        # differs.
         cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefit-ab-cache-")))
+        pins = {"pins": {"PYTHONPATH": str(checkouts[0])}}
+        pin_port = regret.start(stack, env.store, env.workers, env.threads, env.results, pins, cache)["pins"]
         ports = regret.start(stack, env.store, env.workers, env.threads, env.results, envs, cache)
-        variants = regret.served(ports[names[0]])
-        sweep = regret.pin_sweep(ports[names[0]], [v["name"] for v in variants], images, say)
+        variants = regret.served(pin_port)
+        sweep = regret.pin_sweep(pin_port, [v["name"] for v in variants], images, say)
         plan = regret.Plan.make(sweep, variants, env.workers)
         # Every checkout against the whole store's oracles.
         oracles = {n: plan.oracles["whole"] for n in names}
-        rows = regret.side_by_side(ports, images, plan, oracles, say, ports[names[0]])
+        rows = regret.side_by_side(ports, images, plan, oracles, say, pin_port)
     for i, budget in enumerate(plan.budgets):
         best = rows[names[0]][i]  # every checkout has the whole store's oracle
         oracle = "none"
