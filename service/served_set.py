@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # Answers behind the calibrated margins' quantiles: a 0.99 quantile needs hundreds of them, and
 # they age out so that a burst of late answers stops steering choices soon after it is over.
 CALIBRATION_WINDOW = 1024
+# Answers priced idle carry no load: all of the last minute's count (a sequential client's), so
+# that the tail quantile a budget's bound comes from is a steady one.
+CALIBRATION_IDLE_WINDOW = 4096
 CALIBRATION_FRESH_SECONDS = 60.0
 # The tiers' waits and total scores carry the load of the moment: kept for a minute, an
 # overload's waits priced every variant but the smallest subnet out of the tight tiers for a
@@ -199,6 +202,7 @@ class ServedSet:
             DecodeModel(models.decode_costs, window=window, fresh_seconds=fresh),
             Calibration(
                 window=CALIBRATION_WINDOW,
+                idle_window=CALIBRATION_IDLE_WINDOW,
                 fresh_seconds=CALIBRATION_FRESH_SECONDS,
                 load_fresh_seconds=CALIBRATION_LOAD_FRESH_SECONDS,
             ),

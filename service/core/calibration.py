@@ -118,11 +118,15 @@ class Calibration:
         window: int,
         fresh_seconds: float,
         load_fresh_seconds: float | None = None,
+        idle_window: int | None = None,
         quantile: float = PROMISE_QUANTILE,
         level_step: float = LEVEL_STEP,
     ) -> None:
         """Residuals count for ``fresh_seconds``; the tiers' waits and total scores, which carry
-        the load of the moment, for ``load_fresh_seconds`` (default: the same)."""
+        the load of the moment, for ``load_fresh_seconds`` (default: the same). The answers
+        priced idle keep up to ``idle_window`` (default: ``window``): they carry no load, only
+        the machine at rest, and a tail quantile over few of them moved with each answer that
+        came and went, so that a budget asked twice in a row got a different mix of variants."""
         self.window = window
         self.fresh_seconds = fresh_seconds
         self.load_fresh_seconds = fresh_seconds if load_fresh_seconds is None else load_fresh_seconds
@@ -131,11 +135,12 @@ class Calibration:
         self._own: dict[str, Recent] = {}
         self._all = Recent(window=ALL_WINDOW, fresh_seconds=fresh_seconds)
         self._spread = Recent(window=window, fresh_seconds=fresh_seconds)
-        self._idle_spread = Recent(window=window, fresh_seconds=fresh_seconds)
+        idle_window = window if idle_window is None else idle_window
+        self._idle_spread = Recent(window=idle_window, fresh_seconds=fresh_seconds)
         self._waits: dict[str, Recent] = {}
         self._totals: dict[str, Recent] = {}
         self._all_totals = Recent(window=window, fresh_seconds=self.load_fresh_seconds)
-        self._idle_totals = Recent(window=window, fresh_seconds=fresh_seconds)
+        self._idle_totals = Recent(window=idle_window, fresh_seconds=fresh_seconds)
         self._levels: dict[str, float] = {}
 
     def observe(

@@ -238,6 +238,20 @@ def test_a_request_priced_idle_is_priced_from_the_answers_priced_idle() -> None:
     assert calibration.promise_margin("v", point, BUDGET, now) >= 0.028
 
 
+def test_a_request_priced_idle_is_priced_from_the_whole_idle_window() -> None:
+    # Idle answers, one in fifty a 4 ms stall, the last few hundred without one: the bound at
+    # the promise's quantile still holds the stalls (all of the idle window counts), while
+    # requests priced under load go by the last ``window`` answers, which hold none.
+    calibration = Calibration(window=64, idle_window=1024, fresh_seconds=600.0)
+    point = 0.005
+    for i in range(1000):
+        stalled = i < 700 and i % 50 == 25
+        calibration.observe("v", 0.004 * stalled, BUDGET, 0.0, None, 0.01 * i, idle=True)
+    now = 10.0
+    assert calibration.promise_margin("v", point, BUDGET, now, idle=True) == pytest.approx(0.004)
+    assert calibration.promise_margin("v", point, BUDGET, now) == pytest.approx(0.0)
+
+
 def test_the_on_time_share_is_how_often_answers_meet_that_slack() -> None:
     # Answers of "v" run over their point by a lognormal amount, a stall now and then. The share
     # predicted for a slack is how often new answers meet it where fallbacks look (the upper
