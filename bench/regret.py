@@ -196,11 +196,11 @@ def oracle(sweep: dict[str, Any], names: Sequence[str], ms: float) -> str | None
 
 
 def delivered(
-    port: int, images: Images, ms: float, best: str | None, sweep: dict[str, Any], pinned: str | None = None
+    port: int, images: Images, ms: float, best: str | None, sweep: dict[str, Any], pinned: bool = False
 ) -> dict[str, Any]:
     """Two sequential runs at ``ms`` after a warm-up, against the oracle ``best``; ``pinned``: every
-    request pinned to that variant (``?model=``) with the same budget."""
-    query = f"budget={ms:g}ms" + ("" if pinned is None else f"&model={pinned}")
+    request pinned to ``best`` (``?model=``) with the same budget."""
+    query = f"budget={ms:g}ms" + (f"&model={best}" if pinned else "")
     runs = [tally(sequential(port, images, query, WARMUP if i == 0 else 0)) for i in range(2)]
     a, b = (Counter(r["variants"]) for r in runs)
     accuracy = statistics.fmean(r["correct_on_time"] / len(images) for r in runs)
@@ -370,7 +370,7 @@ def side_by_side(
             if name is not None:
                 done[name] = delivered(ports[name], images, b["ms"], best[name], plan.sweep)
             else:
-                replays[pin] = delivered(pin_port, images, b["ms"], pin, plan.sweep, pinned=pin)
+                replays[pin] = delivered(pin_port, images, b["ms"], pin, plan.sweep, pinned=True)
         for name in ports:
             rows[name].append(replayed(done[name], replays.get(best[name])))
     return rows
